@@ -1,0 +1,130 @@
+"""Interventions as values: a pytree of arrays the forward pass takes as an explicit argument.
+
+Every edit the paper makes is a field here, with a leading layer axis so `lax.scan` slices it
+alongside the stacked weights. Identity values (scale 1, add 0) leave the forward bitwise unchanged.
+A sweep is an Intervention whose arrays carry an extra leading variant axis, run under `jax.vmap`.
+A per-row intervention (each batch row its own edit) puts the batch axis right after the layer axis:
+`[L, B, ...]` instead of `[L, ...]`.
+
+Where an edit applies is a static selector per field group, defined on position ids relative to the
+last prompt token t* (method.md §2.4), so it means the same in prefill, cached decoding and padding:
+
+    "all"        every non-padding position                         (P_all)
+    "last"       t* only                                            (analysis edits)
+    "from_last"  t* and every later (generated) position            (P_last)
+    "mask"       an explicit boolean mask over position ids, [P] or [B, P]
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from emojax.config import ModelConfig
+
+WHERE_MODES = ("all", "last", "from_last", "mask")
+LAYER_FIELDS = ("resid_add", "resid_add_rms", "neuron_scale", "neuron_add", "head_scale", "head_add")
+Array = Any
+
+
+@struct.dataclass
+class Intervention:
+    """Edits of the residual stream, the neurons (`g`) and the query heads (`z`), per layer.
+
+    resid_add      [L, 2, D]   added after the attention (index 0) and after the MLP (index 1)
+    resid_add_rms  [L, 2, D]   same sites, multiplied by rms of the residual state being edited
+                               (the paper's rms-scaled steering: h + alpha * rms(h) * v)
+    neuron_scale   [L, F]      g <- g * scale + add   (post-SwiGLU, the down-projection input)
+    neuron_add     [L, F]
+    head_scale     [L, H]      z_h <- z_h * scale + add   (o-projection input, per query head)
+    head_add       [L, H, Dh]
+    """
+
+    resid_add: Array
+    resid_add_rms: Array
+    neuron_scale: Array
+    neuron_add: Array
+    head_scale: Array
+    head_add: Array
+    resid_mask: Array | None = None
+    neuron_mask: Array | None = None
+    head_mask: Array | None = None
+    resid_where: str = struct.field(pytree_node=False, default="all")
+    neuron_where: str = struct.field(pytree_node=False, default="all")
+    head_where: str = struct.field(pytree_node=False, default="all")
+
+    def __post_init__(self) -> None:
+        for group in ("resid", "neuron", "head"):
+            where = getattr(self, f"{group}_where")
+            if where not in WHERE_MODES:
+                raise ValueError(f"Intervention.{group}_where={where!r}; expected one of {WHERE_MODES}")
+            if (where == "mask") != (getattr(self, f"{group}_mask") is not None):
+                raise ValueError(f"Intervention.{group}_mask must be given exactly when {group}_where='mask'")
+
+    @classmethod
+    def identity(cls, config: ModelConfig, dtype: Any = jnp.float32, **where: str) -> "Intervention":
+        L, D, F, H, Dh = config.n_layers, config.d_model, config.d_ff, config.n_heads, config.head_dim
+        return cls(
+            resid_add=jnp.zeros((L, 2, D), dtype),
+            resid_add_rms=jnp.zeros((L, 2, D), dtype),
+            neuron_scale=jnp.ones((L, F), dtype),
+            neuron_add=jnp.zeros((L, F), dtype),
+            head_scale=jnp.ones((L, H), dtype),
+            head_add=jnp.zeros((L, H, Dh), dtype),
+            **where,
+        )
+
+    def layer_edits(self) -> dict[str, Array]:
+        """The per-layer edit arrays (leading layer axis), as scanned by the forward pass."""
+        return {name: getattr(self, name) for name in LAYER_FIELDS}
+
+    # Builders return new values; the dataclass is immutable.
+    def with_where(self, **where: str) -> "Intervention":
+        return self.replace(**{f"{k}_where": v for k, v in where.items()})
+
+    def zero_heads(self, layer_heads: Sequence[tuple[int, int]]) -> "Intervention":
+        scale = self.head_scale
+        for layer, head in layer_heads:
+            scale = scale.at[layer, head].set(0.0)
+        return self.replace(head_scale=scale)
+
+    def zero_neurons(self, layer_neurons: Sequence[tuple[int, int]]) -> "Intervention":
+        scale = self.neuron_scale
+        for layer, neuron in layer_neurons:
+            scale = scale.at[layer, neuron].set(0.0)
+        return self.replace(neuron_scale=scale)
+
+    def add_resid(self, layer: int, site: int, vector: Array, rms_scaled: bool = False) -> "Intervention":
+        """Add `vector` after the attention (site 0) or the MLP (site 1) of `layer`."""
+        field = "resid_add_rms" if rms_scaled else "resid_add"
+        return self.replace(**{field: getattr(self, field).at[layer, site].add(vector)})
+
+
+def stack_variants(ivs: Sequence[Intervention]) -> Intervention:
+    """Stack interventions on a new leading variant axis (for `jax.vmap`)."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *ivs)
+
+
+def position_selector(where: str, mask: Array | None, positions: Array, valid: Array,
+                      t_star: Array) -> Array:
+    """Boolean [B, T]: which tokens of this call an edit touches.
+
+    positions: [B, T] position ids; valid: [B, T] non-padding; t_star: [B] position id of t*.
+    """
+    offset = positions - t_star[:, None]
+    if where == "all":
+        sel = valid
+    elif where == "last":
+        sel = valid & (offset == 0)
+    elif where == "from_last":
+        sel = valid & (offset >= 0)
+    else:
+        mask = jnp.asarray(mask, bool)
+        if mask.ndim == 1:
+            mask = jnp.broadcast_to(mask, (positions.shape[0], mask.shape[0]))
+        clipped = jnp.clip(positions, 0, mask.shape[1] - 1)
+        inside = (positions >= 0) & (positions < mask.shape[1])
+        sel = valid & inside & jnp.take_along_axis(mask, clipped, axis=1)
+    return sel
