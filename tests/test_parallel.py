@@ -59,6 +59,16 @@ def test_default_rules_are_megatron_style():
     assert spec(parallel.ACTIVATION_AXES["tokens"]) == P("data", None)
 
 
+def test_heads_are_split_only_on_head_boundaries():
+    smollm2_shape = tiny(vocab_size=512, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536)
+    layers = parallel.param_shardings(smollm2_shape, MESH_4x2)["layers"]
+    assert layers["wq"].spec == P(None, None, None)      # 9 heads do not split in 2 (576 columns would)
+    assert layers["wk"].spec == P(None, None, None)
+    assert layers["w_up"].spec == P(None, None, "model")
+    even = parallel.param_shardings(tiny(n_heads=4, n_kv_heads=2), MESH_4x2)["layers"]
+    assert even["wq"].spec == P(None, None, "model") and even["wk"].spec == P(None, None, "model")
+
+
 def test_a_mesh_axis_shards_one_dimension_only():
     assert parallel.logical_to_spec(("variants", "batch", "mlp"), mesh=MESH_4x2) == P("data", None, "model")
 

@@ -159,7 +159,7 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules = DEFAULT_RULES, me
             while target and shape[dim] % math.prod(mesh.shape[a] for a in target):
                 target = target[:-1]
             if target != wanted:
-                logging.warning("dimension %d (%s) of size %d is not divisible by mesh axes %s; "
+                logging.warning("dimension %d (%s): %d units are not divisible over mesh axes %s; "
                                 "sharding it over %s instead", dim, name, shape[dim], wanted, target or "none")
         used.update(target)
         spec.append(None if not target else target[0] if len(target) == 1 else target)
