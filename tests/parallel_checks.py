@@ -1,25 +1,23 @@
 """Sharded-versus-single-device checks on 8 host devices, run by tests/test_parallel.py in a
 subprocess (XLA_FLAGS must force the device count before JAX starts).
 
-Usage: XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel_checks.py [check ...]
+Usage (emojax installed, or PYTHONPATH=. from the repository root):
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel_checks.py [check ...]
 Prints one JSON object per check: {"check": name, "max_abs_diff": ..., other facts}.
 """
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from emojax import Intervention, KVCache, TapSpec, forward, parallel, stack_variants  # noqa: E402
-from emojax.config import ModelConfig  # noqa: E402
-from emojax.params import param_shapes  # noqa: E402
+from emojax import Intervention, KVCache, TapSpec, forward, parallel, stack_variants
+from emojax.config import ModelConfig
+from emojax.params import param_shapes
 
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {}
 

@@ -177,7 +177,9 @@ def test_single_host_is_left_alone(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sharded_results() -> dict[str, dict]:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    path = os.pathsep.join(filter(None, [str(CHECKS_SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": path}
     done = subprocess.run([sys.executable, str(CHECKS_SCRIPT)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
