@@ -1,0 +1,75 @@
+"""What every pipeline stage receives: the model, the run directory, the splits, the judge, settings.
+
+A stage is `run(ctx) -> summary dict`; it writes its outputs under `ctx.run.stage(name)` and the
+pipeline marks it done, so a resumed run skips finished stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from emojax.data import SevRecord
+from emojax.hparams import Transferred, transferred
+from emojax.runs import RunDir
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Sizes of a pipeline run. `None` per-theme counts mean the whole split."""
+
+    name: str
+    train_per_theme: int | None
+    test_per_theme: int | None
+    max_new_tokens: int
+    batch_size: int
+    validation_draws: int        # random-control draws in the ablation/enhancement curves
+    causal_prompts: int          # prompts per emotion in the exhaustive causal scans (0: skip)
+    sweeps: bool                 # alpha / scale sweeps on the train split
+
+
+PRESETS = {
+    # Finishes in minutes on a 2-core CPU and still writes every table and plot.
+    "quick": Preset("quick", train_per_theme=2, test_per_theme=1, max_new_tokens=40, batch_size=48,
+                    validation_draws=20, causal_prompts=0, sweeps=False),
+    "full": Preset("full", train_per_theme=None, test_per_theme=None, max_new_tokens=100,
+                   batch_size=64, validation_draws=20, causal_prompts=16, sweeps=True),
+}
+
+
+@dataclasses.dataclass
+class Settings:
+    """Method choices with their defaults (method.md §11); every one is recorded in the manifest."""
+
+    directions_rule: str = "accepted"      # "accepted" (paper) or "all" prompted items
+    min_complete_groups: int = 12          # below this, "accepted" falls back to "all" with a warning
+    steer_alpha: float | None = None       # None: the norm-matched transfer of §8
+    literal_alpha: bool = False
+    modulation_scale: float = 1.0
+    official_scales: bool = True           # anger 0.8 (D11)
+    ratio_mode: str = "fixed"
+    budget: str = "transferred"            # "transferred" (§8) or "literal" (560 = 392 + 168)
+    date_string: str = "15 Sep 2025"
+    harmonised: bool = False               # identical decoding for every condition (D12)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class StageContext:
+    model: Any                   # emojax.loading.LoadedModel
+    run: RunDir
+    train: Sequence[SevRecord]
+    test: Sequence[SevRecord]
+    judge: Any                   # emojax.judge judge callable
+    preset: Preset
+    settings: Settings = dataclasses.field(default_factory=Settings)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hparams(self) -> Transferred:
+        base = transferred(self.config, literal_alpha=self.settings.literal_alpha)
+        if self.settings.steer_alpha is not None:
+            return dataclasses.replace(base, steer_alpha=self.settings.steer_alpha)
+        return base
