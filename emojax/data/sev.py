@@ -301,7 +301,7 @@ class LintIssue:
 SCENARIO_WORDS = (10, 16)
 EVENT_WORDS = (12, 20)
 _ID_PATTERN = re.compile(r"^([a-z]+)_(\d{2})$")
-_FIRST_PERSON = re.compile(r"\b(I|my|me|we|our|us)\b")
+_FIRST_PERSON = re.compile(r"\b(I|[Mm]y|[Mm]e|[Ww]e|[Oo]ur|[Uu]s)\b")
 
 
 def lint_records(records: Iterable[SevRecord], *, scenario_words: tuple[int, int] = SCENARIO_WORDS,
