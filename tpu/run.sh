@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a Python module of the project on every host at once, e.g.
-#   tpu/run.sh experiments.pipeline --run_dir=runs/smollm2
-#   tpu/run.sh experiments.elicit --run_dir=runs/smollm2
+#   tpu/run.sh experiments.pipeline --out=runs/smollm2
+#   tpu/run.sh experiments.elicit --out=runs/smollm2
 # Every host runs the same command; on a pod slice they join one JAX runtime
 # (emojax.distributed.initialize_distributed) and only host 0 writes results.
 set -euo pipefail
@@ -10,7 +10,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 
 if [[ $# -lt 1 ]]; then
-  echo "usage: $0 MODULE [ARGS...]   (e.g. experiments.pipeline --run_dir=runs/x)" >&2
+  echo "usage: $0 MODULE [ARGS...]   (e.g. experiments.pipeline --out=runs/x)" >&2
   exit 2
 fi
 module="$1"
