@@ -1,0 +1,166 @@
+"""Per-family maps from checkpoint tensor names to the stacked parameter layout of `emojax.params`.
+
+Each family is a table of rules, one per parameter: which HF tensor feeds it, whether the torch
+`Linear` weight must be transposed to input-major, and when the parameter exists. Per-layer tensors
+(`{layer}` in the name) are stacked on a leading layer axis. GGUF files are first renamed into the HF
+namespace (see `gguf_loader`), so one table serves both formats.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Protocol
+
+import numpy as np
+
+from emojax.config import ModelConfig
+from emojax.params import Params, param_shapes
+from emojax.weights.errors import WeightsError
+
+
+class TensorSource(Protocol):
+    """Named tensors from checkpoint files, read lazily."""
+
+    def names(self) -> set[str]: ...
+
+    def get(self, name: str) -> np.ndarray: ...
+
+    def location(self, name: str) -> str:
+        """The file a tensor comes from, for error messages."""
+        ...
+
+
+def _always(cfg: ModelConfig) -> bool:
+    return True
+
+
+def _untied(cfg: ModelConfig) -> bool:
+    return not cfg.tie_embeddings
+
+
+def _has_qkv_bias(cfg: ModelConfig) -> bool:
+    return cfg.qkv_bias
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    """One parameter: `target` is its path in the pytree ("layers.wq"), `source` the HF tensor name."""
+
+    target: str
+    source: str
+    transpose: bool = False
+    when: Callable[[ModelConfig], bool] = _always
+
+    @property
+    def per_layer(self) -> bool:
+        return "{layer}" in self.source
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    rules: tuple[TensorRule, ...]
+    # llama.cpp interleaves the rotary halves of Q and K rows when it converts Llama-family models.
+    gguf_permutes_qk: bool
+    # Tensors a checkpoint may carry that hold nothing emojax needs (e.g. cached rotary tables).
+    ignorable: tuple[str, ...] = ()
+
+
+_LAYER = "model.layers.{layer}."
+
+_DECODER_RULES = (
+    TensorRule("embed", "model.embed_tokens.weight"),
+    TensorRule("final_norm", "model.norm.weight"),
+    TensorRule("lm_head", "lm_head.weight", transpose=True, when=_untied),
+    TensorRule("layers.attn_norm", _LAYER + "input_layernorm.weight"),
+    TensorRule("layers.mlp_norm", _LAYER + "post_attention_layernorm.weight"),
+    TensorRule("layers.wq", _LAYER + "self_attn.q_proj.weight", transpose=True),
+    TensorRule("layers.wk", _LAYER + "self_attn.k_proj.weight", transpose=True),
+    TensorRule("layers.wv", _LAYER + "self_attn.v_proj.weight", transpose=True),
+    TensorRule("layers.wo", _LAYER + "self_attn.o_proj.weight", transpose=True),
+    TensorRule("layers.w_gate", _LAYER + "mlp.gate_proj.weight", transpose=True),
+    TensorRule("layers.w_up", _LAYER + "mlp.up_proj.weight", transpose=True),
+    TensorRule("layers.w_down", _LAYER + "mlp.down_proj.weight", transpose=True),
+)
+_QKV_BIAS_RULES = (
+    TensorRule("layers.bq", _LAYER + "self_attn.q_proj.bias", when=_has_qkv_bias),
+    TensorRule("layers.bk", _LAYER + "self_attn.k_proj.bias", when=_has_qkv_bias),
+    TensorRule("layers.bv", _LAYER + "self_attn.v_proj.bias", when=_has_qkv_bias),
+)
+_ROTARY_CACHE = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
+
+# Llama and SmolLM2: no biases unless the config sets `attention_bias`; embeddings tied or not.
+LLAMA = Family("llama", _DECODER_RULES + _QKV_BIAS_RULES, gguf_permutes_qk=True, ignorable=(_ROTARY_CACHE,))
+# Qwen2: always q/k/v biases (the config sets qkv_bias for this family).
+QWEN2 = Family("qwen2", _DECODER_RULES + _QKV_BIAS_RULES, gguf_permutes_qk=False, ignorable=(_ROTARY_CACHE,))
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2)}
+
+
+def family_of(cfg: ModelConfig) -> Family:
+    try:
+        return FAMILIES[cfg.family]
+    except KeyError:
+        raise WeightsError(f"no weight map for model family {cfg.family!r}; known: {sorted(FAMILIES)}") from None
+
+
+def _set_path(tree: dict, path: str, value: np.ndarray) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _get_path(tree: dict, path: str):
+    for key in path.split("."):
+        tree = tree[key]
+    return tree
+
+
+def _read(source: TensorSource, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    array = source.get(name)
+    if tuple(array.shape) != shape:
+        raise WeightsError(f"{source.location(name)}: tensor {name!r} has shape {tuple(array.shape)}, "
+                           f"expected {shape} from the config")
+    return array
+
+
+def convert(cfg: ModelConfig, source: TensorSource, what: str) -> Params:
+    """Read every parameter `cfg` needs from `source` into the stacked, input-major layout.
+
+    `what` names the checkpoint in error messages. Arrays keep the checkpoint's dtype.
+    """
+    family = family_of(cfg)
+    shapes = param_shapes(cfg)
+    available = source.names()
+    rules = [r for r in family.rules if r.when(cfg)]
+
+    def names_of(rule: TensorRule) -> list[str]:
+        if rule.per_layer:
+            return [rule.source.format(layer=i) for i in range(cfg.n_layers)]
+        return [rule.source]
+
+    wanted = {name for rule in rules for name in names_of(rule)}
+    missing = sorted(wanted - available)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise WeightsError(f"{what}: missing tensors {shown}")
+    # Some tied checkpoints still store the (identical) head.
+    skipped = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    ignorable = re.compile("|".join(family.ignorable)) if family.ignorable else None
+    unexpected = sorted(n for n in available - wanted - skipped if not (ignorable and ignorable.fullmatch(n)))
+    if unexpected:
+        raise WeightsError(f"{what}: unexpected tensors {unexpected[:8]} for a {cfg.family} model with this "
+                           "config; they would change the computation, which emojax does not implement")
+
+    params: Params = {}
+    for rule in rules:
+        target_shape = _get_path(shapes, rule.target)
+        item_shape = tuple(target_shape[1:] if rule.per_layer else target_shape)
+        stored_shape = item_shape[::-1] if rule.transpose else item_shape
+        arrays = [_read(source, name, stored_shape) for name in names_of(rule)]
+        if rule.transpose:
+            arrays = [a.T for a in arrays]
+        value = np.stack(arrays) if rule.per_layer else np.ascontiguousarray(arrays[0])
+        _set_path(params, rule.target, value)
+    return params
