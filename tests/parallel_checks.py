@@ -55,7 +55,11 @@ def left_padded_batch(cfg: ModelConfig, rows: int, length: int, seed: int = 1) -
 
 
 def max_diff(a: Any, b: Any) -> float:
-    diffs = jax.tree_util.tree_map(lambda x, y: float(jnp.max(jnp.abs(jnp.asarray(x) - jnp.asarray(y)))), a, b)
+    def diff(x: Any, y: Any) -> float:
+        x, y = np.asarray(x), np.asarray(y)
+        return float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)), initial=0.0))
+
+    diffs = jax.tree_util.tree_map(diff, a, b)
     return max(jax.tree_util.tree_leaves(diffs))
 
 
