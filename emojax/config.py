@@ -90,8 +90,28 @@ def _rope_scaling(raw: Mapping[str, Any] | None, source: str) -> tuple[tuple[str
     return tuple(sorted((k, float(raw[k])) for k in needed))
 
 
+def _normalise(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Express newer transformers' spellings in the older fields parsed below.
+
+    transformers 5 writes `rope_parameters` (theta and scaling together) instead of `rope_theta` /
+    `rope_scaling`, and lists `layer_types` even when every layer is plain full attention.
+    """
+    raw = dict(raw)
+    rope = raw.get("rope_parameters")
+    if isinstance(rope, dict):
+        if "rope_theta" in rope:
+            raw.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default" and not raw.get("rope_scaling"):
+            raw["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    types = raw.get("layer_types")
+    if isinstance(types, list) and types and all(t == "full_attention" for t in types):
+        del raw["layer_types"]
+    return raw
+
+
 def config_from_hf(raw: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
     """Build a ModelConfig from the dict of an HF `config.json`, rejecting unsupported math."""
+    raw = _normalise(raw)
     family = raw.get("model_type")
     if family not in SUPPORTED_FAMILIES:
         raise ConfigError(

@@ -84,28 +84,6 @@ class SafetensorsSource:
             raise WeightsError(f"{self.location(name)}: cannot read tensor {name!r} ({err})") from None
 
 
-def _lift_rope_parameters(raw: dict[str, Any]) -> dict[str, Any]:
-    """Newer transformers write `rope_parameters` (theta and scaling together) instead of the older
-    top-level `rope_theta` / `rope_scaling`; express it in the older fields the config parser reads."""
-    rope = raw.get("rope_parameters")
-    if not isinstance(rope, dict):
-        return raw
-    raw = dict(raw)
-    if "rope_theta" in rope:
-        raw.setdefault("rope_theta", rope["rope_theta"])
-    if rope.get("rope_type", "default") != "default" and not raw.get("rope_scaling"):
-        raw["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    return raw
-
-
-def _drop_uniform_full_attention(raw: dict[str, Any]) -> dict[str, Any]:
-    """Newer transformers list `layer_types` even when every layer is plain full attention."""
-    types = raw.get("layer_types")
-    if isinstance(types, list) and types and all(t == "full_attention" for t in types):
-        raw = {k: v for k, v in raw.items() if k != "layer_types"}
-    return raw
-
-
 def _merge_generation_eos(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
     """Add the EOS ids of `generation_config.json` (chat models list their end-of-turn token there)."""
     file = directory / "generation_config.json"
@@ -132,7 +110,7 @@ def hf_config_dict(directory: Path) -> dict[str, Any]:
         raw = json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise WeightsError(f"{file}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    return _merge_generation_eos(_drop_uniform_full_attention(_lift_rope_parameters(raw)), directory)
+    return _merge_generation_eos(raw, directory)
 
 
 def hf_config(directory: Path) -> ModelConfig:
