@@ -2,7 +2,9 @@
 from emojax.config import ModelConfig
 from emojax.interventions import Intervention, stack_variants
 from emojax.kv_cache import KVCache
+from emojax.loading import DEFAULT_MODEL, LoadedModel, load_model
 from emojax.model import Output, forward
 from emojax.taps import TapSpec
 
-__all__ = ["Intervention", "KVCache", "ModelConfig", "Output", "TapSpec", "forward", "stack_variants"]
+__all__ = ["DEFAULT_MODEL", "Intervention", "KVCache", "LoadedModel", "ModelConfig", "Output", "TapSpec",
+           "forward", "load_model", "stack_variants"]
