@@ -145,6 +145,36 @@ def head_sweep_vmap() -> dict[str, Any]:
             "head_scale": spec(placed.head_scale), "logits": spec(out[0])}
 
 
+@check
+def head_and_sublayer_scans() -> dict[str, Any]:
+    """The exact head scan (one-token suffix passes) and the sublayer influence scan, run from a
+    prefix captured on sharded weights (model=2) and prompt rows split over data=4."""
+    from emojax import scan
+
+    cfg = tiny_config()
+    params = numpy_params(cfg, seed=8)
+    tokens, mask = left_padded_batch(cfg, rows=4, length=8, seed=9)
+    rng = np.random.default_rng(10)
+    readout = rng.standard_normal((4, cfg.d_model)).astype(np.float32)
+    directions = rng.standard_normal((2, cfg.n_layers, cfg.d_model)).astype(np.float32)
+    sigma = np.ones((2, cfg.n_layers), np.float32)
+
+    def scans(p: Any, tokens: Any, mask: Any) -> Any:
+        prefix = scan.capture_prefix(p, tokens, mask, config=cfg)
+        heads = scan.causal_head_scan(p, prefix, readout, config=cfg)
+        influence = scan.sublayer_influence(p, prefix, directions, sigma, [0.5, 2.0], readout, config=cfg)
+        return np.asarray(heads.effect), np.asarray(influence.influence), prefix.k
+
+    ref = scans(params, tokens, mask)
+    mesh = parallel.make_mesh(model=2)
+    batch, n = parallel.shard_batch({"tokens": tokens, "mask": mask}, mesh)
+    assert n == batch["tokens"].shape[0], "4 rows on data=4 need no padding"
+    out = scans(parallel.shard_params(params, mesh, cfg), batch["tokens"], batch["mask"])
+    return {"max_abs_diff": max_diff(out[:2], ref[:2]), "prefix_k": spec(out[2]),
+            "ref_scale": float(max(np.max(np.abs(ref[0])), np.max(np.abs(ref[1])))),
+            "effect_spread": float(np.ptp(ref[0]))}
+
+
 def main(names: list[str]) -> None:
     if jax.device_count() != 8:
         raise SystemExit(f"expected 8 devices, found {jax.device_count()}: set "

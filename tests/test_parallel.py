@@ -206,3 +206,11 @@ def test_data_parallel_intervention_sweep_equals_single_device(sharded_results):
     assert r["max_abs_diff"] < TOLERANCE
     assert r["variant_spread"] > 1e-3  # the variants really differ, so equality means something
     assert r["variants"] == 12 and r["head_scale"] == "P('data', None, None)" and r["logits"] == "P('data',)"
+
+
+def test_sharded_head_and_sublayer_scans_equal_single_device(sharded_results):
+    r = sharded_results["head_and_sublayer_scans"]
+    # Scores are sums over the model width of order 1-10: compare relative to their size.
+    assert r["max_abs_diff"] < TOLERANCE * max(1.0, r["ref_scale"])
+    assert r["effect_spread"] > 1e-3
+    assert r["prefix_k"] == "P(None, 'data', None, 'model')"  # rows over data, kv heads over model
