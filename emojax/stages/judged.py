@@ -1,0 +1,236 @@
+"""The loop every judged stage shares: batched generation in resumable chunks, judging, records.
+
+Prompting (S1), steering (S3), circuit modulation (S7) and the neutral baseline all generate one reply
+per item, judge it against the item's emotion and write the §3.3 records with accuracy tables. This
+module holds that loop once:
+
+- `Decoding`: the per-condition settings of method.md §6;
+- `generate_in_chunks`: every prompt of a stage is tokenised once to one padded width, and every chunk
+  is filled up to the same number of rows, so one compilation serves the whole stage; chunks are a
+  `ChunkedJob`, so a killed stage resumes at the chunk it was in;
+- `judge_in_chunks`: the judge in resumable chunks (an HTTP judge is slow);
+- `write_judged_outputs`: records.jsonl, accepted.jsonl, rejected.jsonl, accuracy.json, accuracy.md;
+- `finished_summary` / `mark_finished`: a stage whose done.json carries the same fingerprint is
+  skipped; a changed fingerprint recomputes it in fresh job directories.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from emojax.data import Item, SevRecord
+from emojax.generate import generate
+from emojax.interventions import Intervention
+from emojax.prompts import tokenize_prompts
+from emojax.runs import ChunkedJob, RunDir, read_json, write_json, write_jsonl, write_text
+from emojax.runs.manifest import jsonable
+from emojax.stages.accuracy import accuracy_markdown, accuracy_tables
+
+PAD_MULTIPLE = 16          # prompt widths rounded up to this, so similar splits share a shape
+JUDGE_CHUNK = 256
+DONE_NAME = "done.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """Greedy decoding settings of one condition (method.md §6)."""
+
+    condition: str
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    dtype: str = "float32"
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
+                "repetition_penalty": self.repetition_penalty,
+                "no_repeat_ngram_size": self.no_repeat_ngram_size}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "greedy": True}
+
+
+# (min new, repetition penalty, no-repeat n-gram, dtype) per condition, as in the official runs.
+_CONDITIONS = {
+    "prompting": (0, 1.0, 0, "float32"),
+    "steering": (10, 1.05, 3, "float32"),
+    "circuit": (10, 1.1, 3, "float16"),
+    "baseline": (10, 1.1, 3, "float16"),
+}
+# D12/D13 "harmonised": one decoding and one dtype for every condition (the circuit row's penalties).
+_HARMONISED = (10, 1.1, 3, "float32")
+
+
+def decoding_for(condition: str, max_new_tokens: int, harmonised: bool = False) -> Decoding:
+    """§6 settings of `condition` with the preset's max_new_tokens (paper: 100)."""
+    if condition not in _CONDITIONS:
+        raise ValueError(f"unknown generation condition {condition!r}; expected one of {sorted(_CONDITIONS)}")
+    min_new, penalty, ngram, dtype = _HARMONISED if harmonised else _CONDITIONS[condition]
+    return Decoding(condition, max_new_tokens, min_new, penalty, ngram, dtype)
+
+
+def digest(value: Any) -> str:
+    """Short content hash of any JSON-able value (fingerprints, job names)."""
+    text = json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def records_digest(records: Sequence[SevRecord]) -> str:
+    """Content hash of a dataset (the records actually used, after any subsampling)."""
+    return digest([r.to_json() for r in records])
+
+
+def model_hash(ctx: Any) -> str:
+    """The hash that stamps this run's artefacts: the manifest's model, else the loaded model's."""
+    return ctx.run.model_hash or ctx.model.source_hash
+
+
+def judge_identity(judge: Any) -> str:
+    """What identifies a judge in fingerprints: its `identity`/`name` attribute, else its type."""
+    for attribute in ("identity", "name"):
+        value = getattr(judge, attribute, None)
+        if value:
+            return str(value)
+    return f"{type(judge).__module__}.{type(judge).__qualname__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage bookkeeping
+
+
+def finished_summary(run: RunDir, stage: str, fingerprint: Any) -> dict[str, Any] | None:
+    """The stored summary when `stage` finished with this fingerprint; None when it must run."""
+    path = run.path / stage / DONE_NAME
+    if not path.is_file():
+        return None
+    done = read_json(path)
+    if done.get("fingerprint") == jsonable(fingerprint):
+        logging.info("stage %s: finished earlier with the same inputs; skipped", stage)
+        return done["summary"]
+    logging.warning("stage %s: finished earlier with different inputs; computing it again", stage)
+    return None
+
+
+def mark_finished(run: RunDir, stage: str, fingerprint: Any, summary: Mapping[str, Any]) -> None:
+    run.mark_done(stage, {"fingerprint": jsonable(fingerprint), "summary": jsonable(dict(summary))})
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and judging
+
+RowIntervention = Callable[[np.ndarray], Intervention]
+
+
+def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: Sequence[Any],
+                       decoding: Decoding, *, fingerprint: Any, row_iv: RowIntervention | None = None,
+                       job: str = "generate") -> list[dict[str, Any]]:
+    """Greedy replies to `prompts` (chat messages), one record per prompt, resumable by chunk.
+
+    Every chunk holds `ctx.preset.batch_size` rows (the last one repeats its final prompt to fill up)
+    at one prompt width, so one compilation serves the stage. `row_iv(rows)` gives the intervention
+    of the item indices `rows` (per-row fields [L, B, ...]), or None for none. Records:
+    {key, gen_text, input_len, new_tokens, finished}.
+    """
+    if len(keys) != len(prompts) or not prompts:
+        raise ValueError(f"generate_in_chunks: {len(keys)} keys for {len(prompts)} prompts")
+    batch = tokenize_prompts(ctx.model.tokenizer, prompts, date_string=ctx.settings.date_string,
+                             pad_multiple=PAD_MULTIPLE)
+    n = len(prompts)
+    size = min(ctx.preset.batch_size, n)
+    dtype = None if decoding.dtype == str(ctx.model.params["embed"].dtype) else jnp.dtype(decoding.dtype)
+    spec = {"job": fingerprint, "model": model_hash(ctx), "decoding": decoding.to_json(), "rows": size,
+            "prompts": hashlib.sha256(batch.tokens.tobytes() + batch.mask.tobytes()).hexdigest()}
+
+    def compute(start: int, stop: int) -> list[dict[str, Any]]:
+        rows = np.minimum(np.arange(start, start + size), n - 1)
+        out = generate(ctx.model, (batch.tokens[rows], batch.mask[rows]), iv=None if row_iv is None else row_iv(rows),
+                       batch_size=size, dtype=dtype, **decoding.generate_kwargs())
+        return [{"key": keys[i], "gen_text": out.texts[j], "input_len": int(batch.lengths[i]),
+                 "new_tokens": int(out.lengths[j]), "finished": bool(out.finished[j])}
+                for j, i in enumerate(range(start, stop))]
+
+    chunked = ChunkedJob(directory, f"{job}-{digest(spec)}", n, size, spec)
+    return chunked.run(compute, desc=f"{directory.name} {job}")
+
+
+def judge_in_chunks(ctx: Any, directory: Path, texts: Sequence[str], targets: Sequence[str], *,
+                    job: str = "judge") -> list[dict[str, Any]]:
+    """The judge's verdict {match, reason, error} on every (text, target emotion), resumable by chunk."""
+    spec = {"judge": judge_identity(ctx.judge), "texts": digest([list(texts), list(targets)])}
+
+    def compute(start: int, stop: int) -> list[dict[str, Any]]:
+        result = ctx.judge(list(texts[start:stop]), list(targets[start:stop]))
+        return verdicts(result, stop - start)
+
+    chunked = ChunkedJob(directory, f"{job}-{digest(spec)}", len(texts), JUDGE_CHUNK, spec)
+    return chunked.run(compute, desc=f"{directory.name} {job}")
+
+
+def verdicts(result: Any, n: int) -> list[dict[str, Any]]:
+    """§3.3 judge fields from a JudgeResult: match (0/1), reason, error (None or the failure)."""
+    match = np.asarray(result.match).astype(int).reshape(-1)
+    errors, reasons = getattr(result, "errors", None), getattr(result, "reasons", None)
+    errors = [None] * n if errors is None else list(errors)
+    reasons = [""] * n if reasons is None else list(reasons)
+    if not len(match) == len(errors) == len(reasons) == n:
+        raise ValueError(f"the judge returned {len(match)} matches, {len(errors)} errors and {len(reasons)} "
+                         f"reasons for {n} texts")
+    if not set(match.tolist()) <= {0, 1}:
+        raise ValueError(f"the judge returned matches other than 0/1: {sorted(set(match.tolist()))}")
+    return [{"match": int(m), "reason": str(r), "error": None if e is None else str(e)}
+            for m, r, e in zip(match, reasons, errors)]
+
+
+def item_record(item: Item, generation: Mapping[str, Any], verdict: Mapping[str, Any],
+                meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A generated and judged record in the method.md §3.3 schema."""
+    if generation["key"] != item.key:
+        raise ValueError(f"generation record {generation['key']!r} does not belong to item {item.key!r}")
+    input_len = int(generation["input_len"])
+    return {
+        "key": item.key, "skeleton_id": item.skeleton_id, "theme": item.record.theme,
+        "valence": item.valence, "emotion": item.emotion, "scenario": item.record.scenario,
+        "event": item.event, "gen_text": generation["gen_text"],
+        "meta": {**meta, "input_len": input_len, "last_input_idx": input_len - 1,
+                 "new_tokens": int(generation["new_tokens"]), "finished": bool(generation["finished"])},
+        "judge": dict(verdict),
+    }
+
+
+def record_meta(ctx: Any, decoding: Decoding, **extra: Any) -> dict[str, Any]:
+    """The `meta` block shared by a stage's records (model, dtype, decoding, date string, ...)."""
+    return {"model": ctx.model.name, "model_hash": model_hash(ctx), "dtype": decoding.dtype,
+            "decoding": decoding.to_json(), "date": ctx.settings.date_string, **extra}
+
+
+def run_judged_generation(ctx: Any, directory: Path, items: Sequence[Item], prompts: Sequence[Any],
+                          decoding: Decoding, *, fingerprint: Any, row_iv: RowIntervention | None = None,
+                          meta: Mapping[str, Any] | None = None, job: str = "generate"
+                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate, judge and tabulate: (§3.3 records, accuracy tables) of `items`."""
+    keys = [item.key for item in items]
+    generations = generate_in_chunks(ctx, directory, keys, prompts, decoding, fingerprint=fingerprint,
+                                     row_iv=row_iv, job=job)
+    judged = judge_in_chunks(ctx, directory, [g["gen_text"] for g in generations],
+                             [item.emotion for item in items], job=f"{job}_judge")
+    shared = record_meta(ctx, decoding, **dict(meta or {}))
+    records = [item_record(item, g, v, shared) for item, g, v in zip(items, generations, judged)]
+    return records, accuracy_tables(records)
+
+
+def write_judged_outputs(directory: Path, records: Sequence[Mapping[str, Any]], tables: Mapping[str, Any],
+                         title: str) -> None:
+    """records.jsonl, accepted.jsonl (match 1), rejected.jsonl (match 0), accuracy.json, accuracy.md."""
+    write_jsonl(directory / "records.jsonl", records)
+    write_jsonl(directory / "accepted.jsonl", [r for r in records if r["judge"]["match"] == 1])
+    write_jsonl(directory / "rejected.jsonl", [r for r in records if r["judge"]["match"] != 1])
+    write_json(directory / "accuracy.json", tables)
+    write_text(directory / "accuracy.md", accuracy_markdown(tables, title))

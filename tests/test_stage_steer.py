@@ -1,0 +1,91 @@
+"""S3 steering on a tiny random model: the per-row intervention, the batched generation, the train sweep."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from emojax.data import EMOTIONS, items
+from emojax.generate import generate
+from emojax.interventions import Intervention
+from emojax.prompts import neutral_messages
+from emojax.runs import InputError, read_jsonl
+from emojax.stages import directions_stage, elicit, steer
+from stage_fixtures import FakeJudge, make_context, split, tiny_loaded_model
+
+
+def test_steering_intervention_layout() -> None:
+    model = tiny_loaded_model()
+    cfg = model.config
+    dirs = np.random.default_rng(0).normal(size=(6, cfg.n_layers, cfg.d_model)).astype(np.float32)
+    iv = steer.steering_intervention(cfg, dirs, np.array([2, 0, 5]), [1, 2], alpha=3.0)
+    add = np.asarray(iv.resid_add_rms)
+    assert add.shape == (cfg.n_layers, 3, 2, cfg.d_model) and iv.resid_where == "from_last"
+    np.testing.assert_allclose(add[1, 0, 1], 3.0 * dirs[2, 1])
+    np.testing.assert_allclose(add[2, 2, 1], 3.0 * dirs[5, 2])
+    assert not add[:, :, 0].any() and not add[0].any() and not add[3].any()
+    assert not np.asarray(iv.resid_add).any()
+
+
+def test_per_row_batch_equals_rows_steered_alone() -> None:
+    """Six emotions of one group in one batch give what each row gives with a shared intervention."""
+    model = tiny_loaded_model()
+    cfg = model.config
+    dirs = np.random.default_rng(1).normal(size=(6, cfg.n_layers, cfg.d_model)).astype(np.float32)
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    group = items(split(1))[:6]
+    prompts = [neutral_messages(i) for i in group]
+    kwargs = dict(max_new_tokens=5, min_new_tokens=2, repetition_penalty=1.05, no_repeat_ngram_size=3)
+    emotion = np.arange(6)
+    batched = generate(model, prompts, iv=steer.steering_intervention(cfg, dirs, emotion, [1, 2], 6.0), **kwargs)
+    plain = generate(model, prompts[:1], **kwargs)
+    assert len(set(map(tuple, batched.tokens))) > 1          # the rows really are steered differently
+    for row in (0, 3, 5):
+        shared = Intervention.identity(cfg, resid_where="from_last")
+        for layer in (1, 2):
+            shared = shared.add_resid(layer, 1, 6.0 * dirs[row, layer], rms_scaled=True)
+        alone = generate(model, prompts[:1], iv=shared, **kwargs)
+        np.testing.assert_array_equal(batched.tokens[row], alone.tokens[0])
+        assert not np.array_equal(alone.tokens[0], plain.tokens[0])
+
+
+def test_best_alpha_prefers_accuracy_then_the_transferred_value() -> None:
+    assert steer.best_alpha({1.0: 0.5, 2.0: 0.7, 4.0: 0.6}, reference=3.46) == 2.0
+    assert steer.best_alpha({1.73: 0.5, 3.46: 0.5, 6.92: 0.5}, reference=3.46) == 3.46
+    assert steer.best_alpha({2.0: 0.5, 8.0: 0.5}, reference=4.0) == 2.0
+
+
+def test_steer_stage_with_train_sweep(tmp_path) -> None:
+    # The judge always matches happiness and matches the other emotions only for replies of even
+    # length: arbitrary but deterministic, so accuracies can differ across alphas.
+    judge = FakeJudge(reject=lambda text, target: target != "happiness" and len(text) % 2 == 1)
+    ctx = make_context(tmp_path, judge=judge, train=split(2), test=split(1, "bundled:test"))
+    with pytest.raises(InputError, match="directions stage has not finished"):
+        steer.run(ctx)
+    elicit.run(ctx, "train")
+    directions_stage.run(ctx)
+    summary = steer.run(ctx, alpha_sweep=True, alphas=[0.5, 8.0], sweep_per_theme=1)
+
+    sweep = json.loads((ctx.run.path / "steer_sweep_train" / "sweep.json").read_text())
+    assert sweep["alphas"] == [0.5, 8.0] and sweep["items"] == len(items(split(1)))  # one record per theme
+    accuracies = {float(a): acc for a, acc in sweep["accuracy"].items()}
+    assert sweep["best_alpha"] == steer.best_alpha(accuracies, ctx.hparams.steer_alpha)
+    for alpha in ("0.5", "8"):
+        swept = read_jsonl(ctx.run.path / "steer_sweep_train" / f"alpha_{alpha}" / "records.jsonl")
+        assert {r["skeleton_id"] for r in swept} <= {r.skeleton_id for r in ctx.train}
+        assert swept[0]["meta"]["alpha"] == float(alpha)
+
+    out = ctx.run.path / "steer_test"
+    choice = json.loads((out / "alpha.json").read_text())
+    assert summary["alpha"] == choice["alpha"] == sweep["best_alpha"] and "sweep" in choice["source"]
+    records = read_jsonl(out / "records.jsonl")
+    assert [r["key"] for r in records] == [i.key for i in items(ctx.test)]
+    meta = records[0]["meta"]
+    assert meta["condition"] == "steering" and meta["positions"] == "P_last"
+    assert meta["steer_layers"] == [ctx.hparams.steer_layers[0], ctx.hparams.steer_layers[-1]]
+    assert (meta["decoding"]["min_new_tokens"], meta["decoding"]["repetition_penalty"],
+            meta["decoding"]["no_repeat_ngram_size"]) == (10, 1.05, 3)
+    tables = json.loads((out / "accuracy.json").read_text())
+    assert summary["accuracy"] == tables["overall"] and tables["per_emotion"]["happiness"]["accuracy"] == 100.0
+    assert set(tables["per_emotion"]) == set(EMOTIONS)
