@@ -172,21 +172,22 @@ def _mlp_input_chunk(params: dict[str, Any], tokens: Array, mask: Array, ivs: In
 
 
 def brute_head_same_layer(params: dict[str, Any], tokens: Array, mask: Array, *, directions: Array,
-                          config: ModelConfig, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+                          config: ModelConfig, layers: Sequence[int] | None = None,
+                          chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """The S4b head importance by definition: zero head (l, h) at every position, run the model and
     read s_l = <N^post_l(m_l)[t*], directions[l]>. directions [L, D] or [B, L, D].
-    Returns (importance s_l - s'_l [B, L, H], baseline s_l [B, L])."""
+    Returns (importance s_l - s'_l [B, len(layers), H], baseline s_l [B, L])."""
     tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
     directions = jnp.asarray(directions, jnp.float32)
-    sites = [(l, h) for l in range(config.n_layers) for h in range(config.n_heads)]
+    layers = list(range(config.n_layers)) if layers is None else list(layers)
+    sites = [(l, h) for l in layers for h in range(config.n_heads)]
     ivs = stack_variants([Intervention.identity(config)]
                          + [Intervention.identity(config).zero_heads([s]) for s in sites])
-    n = len(sites) + 1
     scores = chunking.map_chunks(
         lambda idx: _mlp_input_chunk(params, tokens, mask, jax.tree_util.tree_map(lambda a: a[idx], ivs),
                                      directions, config=config),
-        n, chunk, desc="brute-force head ablations")
-    base, ablated = scores[0], scores[1:]  # [B, L], [L*H, B, L]
-    ablated = ablated.reshape(config.n_layers, config.n_heads, *base.shape)
-    own_layer = ablated[np.arange(config.n_layers), :, :, np.arange(config.n_layers)]  # [L, H, B]
-    return base[:, :, None] - np.transpose(own_layer, (2, 0, 1)), base
+        len(sites) + 1, chunk, desc="brute-force head ablations")
+    base, ablated = scores[0], scores[1:]  # [B, L], [len(sites), B, L]
+    ablated = ablated.reshape(len(layers), config.n_heads, *base.shape)
+    own_layer = ablated[np.arange(len(layers)), :, :, np.asarray(layers)]  # [len(layers), H, B]
+    return base[:, layers, None] - np.transpose(own_layer, (2, 0, 1)), base
