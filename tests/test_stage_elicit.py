@@ -1,6 +1,7 @@
 """S1 elicitation on a tiny random model: §3.3 records, accuracy tables, one shape per stage, resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -105,6 +106,13 @@ def test_elicit_writes_records_resumes_and_skips(tmp_path, monkeypatch) -> None:
     judge_calls = len(judge.calls)
     assert elicit.run(ctx, "train") == summary      # finished with the same inputs: skipped
     assert len(shapes) == 3 and len(judge.calls) == judge_calls
+
+    lenient = FakeJudge()                          # another judge re-judges the same replies
+    lenient.identity = "lenient"
+    rejudged = elicit.run(dataclasses.replace(ctx, judge=lenient), "train")
+    assert len(shapes) == 3 and lenient.calls == [n_items]
+    assert rejudged["accuracy"]["accuracy"] == 100.0
+    assert [r["gen_text"] for r in read_jsonl(out / "records.jsonl")] == [r["gen_text"] for r in records]
 
 
 def test_load_records_requires_a_finished_stage(tmp_path) -> None:

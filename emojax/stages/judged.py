@@ -136,8 +136,8 @@ def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: 
 
     Every chunk holds `ctx.preset.batch_size` rows (the last one repeats its final prompt to fill up)
     at one prompt width, so one compilation serves the stage. `row_iv(rows)` gives the intervention
-    of the item indices `rows` (per-row fields [L, B, ...]), or None for none. Records:
-    {key, gen_text, input_len, new_tokens, finished}.
+    of the item indices `rows` (per-row fields [L, B, ...]), or None for none. A "judge" entry of
+    `fingerprint` is ignored. Records: {key, gen_text, input_len, new_tokens, finished}.
     """
     if len(keys) != len(prompts) or not prompts:
         raise ValueError(f"generate_in_chunks: {len(keys)} keys for {len(prompts)} prompts")
@@ -146,6 +146,9 @@ def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: 
     n = len(prompts)
     size = min(ctx.preset.batch_size, n)
     dtype = None if decoding.dtype == str(ctx.model.params["embed"].dtype) else jnp.dtype(decoding.dtype)
+    # Judging never changes what is generated, so a stage re-judged by another judge reuses its replies.
+    if isinstance(fingerprint, Mapping):
+        fingerprint = {k: v for k, v in fingerprint.items() if k != "judge"}
     spec = {"job": fingerprint, "model": model_hash(ctx), "decoding": decoding.to_json(), "rows": size,
             "prompts": hashlib.sha256(batch.tokens.tobytes() + batch.mask.tobytes()).hexdigest()}
 
