@@ -1,0 +1,118 @@
+"""Stage S6e-S6f: global emotion circuits from sublayer influence and component rankings, and their
+cross-emotion overlap.
+
+Budget: transferred from the original model by method.md §8 (`Settings.budget = "transferred"`) or
+the literal 560 = 392 + 168 ("literal"); the split is fixed 70/30 or "auto" (D9). Each layer takes
+its top-k neurons by C_mean (S4a) and top-k heads by mean importance (S4b).
+
+Outputs in `<run>/circuit/`:
+    <emotion>.json       the official circuit layout (+ allocation log, budget rule, model hash)
+    overlap.json         Jaccard and overlap-coefficient matrices (canonical emotion order) and their
+                         means over the 15 pairs, for neurons and heads (S6f, D21)
+    circuit_<emotion>.png  the circuit map: heads per layer, neurons per layer, influence per layer
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from emojax.circuit import Budget, Circuit, build_circuit, jaccard, literal_budget, mean_pairwise, \
+    overlap_coefficient, pairwise, transferred_budget
+from emojax.config import ModelConfig
+from emojax.data import EMOTIONS
+from emojax.runs import hash_path, write_json
+from emojax.stages import figures, upstream
+from emojax.stages.context import StageContext
+from emojax.stages.judged import finished_summary, mark_finished, model_hash
+
+STAGE = "circuit"
+RATIO_FIXED = "0.7,0.3"
+
+
+def budget_for(config: ModelConfig, rule: str) -> Budget:
+    """The §8 transferred budget or the literal original one."""
+    if rule == "transferred":
+        return transferred_budget(config)
+    if rule == "literal":
+        return literal_budget()
+    raise ValueError(f"budget rule {rule!r}; expected 'transferred' or 'literal'")
+
+
+def build_all(influence: np.ndarray, neuron_scores: np.ndarray, head_scores: np.ndarray, budget: Budget,
+              ratio_mode: str) -> dict[str, tuple[Circuit, dict[str, Any]]]:
+    """Circuit and record per emotion. influence [6, 2, L] (kind 0 attention, 1 MLP, mean over alpha);
+    neuron_scores [6, L, F]; head_scores [6, L, H]."""
+    return {emotion: build_circuit(emotion, influence[e, 0], influence[e, 1], neuron_scores[e],
+                                   head_scores[e], budget, ratio_mode)
+            for e, emotion in enumerate(EMOTIONS)}
+
+
+def overlap(circuits: Mapping[str, Circuit]) -> dict[str, Any]:
+    """Jaccard (the paper's statistic) and overlap coefficient, matrix and pair mean, per kind."""
+    result: dict[str, Any] = {"emotions": list(circuits)}
+    for kind, members in (("neurons", {e: c.neuron_set() for e, c in circuits.items()}),
+                          ("heads", {e: c.head_set() for e, c in circuits.items()})):
+        result[kind] = {
+            "jaccard_mean": mean_pairwise(members, jaccard),
+            "overlap_coefficient_mean": mean_pairwise(members, overlap_coefficient),
+            "jaccard": pairwise(members, jaccard)[1].tolist(),
+            "overlap_coefficient": pairwise(members, overlap_coefficient)[1].tolist(),
+            "shared_by_all": sorted(map(list, set.intersection(*members.values()))) if members else [],
+        }
+    return result
+
+
+def fingerprint(ctx: StageContext) -> dict[str, Any]:
+    inputs = {name: hash_path(ctx.run.path / stage / file) for name, stage, file in (
+        ("influence", "sublayer", "influence.npz"), ("neurons", "components", "neuron_stats.npz"),
+        ("heads", "components", "head_stats.npz"))}
+    return {"stage": STAGE, "model": model_hash(ctx), "inputs": inputs, "budget": ctx.settings.budget,
+            "ratio_mode": ctx.settings.ratio_mode}
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Build, write and plot the six circuits and their overlap statistics."""
+    influence = upstream.influence(ctx)
+    neuron_scores = upstream.neuron_scores(ctx)
+    head_scores = upstream.head_scores(ctx)
+    stamp = fingerprint(ctx)
+    done = finished_summary(ctx.run, STAGE, stamp)
+    if done is not None:
+        return done
+    out = ctx.run.stage(STAGE)
+    cfg = ctx.config
+    budget = budget_for(cfg, ctx.settings.budget)
+    built = build_all(influence, neuron_scores, head_scores, budget, ctx.settings.ratio_mode)
+    for e, (emotion, (circuit, record)) in enumerate(built.items()):
+        if ctx.settings.ratio_mode == "fixed":
+            record["ratio_fixed"] = RATIO_FIXED
+        record.update({"budget_rule": ctx.settings.budget, "model_hash": model_hash(ctx),
+                       "model_name": ctx.model.name})
+        write_json(out / f"{emotion}.json", _official_key_order(record))
+        figures.circuit_map(out / f"circuit_{emotion}.png", circuit, influence[e], n_heads=cfg.n_heads,
+                            title=f"{emotion} circuit ({ctx.model.name})")
+    stats = overlap({emotion: circuit for emotion, (circuit, _) in built.items()})
+    write_json(out / "overlap.json", stats)
+    summary = {"stage": STAGE,
+               "budget": {"rule": ctx.settings.budget, "neurons": budget.neurons, "heads": budget.heads,
+                          "min_neurons": budget.min_neurons, "min_heads": budget.min_heads},
+               "ratio_mode": ctx.settings.ratio_mode,
+               "sizes": {e: {"neurons": len(c.neuron_set()), "heads": len(c.head_set())}
+                         for e, (c, _) in built.items()},
+               "overlap": {"neurons": stats["neurons"]["jaccard_mean"], "heads": stats["heads"]["jaccard_mean"]},
+               "overlap_coefficient": {"neurons": stats["neurons"]["overlap_coefficient_mean"],
+                                       "heads": stats["heads"]["overlap_coefficient_mean"]}}
+    mark_finished(ctx.run, STAGE, stamp, summary)
+    return summary
+
+
+_OFFICIAL_ORDER = ("emotion", "K_total", "ratio_mode", "ratio_fixed", "K_alloc", "min_per_layer", "cap_ratio",
+                   "summary", "layers")
+
+
+def _official_key_order(record: dict[str, Any]) -> dict[str, Any]:
+    """The published files' key order first, then emojax's additions (allocation log, provenance)."""
+    ordered = {k: record[k] for k in _OFFICIAL_ORDER if k in record}
+    ordered.update({k: v for k, v in record.items() if k not in ordered})
+    return ordered

@@ -1,0 +1,92 @@
+"""Checked reads of the artefacts earlier stages wrote into the run directory.
+
+Every array file is matched against the run's model hash and the model's shapes on the way in
+(`emojax.runs.check_array_file`), so a stale or foreign artefact fails with one line naming it.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from emojax.circuit import Circuit
+from emojax.data import EMOTIONS
+from emojax.runs import InputError, check_array_file, check_circuit, read_json
+from emojax.stages import capture, directions_stage
+from emojax.stages.context import StageContext
+from emojax.stages.judged import model_hash
+
+N_EMOTIONS = len(EMOTIONS)
+
+
+class CapturedItems(NamedTuple):
+    keys: list[str]
+    emotion: np.ndarray    # [N] index into EMOTIONS
+    rule: str
+
+
+def _file(ctx: StageContext, stage: str, name: str):
+    path = ctx.run.path / stage / name
+    if not ctx.run.is_done(stage) and not path.exists():
+        raise InputError(f"{path}: stage {stage!r} has not run yet in {ctx.run.path}")
+    return path
+
+
+def directions(ctx: StageContext) -> dict[str, np.ndarray]:
+    """directions.npz of the directions stage (dirs, delta, sigma, v_ref), checked against the model."""
+    return directions_stage.load(ctx)[0]
+
+
+def captured_items(ctx: StageContext) -> CapturedItems:
+    """The items of the fused capture (those the directions rule selected), from capture/items.json."""
+    path = _file(ctx, capture.STAGE, "items.json")
+    data = read_json(path)
+    try:
+        keys = [str(k) for k in data["keys"]]
+        emotion = np.asarray(data["emotion"], np.int32)
+        rule = str(data["rule"])
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{path}: malformed capture index ({type(err).__name__}: {err})") from None
+    if len(keys) != len(emotion) or (emotion.size and not 0 <= emotion.min() <= emotion.max() < N_EMOTIONS):
+        raise InputError(f"{path}: {len(keys)} keys but {len(emotion)} emotion indices in 0..5")
+    return CapturedItems(keys, emotion, rule)
+
+
+def neuron_scores(ctx: StageContext) -> np.ndarray:
+    """C_mean [6, L, F] of the analytic neuron decomposition (S4a)."""
+    c = ctx.config
+    arrays = check_array_file(_file(ctx, "components", "neuron_stats.npz"),
+                              {"C_mean": (N_EMOTIONS, c.n_layers, c.d_ff)}, model_hash(ctx))
+    return arrays["C_mean"]
+
+
+def head_scores(ctx: StageContext) -> np.ndarray:
+    """Mean same-layer head importance [6, L, H] (S4b)."""
+    c = ctx.config
+    arrays = check_array_file(_file(ctx, "components", "head_stats.npz"),
+                              {"mean": (N_EMOTIONS, c.n_layers, c.n_heads)}, model_hash(ctx))
+    return arrays["mean"]
+
+
+def influence(ctx: StageContext) -> np.ndarray:
+    """Mean-over-alpha sublayer influence [6, 2, L] (kind 0 attention, 1 MLP) of the sublayer stage."""
+    arrays = check_array_file(_file(ctx, "sublayer", "influence.npz"),
+                              {"mean_over_alpha": (N_EMOTIONS, 2, ctx.config.n_layers)}, model_hash(ctx))
+    return arrays["mean_over_alpha"]
+
+
+def circuits(ctx: StageContext) -> dict[str, Circuit]:
+    """The circuit of every emotion, checked against the model's shapes and hash."""
+    out = {}
+    for emotion in EMOTIONS:
+        path = _file(ctx, "circuit", f"{emotion}.json")
+        record = read_json(path)
+        check_circuit(record, ctx.config, source=str(path), model_hash=model_hash(ctx))
+        out[emotion] = Circuit.from_record(record, source=str(path))
+    return out
+
+
+def accuracy(ctx: StageContext, stage: str) -> dict[str, Any] | None:
+    """A generation stage's accuracy.json, or None when that stage did not run."""
+    path = ctx.run.path / stage / "accuracy.json"
+    return read_json(path) if path.is_file() else None
