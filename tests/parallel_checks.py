@@ -175,6 +175,30 @@ def head_and_sublayer_scans() -> dict[str, Any]:
             "effect_spread": float(np.ptp(ref[0]))}
 
 
+@check
+def steered_generation() -> dict[str, Any]:
+    """Greedy generation (repetition penalty on) with rms-scaled steering from t* on, weights on
+    model=4, rows on data=2 (3 prompts padded to 4)."""
+    from emojax.generate import generate_tokens
+
+    cfg = tiny_config(n_heads=8, n_kv_heads=4, head_dim=4, eos_token_ids=(5,))
+    params = numpy_params(cfg, seed=11)
+    tokens, mask = left_padded_batch(cfg, rows=3, length=6, seed=12)
+    steer = np.random.default_rng(13).standard_normal(cfg.d_model).astype(np.float32)
+    iv = Intervention.identity(cfg, resid_where="from_last").add_resid(0, 1, 4.0 * steer, rms_scaled=True)
+    ref = generate_tokens(params, tokens, mask, config=cfg, max_new_tokens=6, iv=iv,
+                          repetition_penalty=1.3)
+    plain = generate_tokens(params, tokens, mask, config=cfg, max_new_tokens=6, repetition_penalty=1.3)
+
+    mesh = parallel.make_mesh(model=4)
+    batch, n = parallel.shard_batch({"tokens": tokens, "mask": mask}, mesh)
+    out = generate_tokens(parallel.shard_params(params, mesh, cfg), batch["tokens"], batch["mask"], config=cfg,
+                          max_new_tokens=6, iv=iv, repetition_penalty=1.3)
+    out = parallel.unpad(out, n)
+    return {"max_abs_diff": max_diff(out, ref), "tokens_equal": bool(np.array_equal(out.tokens, ref.tokens)),
+            "steering_changes_tokens": not bool(np.array_equal(plain.tokens, ref.tokens))}
+
+
 def main(names: list[str]) -> None:
     if jax.device_count() != 8:
         raise SystemExit(f"expected 8 devices, found {jax.device_count()}: set "
