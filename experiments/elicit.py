@@ -41,8 +41,9 @@ def main(argv: list[str]) -> None:
     for role in roles:
         summary = elicit.run(ctx, role)
         logging.info("elicitation (%s): %s", role, summary)
-        print(f"{role}: prompting accuracy {summary['accuracy']['accuracy']}% "
-              f"({summary['accuracy']['matched']}/{summary['accuracy']['total']}) -> {ctx.run.path / elicit.stage_name(role)}")
+        overall = summary["accuracy"]
+        print(f"{role}: prompting accuracy {overall['accuracy']}% ({overall['matched']}/{overall['total']}) "
+              f"-> {ctx.run.path / elicit.stage_name(role)}")
 
 
 if __name__ == "__main__":

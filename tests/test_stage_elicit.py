@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from emojax.data import EMOTIONS, VALENCES, items
-from emojax.generate import generate
 from emojax.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import read_jsonl
 from emojax.stages import elicit, judged

@@ -79,6 +79,7 @@ def test_steer_stage_with_train_sweep(tmp_path) -> None:
     out = ctx.run.path / "steer_test"
     choice = json.loads((out / "alpha.json").read_text())
     assert summary["alpha"] == choice["alpha"] == sweep["best_alpha"] and "sweep" in choice["source"]
+    assert summary["directions_rule"] == choice["directions_rule"] == "all"   # 2 records: too few groups
     records = read_jsonl(out / "records.jsonl")
     assert [r["key"] for r in records] == [i.key for i in items(ctx.test)]
     meta = records[0]["meta"]

@@ -105,7 +105,8 @@ def geometry(vectors: dict[str, np.ndarray], separability: dict[str, np.ndarray]
                          "method": "leave-one-scenario-out nearest centroid (cosine) of group-centred states"},
         "summary": {
             "sublayer_offdiag_mean": float(sub[:, off_diagonal].mean()),
-            "sublayer_offdiag_mean_per_emotion": {e: float(sub[i][off_diagonal].mean()) for i, e in enumerate(EMOTIONS)},
+            "sublayer_offdiag_mean_per_emotion": {e: float(sub[i][off_diagonal].mean())
+                                                  for i, e in enumerate(EMOTIONS)},
             "attn_vs_mlp_same_layer_mean": float(same_layer.mean()),
             "mlp_vs_next_attn_mean": float(mlp_to_next.mean()),
             "anger_disgust_mlp_by_layer": cross["mlp"][:, pair[0], pair[1]],

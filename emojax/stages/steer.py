@@ -151,7 +151,7 @@ def run(ctx: StageContext, alpha_sweep: bool = False, alphas: Sequence[float] | 
     """Steer every item of the test split (after the optional train sweep); returns the summary."""
     if not ctx.test:
         raise InputError("the test split is empty: nothing to steer")
-    vectors, _ = directions_stage.load(ctx)
+    vectors, directions_meta = directions_stage.load(ctx)
     dirs_mlp = vectors["dirs_mlp"]
     sweep = run_sweep(ctx, dirs_mlp, alphas, sweep_per_theme) if alpha_sweep else None
     if ctx.settings.steer_alpha is not None:
@@ -171,10 +171,12 @@ def run(ctx: StageContext, alpha_sweep: bool = False, alphas: Sequence[float] | 
     write_judged_outputs(out, records, tables, f"Steering accuracy (test split, alpha {alpha:g})")
     layers = ctx.hparams.steer_layers
     choice = {"alpha": alpha, "source": source, "transferred_alpha": ctx.hparams.steer_alpha,
-              "steer_layers": [layers.start, layers.stop - 1], "sweep": sweep}
+              "steer_layers": [layers.start, layers.stop - 1], "directions_rule": directions_meta.get("rule"),
+              "sweep": sweep}
     write_json(out / "alpha.json", choice)
     summary = {"stage": STAGE, "items": len(records), "alpha": alpha, "alpha_source": source,
-               "accuracy": tables["overall"], "accuracy_fraction": overall_fraction(tables),
+               "directions_rule": directions_meta.get("rule"), "accuracy": tables["overall"],
+               "accuracy_fraction": overall_fraction(tables),
                "per_emotion": {e: c["accuracy"] for e, c in tables["per_emotion"].items()}}
     mark_finished(ctx.run, STAGE, stamp, summary)
     return summary
