@@ -188,11 +188,9 @@ def hf_smollm2(default_gguf_path: Path):
 
 @pytest.fixture(scope="session")
 def default_model(default_gguf_path: Path):
-    """The default model as loaded by `emojax.load_model`."""
-    emojax = pytest.importorskip("emojax")
-    if not hasattr(emojax, "load_model"):
-        pytest.skip("emojax.load_model is not available")
-    return emojax.load_model(str(default_gguf_path))
+    """The default model (params, config, tokenizer) as `load_model` reads it from the GGUF."""
+    loading = pytest.importorskip("emojax.loading")
+    return loading.load_model(default_gguf_path)
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def test_default_model_matches_hf_on_a_long_prompt(hf_smollm2, default_model):
     model, tokenizer = hf_smollm2
     tokens = np.asarray(tokenizer(LONG_TEXT)["input_ids"])[None]
     assert tokens.shape[1] >= 300, tokens.shape
-    params, config = default_model
+    params, config = default_model.params, default_model.config
     ours = np.asarray(forward(params, tokens, config=config).logits)[0]
     theirs = hf_logits(model, tokens)[0]
     assert np.abs(ours - theirs).max() <= 1e-3
@@ -143,11 +143,14 @@ def test_disabled_qwen2_sliding_window_is_accepted():
 
 
 @pytest.mark.parametrize("name", ["llama3_rope", "qwen2_bias"])
-def test_config_saved_by_installed_transformers_reads_the_same(name):
-    """A config.json written by the installed transformers (which may move rope fields into
+def test_config_saved_by_installed_transformers_reads_the_same(tmp_path, name):
+    """A config.json written by the installed transformers (which may move the rope fields into
     `rope_parameters` and add `layer_types`) describes the same model as the original file."""
     from transformers import AutoConfig
 
+    from emojax.weights.safetensors_loader import hf_config
+
     raw = TINY_HF_CONFIGS[name]
-    saved = AutoConfig.for_model(raw["model_type"], **{k: v for k, v in raw.items() if k != "model_type"})
-    assert config_from_hf(saved.to_dict()) == config_from_hf(raw)
+    AutoConfig.for_model(raw["model_type"], **{k: v for k, v in raw.items() if k != "model_type"}
+                         ).save_pretrained(tmp_path)
+    assert hf_config(tmp_path) == config_from_hf(raw)
