@@ -1,0 +1,168 @@
+"""Judge through any OpenAI-compatible chat-completions endpoint (method.md §4.3, [D16]).
+
+This reproduces the paper's judge (`gpt-4o-mini`, temperature 0.1, 4 retries with 1.8^i s backoff,
+fence stripping, failures = match 0 and flagged). Only the standard library is used.
+
+The API key is read from an environment variable at call time and goes into the Authorization
+header only: it is never stored on the object, logged, put in an error message, a cache or a
+description. Replies are cached on disk (emojax.judge.cache) by a hash of (model, prompt); transport
+failures are not cached, so a later run retries them. The model version the server reports (the
+`model` field of each reply) is recorded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from absl import logging
+
+from emojax.judge.base import JudgeResult, check_inputs
+from emojax.judge.cache import VerdictCache, cache_key
+from emojax.prompts import judge_messages, parse_judge_reply
+from emojax.weights.cache import resolve_cache_dir
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+# Statuses worth another try: rate limiting and server-side failures.
+_RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class RateLimiter:
+    """At most `per_second` starts per second across threads (evenly spaced)."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if per_second <= 0:
+            raise ValueError(f"requests per second must be > 0, got {per_second}")
+        self._interval = 1.0 / per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            self._sleep(start - now)
+
+
+class ApiError(RuntimeError):
+    """A request that failed after its retries (the message never holds the key)."""
+
+
+class HttpJudge:
+    """`HttpJudge("gpt-4o-mini")(texts, targets) -> JudgeResult`."""
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
+                 temperature: float = 0.1, max_tokens: int = 200, retries: int = 4,
+                 backoff_base: float = 1.8, backoff_scale: float = 1.0,
+                 requests_per_second: float = 5.0, workers: int = 4, timeout_s: float = 60.0,
+                 cache_dir: str | os.PathLike | None = None, use_cache: bool = True):
+        if not model:
+            raise ValueError("HttpJudge needs a model name")
+        self.model = model
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key_env = api_key_env
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.retries, self.backoff_base, self.backoff_scale = retries, backoff_base, backoff_scale
+        self.workers, self.timeout_s = max(1, workers), timeout_s
+        self._limiter = RateLimiter(requests_per_second)
+        self.cache = VerdictCache(_cache_path(cache_dir, model)) if use_cache else None
+        self.model_versions: set[str] = set()
+        self._versions_lock = threading.Lock()
+        self.identity = f"http:{model}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "http", "model": self.model, "base_url": self.base_url,
+                "api_key_env": self.api_key_env, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "retries": self.retries,
+                "backoff": f"{self.backoff_scale} * {self.backoff_base}**i s",
+                "model_versions": sorted(self.model_versions),
+                "cache": None if self.cache is None else str(self.cache.path)}
+
+    def __call__(self, texts: Sequence[str], targets: Sequence[str]) -> JudgeResult:
+        check_inputs(texts, targets)
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            verdicts = list(pool.map(self._judge_one, texts, targets))
+        return JudgeResult(match=np.array([v[0] for v in verdicts], np.int64),
+                           reasons=[v[1] for v in verdicts], errors=[v[2] for v in verdicts])
+
+    def _judge_one(self, text: str, target: str) -> tuple[int, str, str | None]:
+        if not text.strip():
+            return 0, "", "empty text"
+        messages = judge_messages(text, target)
+        key = cache_key(self.model, messages)
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            self._note_version(cached.get("model_version"))
+            return int(cached["match"]), cached["reason"], cached["error"]
+        try:
+            reply, version = self._complete(messages)
+        except ApiError as err:
+            return 0, "", f"API failure: {err}"
+        match, reason, error = parse_judge_reply(reply)
+        self._note_version(version)
+        if self.cache is not None:
+            self.cache.put(key, {"reply": reply, "match": match, "reason": reason, "error": error,
+                                 "model_version": version})
+        return match, reason, error
+
+    def _note_version(self, version: str | None) -> None:
+        if version:
+            with self._versions_lock:
+                self.model_versions.add(version)
+
+    def _complete(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
+        """(reply text, server model version); retries transient failures with backoff."""
+        body = json.dumps({"model": self.model, "messages": messages,
+                           "temperature": self.temperature, "max_tokens": self.max_tokens}).encode()
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_scale * self.backoff_base ** (attempt - 1))
+            self._limiter.wait()
+            try:
+                payload = self._post(body)
+            except urllib.error.HTTPError as err:
+                last = f"HTTP {err.code}"
+                if err.code not in _RETRY_STATUSES:
+                    break
+                continue
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                last = f"connection error ({type(err).__name__})"
+                continue
+            except ValueError:
+                last = "the server's reply is not JSON"
+                continue
+            try:
+                return payload["choices"][0]["message"]["content"] or "", payload.get("model")
+            except (KeyError, IndexError, TypeError):
+                last = "the server's reply has no choices[0].message.content"
+        logging.warning("judge request to %s failed: %s", self.base_url, last)
+        raise ApiError(last)
+
+    def _post(self, body: bytes) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body,
+                                         headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read().decode("utf-8"))
+
+
+def _cache_path(cache_dir: str | os.PathLike | None, model: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    return resolve_cache_dir(cache_dir) / "judge" / f"http-{safe}.jsonl"
