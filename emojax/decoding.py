@@ -22,28 +22,30 @@ Array = Any
 
 @dataclasses.dataclass(frozen=True)
 class DecodingSettings:
-    """How the next token is chosen (hashable: a jit static argument).
+    """How the next token is chosen.
 
-    temperature 0 means greedy decoding; temperature > 0 samples, after top-p filtering when top_p < 1.
+    `repetition_penalty` and `min_new_tokens` may be traced values, so settings that differ only in
+    them share one compilation; the others decide the program's structure and are Python numbers.
+    A penalty of 1 and a minimum of 0 leave the logits exactly unchanged. temperature 0 means greedy
+    decoding; temperature > 0 samples, after top-p filtering when top_p < 1.
     """
 
-    repetition_penalty: float = 1.0
+    repetition_penalty: float | Array = 1.0
     no_repeat_ngram_size: int = 0
-    min_new_tokens: int = 0
+    min_new_tokens: int | Array = 0
     temperature: float = 0.0
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"DecodingSettings.repetition_penalty={self.repetition_penalty}; must be > 0")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"DecodingSettings.no_repeat_ngram_size={self.no_repeat_ngram_size}; must be >= 0")
-        if self.min_new_tokens < 0:
-            raise ValueError(f"DecodingSettings.min_new_tokens={self.min_new_tokens}; must be >= 0")
-        if self.temperature < 0:
-            raise ValueError(f"DecodingSettings.temperature={self.temperature}; must be >= 0 (0 = greedy)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"DecodingSettings.top_p={self.top_p}; must be in (0, 1]")
+        checks = {"repetition_penalty": (lambda v: v > 0, "> 0"),
+                  "no_repeat_ngram_size": (lambda v: v >= 0, ">= 0"),
+                  "min_new_tokens": (lambda v: v >= 0, ">= 0"),
+                  "temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
+                  "top_p": (lambda v: 0 < v <= 1, "in (0, 1]")}
+        for name, (ok, rule) in checks.items():
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not ok(value):  # traced values are checked by the caller
+                raise ValueError(f"DecodingSettings.{name}={value}; must be {rule}")
 
     @property
     def sampling(self) -> bool:
@@ -66,14 +68,14 @@ def mark_seen(seen: Array, tokens: Array) -> Array:
     return seen.at[jnp.arange(b), ids].set(True, mode="drop")
 
 
-def exact_divide(x: Array, divisor: float) -> Array:
+def exact_divide(x: Array, divisor: float | Array) -> Array:
     """x / divisor with IEEE division, as PyTorch computes it. XLA rewrites a division by a constant
     as a multiplication by its reciprocal, which can differ in the last bit; an opaque full-shape
     divisor keeps the true division."""
     return x / jax.lax.optimization_barrier(jnp.full(x.shape, divisor, x.dtype))
 
 
-def apply_repetition_penalty(logits: Array, seen: Array, penalty: float) -> Array:
+def apply_repetition_penalty(logits: Array, seen: Array, penalty: float | Array) -> Array:
     """Every seen id: z -> z * p if z < 0, else z / p (applied once per distinct id)."""
     penalised = jnp.where(logits < 0, logits * penalty, exact_divide(logits, penalty))
     return jnp.where(seen, penalised, logits)
@@ -110,7 +112,7 @@ def apply_no_repeat_ngram(logits: Array, buffer: Array, valid: Array, length: Ar
     return jnp.where(banned, -jnp.inf, logits)
 
 
-def apply_min_new_tokens(logits: Array, n_generated: Array, min_new_tokens: int,
+def apply_min_new_tokens(logits: Array, n_generated: Array, min_new_tokens: int | Array,
                          eos_token_ids: Sequence[int]) -> Array:
     """Set every end-of-sequence logit to -inf while fewer than `min_new_tokens` have been generated."""
     is_eos = jnp.isin(jnp.arange(logits.shape[-1]), jnp.asarray(eos_token_ids, jnp.int32))
@@ -131,14 +133,13 @@ def apply_top_p(logits: Array, top_p: float, min_tokens_to_keep: int = 1) -> Arr
 
 
 def process_logits(logits: Array, *, settings: DecodingSettings, buffer: Array, valid: Array,
-                   length: Array, seen: Array | None, n_generated: Array,
+                   length: Array, seen: Array, n_generated: Array,
                    eos_token_ids: Sequence[int]) -> Array:
     """All processors in Hugging Face's order. logits [B, V] float32 for the next token."""
-    if settings.repetition_penalty != 1.0:
-        logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
+    logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
     if settings.no_repeat_ngram_size > 0:
         logits = apply_no_repeat_ngram(logits, buffer, valid, length, settings.no_repeat_ngram_size)
-    if settings.min_new_tokens > 0 and eos_token_ids:
+    if eos_token_ids:
         logits = apply_min_new_tokens(logits, n_generated, settings.min_new_tokens, eos_token_ids)
     if settings.sampling:
         if settings.temperature != 1.0:

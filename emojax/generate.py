@@ -74,34 +74,43 @@ class Generation:
 class _LoopState(NamedTuple):
     step: Array        # new tokens emitted so far
     buffer: Array      # [B, T + N] prompt then generated ids (PAD where not written)
-    seen: Array | None  # [B, V] ids present in the sequence (repetition penalty only)
+    seen: Array        # [B, V] ids present in the sequence (for the repetition penalty)
     done: Array        # [B]
     cache: KVCache
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "config", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens",
-    "temperature", "top_p", "unroll"))
 def generate_tokens(params: dict[str, Any], tokens: Array, mask: Array, *, config: ModelConfig,
                     max_new_tokens: int, iv: Intervention | None = None,
-                    repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                    min_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
+                    repetition_penalty: float | Array = 1.0, no_repeat_ngram_size: int = 0,
+                    min_new_tokens: int | Array = 0, temperature: float = 0.0, top_p: float = 1.0,
                     keys: Array | None = None, unroll: int = 1) -> GeneratedTokens:
     """Generate up to `max_new_tokens` ids for a left-padded prompt batch (tokens, mask: [B, T]).
 
+    Compiled once per shape and structure: `repetition_penalty` and `min_new_tokens` are traced (they
+    may vary, even be traced values, without recompiling); the other settings are Python numbers.
     `keys` [B, 2] are per-row PRNG keys for sampling (default: rows of PRNGKey(0)); greedy decoding
-    (temperature 0) ignores them. Stops a row at any of `config.eos_token_ids`. Jittable and vmappable.
+    (temperature 0) ignores them. A row stops at any of `config.eos_token_ids`. Jittable and vmappable.
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate_tokens: max_new_tokens={max_new_tokens}; must be >= 1")
-    settings = DecodingSettings(repetition_penalty, no_repeat_ngram_size, min_new_tokens, temperature,
-                                top_p)
+    DecodingSettings(repetition_penalty, no_repeat_ngram_size, min_new_tokens, temperature, top_p)  # checks
+    if keys is None:
+        keys = jax.random.split(jax.random.PRNGKey(0), tokens.shape[0])
+    return _generate(params, tokens, mask, iv, keys, repetition_penalty, min_new_tokens, config=config,
+                     max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+                     temperature=temperature, top_p=top_p, unroll=unroll)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "no_repeat_ngram_size", "temperature",
+                                             "top_p", "unroll"))
+def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Intervention | None, keys: Array,
+              repetition_penalty: Array, min_new_tokens: Array, *, config: ModelConfig, max_new_tokens: int,
+              no_repeat_ngram_size: int, temperature: float, top_p: float, unroll: int) -> GeneratedTokens:
+    settings = DecodingSettings(repetition_penalty, no_repeat_ngram_size, min_new_tokens, temperature, top_p)
     b, t = tokens.shape
     n = max_new_tokens
     eos = jnp.asarray(config.eos_token_ids, jnp.int32)
     mask = jnp.asarray(mask, bool)
-    if keys is None:
-        keys = jax.random.split(jax.random.PRNGKey(0), b)
     buffer = jnp.concatenate([jnp.asarray(tokens, jnp.int32), jnp.full((b, n), PAD, jnp.int32)], axis=1)
     valid = jnp.concatenate([mask, jnp.ones((b, n), bool)], axis=1)
 
@@ -115,14 +124,14 @@ def generate_tokens(params: dict[str, Any], tokens: Array, mask: Array, *, confi
         return _LoopState(
             step=state.step + 1,
             buffer=jax.lax.dynamic_update_slice(state.buffer, new[:, None], (0, length)),
-            seen=None if state.seen is None else mark_seen(state.seen, new),
+            seen=mark_seen(state.seen, new),
             done=state.done | jnp.isin(new, eos),
             cache=state.cache)
 
     cache = KVCache.empty(config, b, t + n, params["embed"].dtype)
     prefill = forward(params, tokens, config=config, mask=mask, cache=cache, iv=iv, logits="last",
                       unroll=unroll)
-    seen = seen_tokens(buffer, valid, config.vocab_size) if repetition_penalty != 1.0 else None
+    seen = seen_tokens(buffer, valid, config.vocab_size)
     start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool), prefill.cache)
     state = emit(start, prefill.logits[:, -1])
 
