@@ -7,6 +7,10 @@ Training data (Llama-3.2-3B-Instruct replies, labelled by gpt-4o-mini with the ย
   prompting_sev/rejected.jsonl   prompted replies judged not to match (judge API errors are dropped:
                                  their label is unknown)
   steering_half/labeled_results.jsonl   replies written with no emotion instruction, with verdicts
+  sev.jsonl                      (with --neutral_sentences) the scenario and event sentences, which
+                                 are written without emotion words: extra "none" texts, so that the
+                                 content of a reply (a failed exam, a delayed train) is not read as
+                                 its tone
 Matches are labelled with their target emotion and non-matches with the class "none", and a 7-way
 softmax regression is fitted (emojax.judge.fit). The held-out figures come from cross-validation by
 scenario (skeleton_id): every reply of a scenario is in the same fold, and no number is tuned on a
@@ -25,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from emojax.data.sev import EMOTIONS
+from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
 from emojax.judge.features import FeatureSpec, featurize
 from emojax.judge.fit import fit_softmax_regression
 from emojax.judge.offline import (CLASSES, DEFAULT_ARTIFACT, FORMAT_VERSION, OfflineJudge, log_softmax,
@@ -53,15 +57,18 @@ flags.DEFINE_float("none_weight", 3.0, "Sample weight of 'none' (non-match) text
 flags.DEFINE_integer("folds", 5, "Cross-validation folds, split by scenario.")
 flags.DEFINE_integer("seed", 0, "Seed of the scenario-to-fold assignment.")
 flags.DEFINE_integer("max_steps", 200, "L-BFGS steps per fit.")
+flags.DEFINE_bool("neutral_sentences", True, "Add the sev.jsonl scenario/event sentences as 'none' texts.")
+flags.DEFINE_float("neutral_weight", 0.3, "Sample weight of each neutral sentence (they outnumber the real "
+                   "non-matches, and at full weight make the judge reject weakly emotional replies).")
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelledText:
     text: str
-    target: str
+    target: str  # "" for a neutral sentence, which has no target
     match: int
     scenario: str  # skeleton_id: the cross-validation group
-    source: str  # "prompted" or "unprompted"
+    source: str  # "prompted", "unprompted" or "neutral"
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -94,9 +101,21 @@ def load_labelled(data_dir: Path) -> tuple[list[LabelledText], dict[str, str], i
             for emotion, verdict in verdicts.items():
                 rows.append(LabelledText(record["event_valences"][valence][emotion], emotion,
                                          int(verdict["match"]), record["skeleton_id"], "unprompted"))
+    if FLAGS.neutral_sentences:
+        files["neutral"] = data_dir / "sev.jsonl"
+        rows += [LabelledText(text, "", 0, scenario, "neutral") for text, scenario in sev_sentences(files["neutral"])]
     hashes = {str(path.relative_to(data_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
               for path in files.values()}
     return rows, hashes, dropped
+
+
+def sev_sentences(path: Path) -> list[tuple[str, str]]:
+    """(sentence, skeleton_id) for every scenario and event of an SEV file."""
+    out = []
+    for record in _jsonl(path):
+        out.append((record["scenario"], record["skeleton_id"]))
+        out += [(record["event"][v], record["skeleton_id"]) for v in ("positive", "neutral", "negative")]
+    return out
 
 
 def scenario_folds(scenarios: Sequence[str], k: int, seed: int) -> np.ndarray:
@@ -110,6 +129,7 @@ def scenario_folds(scenarios: Sequence[str], k: int, seed: int) -> np.ndarray:
 def fit(features, rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
     labels = np.array([EMOTIONS.index(r.target) if r.match else NONE for r in rows])
     weight = np.where(labels == NONE, FLAGS.none_weight, 1.0)
+    weight[[r.source == "neutral" for r in rows]] = FLAGS.neutral_weight
     w, b = fit_softmax_regression(features, labels, n_classes=len(CLASSES), n_buckets=FLAGS.n_buckets,
                                   l2=FLAGS.l2, sample_weight=weight, max_steps=FLAGS.max_steps)
     return w.astype(np.float16), b  # shipped as float16, so every figure uses the rounded weights
@@ -142,7 +162,17 @@ def binary_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
             "both_non_match": int(np.sum((truth == 0) & (pred == 0)))}
 
 
+def false_match_rates(logp: np.ndarray) -> dict[str, float]:
+    """Fraction of texts that the match rule accepts for each target emotion in turn."""
+    zero = np.zeros(len(EMOTIONS), np.float32)
+    return {e: round(float(match_rule(logp, np.full(len(logp), i), zero).mean()), 4)
+            for i, e in enumerate(EMOTIONS)}
+
+
 def held_out_figures(logp: np.ndarray, rows: Sequence[LabelledText]) -> dict[str, Any]:
+    neutral = np.array([r.source == "neutral" for r in rows])
+    figures = {"neutral_sentences_false_match_rate": false_match_rates(logp[neutral])} if neutral.any() else {}
+    logp, rows = logp[~neutral], [r for r in rows if r.source != "neutral"]
     target = np.array([EMOTIONS.index(r.target) for r in rows])
     truth = np.array([r.match for r in rows])
     source = np.array([r.source for r in rows])
@@ -151,7 +181,7 @@ def held_out_figures(logp: np.ndarray, rows: Sequence[LabelledText]) -> dict[str
     accepted = (source == "prompted") & (truth == 1)
     confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), int)
     np.add.at(confusion, (target[accepted], six_way[accepted]), 1)
-    figures = {
+    figures.update({
         "protocol": f"{FLAGS.folds}-fold cross-validation by scenario (skeleton_id), seed {FLAGS.seed}",
         "six_way_accuracy_prompted_accepted": round(float(np.mean(six_way[accepted] == target[accepted])), 4),
         "six_way_confusion_prompted_accepted": {"rows": "reference emotion", "columns": "predicted emotion",
@@ -162,19 +192,15 @@ def held_out_figures(logp: np.ndarray, rows: Sequence[LabelledText]) -> dict[str
         "binary_unprompted_per_emotion": {
             e: binary_figures(truth[(source == "unprompted") & (target == i)],
                               pred[(source == "unprompted") & (target == i)]) for i, e in enumerate(EMOTIONS)},
-    }
+    })
     return figures
 
 
-def neutral_false_matches(judge: OfflineJudge, sev_path: Path) -> dict[str, Any]:
-    """Match rate of SEV scenario and event sentences (written without emotion words) per target."""
-    records = _jsonl(sev_path)
-    texts = [r["scenario"] for r in records] + [r["event"][v] for r in records for v in r["event"]]
-    rates = {}
-    for emotion in EMOTIONS:
-        rates[emotion] = round(float(judge(texts, [emotion] * len(texts)).match.mean()), 4)
-    return {"texts": f"{len(texts)} scenario and event sentences of {sev_path.name}",
-            "false_match_rate": rates}
+def unseen_neutral_false_matches(judge: OfflineJudge) -> dict[str, Any]:
+    """Match rates, per target, of the bundled SEV sentences (never used in training)."""
+    texts = [text for split in BUNDLED_SPLITS for text, _ in sev_sentences(BUNDLED_DIR / f"{split}.jsonl")]
+    return {"texts": f"{len(texts)} scenario and event sentences of emojax's bundled SEV splits",
+            "false_match_rate": false_match_rates(judge.log_probs(texts))}
 
 
 def throughput(judge: OfflineJudge, rows: Sequence[LabelledText]) -> dict[str, Any]:
@@ -203,7 +229,8 @@ def main(argv: Sequence[str]) -> None:
         "format": FORMAT_VERSION, "version": MODEL_VERSION, "classes": list(CLASSES),
         "features": spec.to_json(),
         "training_command": " ".join(["python -m experiments.train_judge", *sys.argv[1:]]),
-        "hyperparameters": {"l2": FLAGS.l2, "none_weight": FLAGS.none_weight, "max_steps": FLAGS.max_steps},
+        "hyperparameters": {"l2": FLAGS.l2, "none_weight": FLAGS.none_weight, "max_steps": FLAGS.max_steps,
+                            "neutral_sentences": FLAGS.neutral_sentences, "neutral_weight": FLAGS.neutral_weight},
         "data": {"files": hashes, "texts": len(rows), "judge_error_rows_dropped": dropped,
                  "labels": "gpt-4o-mini verdicts with the method.md ยง4.3 prompt"},
         "held_out": held_out,
@@ -212,8 +239,9 @@ def main(argv: Sequence[str]) -> None:
     write_npz(artifact, {"weights": weights, "bias": bias.astype(np.float32),
                          "target_offset": np.zeros(len(EMOTIONS), np.float32)}, meta)
     judge = OfflineJudge(artifact)
-    meta["neutral_sentences"] = neutral_false_matches(judge, data_dir / "sev.jsonl")
+    meta["unseen_neutral_sentences"] = unseen_neutral_false_matches(judge)
     meta["throughput"] = throughput(judge, [r for r in rows if r.source == "prompted"])
+    meta["throughput"]["note"] = "features + inference on the prompted replies, one process"
     meta["artifact_sha256"] = judge.sha256
     meta["probe"] = {"texts": list(PROBE_TEXTS),
                      "log_probs": np.round(judge.log_probs(PROBE_TEXTS), 5).tolist()}

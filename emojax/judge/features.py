@@ -16,6 +16,7 @@ import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import scipy.sparse  # a dependency of jax itself
 
 _U64 = np.uint64
 _POLY = _U64(0x100000001B3)
@@ -88,15 +89,10 @@ class SparseRows:
         return idx, val
 
     def dot(self, weights: np.ndarray) -> np.ndarray:
-        """rows @ weights for weights [n_buckets, k]; empty rows give zeros."""
-        out = np.zeros((self.n_rows, weights.shape[1]), np.float32)
-        if len(self.indices) == 0:
-            return out
-        contrib = weights[self.indices] * self.values[:, None]
-        lengths = np.diff(self.offsets)
-        nonempty = lengths > 0
-        out[nonempty] = np.add.reduceat(contrib, self.offsets[:-1][nonempty], axis=0)
-        return out
+        """rows @ weights for weights [n_buckets, k] (float32); empty rows give zeros."""
+        matrix = scipy.sparse.csr_matrix((self.values, self.indices, self.offsets),
+                                         shape=(self.n_rows, weights.shape[0]))
+        return np.asarray(matrix @ weights.astype(np.float32, copy=False), np.float32)
 
 
 def normalize_text(text: str) -> str:

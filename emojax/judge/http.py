@@ -136,6 +136,8 @@ class HttpJudge:
                 payload = self._post(body)
             except urllib.error.HTTPError as err:
                 last = f"HTTP {err.code}"
+                if err.code in (401, 403) and not os.environ.get(self.api_key_env):
+                    last += f" (${self.api_key_env} is not set)"
                 if err.code not in _RETRY_STATUSES:
                     break
                 continue
