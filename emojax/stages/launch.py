@@ -1,0 +1,114 @@
+"""What every stage launcher shares: the flags, and building a StageContext from them.
+
+    define_flags()                    --model --train --test --preset --judge --out --force_new_run and
+                                      one flag per Settings field (method choices, method.md §11)
+    ctx = context_from_flags(FLAGS)   load the model, the splits (subsampled by the preset), the judge,
+                                      and open (or resume) the run directory
+
+`open_context` does the same from plain arguments, for library use and tests (a judge object may be
+passed instead of a spec).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from absl import flags as absl_flags
+from absl import logging
+
+from emojax.data import load_dataset, resolve_dataset, subsample
+from emojax.judge import SPEC_HELP, make_judge
+from emojax.loading import DEFAULT_MODEL, load_model
+from emojax.runs import ModelIdentity, RunDir, define_run_flags
+from emojax.stages.context import PRESETS, Preset, Settings, StageContext
+from emojax.stages.judged import judge_identity
+
+_CHOICES = {"directions_rule": ("accepted", "all"), "ratio_mode": ("fixed", "auto"),
+            "budget": ("transferred", "literal")}
+_HELP = {
+    "directions_rule": "Items for directions/components/sublayer samples: judge-accepted (paper, D2) or all.",
+    "min_complete_groups": "Below this many complete accepted groups, the 'accepted' rule falls back to 'all'.",
+    "steer_alpha": "Steering alpha; unset: the norm-matched transfer 8*sqrt(d/3072) (method.md §8).",
+    "literal_alpha": "Use the literal steering alpha 8 instead of the transferred one.",
+    "modulation_scale": "Base circuit-modulation scale lambda (S7).",
+    "official_scales": "Apply the official per-emotion factor (anger 0.8, D11).",
+    "ratio_mode": "Circuit budget split: fixed 70/30 or auto by positive influence share (D9).",
+    "budget": "Circuit budget: transferred by method.md §8, or the literal 560 = 392 + 168.",
+    "date_string": "Date string for chat templates that print one (D14).",
+    "harmonised": "Identical decoding and dtype for every condition (D12, D13).",
+    "seed": "Seed for any sampling or random controls.",
+}
+
+
+def define_flags() -> None:
+    """Define the shared launcher flags on absl's global FLAGS (call once, at launcher import)."""
+    define_run_flags()
+    absl_flags.DEFINE_string("model", DEFAULT_MODEL, "Registered model name, HF checkpoint directory or .gguf file.")
+    absl_flags.DEFINE_string("train", "bundled:train", "Analysis split (SEV schema): a .jsonl path, "
+                             "'bundled:train', 'bundled:test' or 'official'.")
+    absl_flags.DEFINE_string("test", "bundled:test", "Evaluation split (SEV schema), same forms as --train.")
+    absl_flags.DEFINE_enum("preset", "quick", sorted(PRESETS), "Run size (emojax.stages.context.PRESETS).")
+    absl_flags.DEFINE_string("judge", "offline", f"Judge: {SPEC_HELP}.")
+    absl_flags.DEFINE_string("cache_dir", None, "Converted-model cache (default $EMOJAX_CACHE_DIR or ~/.cache/emojax).")
+    for field in dataclasses.fields(Settings):
+        _define_setting(field)
+
+
+def _define_setting(field: dataclasses.Field) -> None:
+    name, default, help_text = field.name, field.default, _HELP.get(field.name, "Method setting.")
+    if name in _CHOICES:
+        absl_flags.DEFINE_enum(name, default, list(_CHOICES[name]), help_text)
+    elif isinstance(default, bool):
+        absl_flags.DEFINE_bool(name, default, help_text)
+    elif isinstance(default, int):
+        absl_flags.DEFINE_integer(name, default, help_text)
+    elif isinstance(default, float) or "float" in str(field.type):
+        absl_flags.DEFINE_float(name, default, help_text)
+    else:
+        absl_flags.DEFINE_string(name, default, help_text)
+
+
+def settings_from(values: Mapping[str, Any]) -> Settings:
+    """Settings from any mapping holding (some of) its field names; the rest keep their defaults."""
+    return Settings(**{f.name: values[f.name] for f in dataclasses.fields(Settings) if f.name in values})
+
+
+def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:train",
+                 test: str = "bundled:test", preset: str | Preset = "quick", judge: Any = "offline",
+                 settings: Settings | None = None, force_new: bool = False,
+                 cache_dir: str | None = None) -> StageContext:
+    """Load everything a stage needs and open the run directory.
+
+    `model`: a name/path for `load_model`, or an already loaded model; `preset`: a name of PRESETS or
+    a Preset; `judge`: a spec for `make_judge` or a judge callable. These arguments are the run's
+    identity.
+    """
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    chosen = PRESETS[preset] if isinstance(preset, str) else preset
+    settings = settings or Settings()
+    loaded = load_model(model, cache_dir=cache_dir) if isinstance(model, str) else model
+    splits = {}
+    for split, spec, per_theme in (("train", train, chosen.train_per_theme), ("test", test, chosen.test_per_theme)):
+        records = load_dataset(spec)
+        splits[split] = records if per_theme is None else subsample(records, per_theme)
+        logging.info("%s split %s: %d records (of %d)", split, spec, len(splits[split]), len(records))
+    identity = ModelIdentity(name=loaded.name, source=str(loaded.source), content_hash=loaded.source_hash,
+                             config=dataclasses.asdict(loaded.config))
+    judge_fn = make_judge(judge) if isinstance(judge, str) else judge
+    # The run's identity is these values only, so every launcher (the pipeline or a single stage) can
+    # resume the same run directory; stage-specific options go into that stage's own fingerprint.
+    flags = {"model": loaded.name, "train": str(train), "test": str(test), "preset": dataclasses.asdict(chosen),
+             "judge": judge if isinstance(judge, str) else judge_identity(judge), **dataclasses.asdict(settings)}
+    run = RunDir.open(out, flags=flags, model=identity,
+                      inputs={"train": resolve_dataset(train), "test": resolve_dataset(test)}, force_new=force_new)
+    return StageContext(model=loaded, run=run, train=splits["train"], test=splits["test"], judge=judge_fn,
+                        preset=chosen, settings=settings)
+
+
+def context_from_flags(values: Any) -> StageContext:
+    """The StageContext of an absl launcher (`values` is FLAGS after parsing)."""
+    return open_context(out=values.out, model=values.model, train=values.train, test=values.test,
+                        preset=values.preset, judge=values.judge,
+                        settings=settings_from(values.flag_values_dict()), force_new=values.force_new_run,
+                        cache_dir=values.cache_dir)

@@ -1,0 +1,26 @@
+"""S6e-S6f on an existing run directory: global emotion circuits and their overlap.
+
+    python -m experiments.circuit --out=runs/quick [--budget=literal] [--ratio_mode=auto]
+
+Needs the components and sublayer stages of the same run. Writes <out>/circuit/.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from emojax.stages import circuit_stage
+from emojax.stages.launch import context_from_flags, define_flags
+
+define_flags()
+flags.mark_flag_as_required("out")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.info("circuit: %s", circuit_stage.run(context_from_flags(FLAGS)))
+
+
+if __name__ == "__main__":
+    app.run(main)

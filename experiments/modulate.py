@@ -1,0 +1,40 @@
+"""S7 on an existing run directory: circuit modulation of the test split, judged; the neutral baseline;
+optionally the modulation-scale sweep on the TRAIN split.
+
+    python -m experiments.modulate --out=runs/quick [--modulation_scale=1.5] [--scale_sweep]
+
+Needs the directions and circuit stages of the same run. Writes <out>/modulate_test/,
+<out>/baseline_test/ and, with --scale_sweep, <out>/modulate_sweep_train/.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from emojax.stages import modulate
+from emojax.stages.launch import context_from_flags, define_flags
+
+define_flags()
+flags.DEFINE_bool("baseline", True, "Also generate the unmodified neutral baseline and its false-match rate.")
+flags.DEFINE_bool("scale_sweep", False, "Sweep the modulation scale on the train split and report the best.")
+flags.DEFINE_list("scales", [str(s) for s in modulate.SCALE_GRID], "Scale grid of --scale_sweep.")
+flags.mark_flag_as_required("out")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        scales = [float(s) for s in FLAGS.scales]
+    except ValueError:
+        raise app.UsageError(f"--scales={','.join(FLAGS.scales)}: expected numbers") from None
+    ctx = context_from_flags(FLAGS)
+    if FLAGS.scale_sweep:
+        logging.info("scale sweep: %s", modulate.run_scale_sweep(ctx, scales))
+    logging.info("circuit modulation: %s", modulate.run(ctx))
+    if FLAGS.baseline:
+        logging.info("neutral baseline: %s", modulate.run_baseline(ctx))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,35 @@
+"""S6a-S6d on an existing run directory: sublayer causal influence for every emotion.
+
+    python -m experiments.sublayer --out=runs/quick
+
+Needs the capture and directions stages of the same run (`python -m experiments.pipeline
+--until=directions --out=...` makes them). Writes <out>/sublayer/.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from emojax.hparams import INFLUENCE_ALPHAS
+from emojax.stages import sublayer
+from emojax.stages.launch import context_from_flags, define_flags
+
+define_flags()
+flags.DEFINE_list("alphas", [str(a) for a in INFLUENCE_ALPHAS], "Dose multipliers alpha (dose = alpha * sigma).")
+flags.mark_flag_as_required("out")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        alphas = [float(a) for a in FLAGS.alphas]
+    except ValueError:
+        raise app.UsageError(f"--alphas={','.join(FLAGS.alphas)}: expected numbers") from None
+    if not alphas or min(alphas) <= 0:
+        raise app.UsageError(f"--alphas={','.join(FLAGS.alphas)}: expected positive numbers")
+    logging.info("sublayer: %s", sublayer.run(context_from_flags(FLAGS), alphas))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,76 @@
+"""The end-to-end pipeline on a tiny random model with one scenario per theme and a fake judge:
+every stage runs, summary.json and report.md carry the required content, and a second invocation
+skips every finished stage."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from emojax.stages import report
+from emojax.stages.launch import open_context
+from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
+from stage_fixtures import TINY_PRESET, FakeJudge, tiny_loaded_model
+
+pytestmark = pytest.mark.slow  # about 100 CPU-seconds: every stage compiles its programs once
+
+PRESET = dataclasses.replace(TINY_PRESET, name="pipeline-test", train_per_theme=1, test_per_theme=1,
+                             batch_size=48)
+# The judge rejects some replies so that accuracies are not trivially 100%.
+JUDGE = FakeJudge(lambda text, target: (len(text) + len(target)) % 5 == 0)
+# The validation curves (a stage of their own, tested on their own) are the slowest part on a tiny
+# model; sweeps and causal scans are off as in the quick preset.
+OPTIONS = Options(validation=False)
+OFF = {"validation", "causal", "modulate_sweep_train"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    model = tiny_loaded_model()
+    ctx = open_context(out=str(out), model=model, preset=PRESET, judge=JUDGE)
+    first = run_pipeline(ctx, OPTIONS)
+    ctx.run.close()
+    return out, model, first
+
+
+def test_summary_has_the_required_keys(finished):
+    out, model, first = finished
+    summary = json.loads((out / report.SUMMARY_NAME).read_text())
+    assert set(summary["accuracy"]) == {"prompting", "steering", "circuit"}
+    assert all(0.0 <= v <= 1.0 for v in summary["accuracy"].values())
+    assert set(summary["overlap"]) == {"neurons", "heads"}
+    assert all(0.0 <= v <= 1.0 for v in summary["overlap"].values())
+    ran = [s for s in STAGE_NAMES if s not in OFF]
+    assert set(summary["timings"]) == set(ran) and all(t >= 0 for t in summary["timings"].values())
+    assert summary["model"]["name"] == model.name
+    assert summary["dataset"]["train"]["records"] == 8 and summary["dataset"]["test"]["records"] == 8
+    assert summary["preset"] == "pipeline-test"
+    assert summary["directions_rule"] in ("accepted", "all") and summary["judge"] == "fake"
+    assert summary["accuracy"]["prompting"] == first["summaries"]["elicit_test"]["accuracy_fraction"]
+
+
+def test_report_shows_tables_and_plots(finished):
+    out, _, _ = finished
+    text = (out / report.REPORT_NAME).read_text()
+    for heading in ("Headline numbers", "Sublayer causal influence", "Global emotion circuits",
+                    "Accuracy comparison", "Timings"):
+        assert heading in text
+    images = [line.split("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert any("influence_heatmap" in i for i in images) and any("circuit_anger" in i for i in images)
+    assert all((out / image).is_file() for image in images)
+    comparison = json.loads((out / "compare" / "comparison.json").read_text())
+    assert set(comparison["accuracy"]) >= {"prompting", "steering", "circuit"}
+
+
+def test_second_invocation_skips_every_stage(finished):
+    out, model, first = finished
+    ctx = open_context(out=str(out), model=model, preset=PRESET, judge=JUDGE)
+    calls = len(JUDGE.calls)
+    second = run_pipeline(ctx, OPTIONS)
+    ctx.run.close()
+    assert set(second["skipped"]) == set(first["timings"]) - {"report"}
+    assert len(JUDGE.calls) == calls  # nothing was judged again
+    assert {k: v for k, v in second["timings"].items() if k != "report"} == \
+        {k: v for k, v in first["timings"].items() if k != "report"}
