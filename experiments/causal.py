@@ -1,0 +1,36 @@
+"""§14.2 and §14.4 on an existing run directory: exhaustive causal neuron and head scans, attribution
+patching, and the agreement of analytic, causal and gradient rankings.
+
+    python -m experiments.causal --out=runs/quick --prompts_per_emotion=2
+    python -m experiments.causal --out=runs/quick --prompts_per_emotion=2 --layers=8,14,20,26
+
+Needs the capture and directions stages of the same run. Writes <out>/causal/.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from emojax.stages import causal
+from emojax.stages.launch import context_from_flags, define_flags
+
+define_flags()
+flags.DEFINE_integer("prompts_per_emotion", None, "Prompts per emotion (default: the preset's causal_prompts; "
+                     "0 skips the stage).", lower_bound=0)
+flags.DEFINE_list("layers", [], "Layers of the causal scans (default: every layer; attribution always covers all).")
+flags.mark_flag_as_required("out")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        layers = [int(l) for l in FLAGS.layers] or None
+    except ValueError:
+        raise app.UsageError(f"--layers={','.join(FLAGS.layers)}: expected layer indices") from None
+    summary = causal.run(context_from_flags(FLAGS), prompts_per_emotion=FLAGS.prompts_per_emotion, layers=layers)
+    logging.info("causal: %s", summary)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,27 @@
+"""S4a-S4b on an existing run directory: neuron contributions and head importances of every emotion.
+
+    python -m experiments.components --out=runs/quick
+
+Needs the capture and directions stages of the same run (`python -m experiments.pipeline
+--until=directions --out=...` makes them). Writes <out>/components/.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from emojax.stages import components
+from emojax.stages.launch import context_from_flags, define_flags
+
+define_flags()
+flags.mark_flag_as_required("out")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.info("components: %s", components.run(context_from_flags(FLAGS)))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,48 @@
+"""§14.1 on an existing run directory: ablation and enhancement of the top-k neurons and heads against
+random components of the same layer.
+
+    python -m experiments.validation --out=runs/quick
+    python -m experiments.validation --out=runs/quick --layers=14,23 --prompts_per_emotion=4
+
+Needs the components stage of the same run (`python -m experiments.components --out=...`). Writes
+<out>/validation/.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from emojax.stages import validation
+from emojax.stages.launch import context_from_flags, define_flags
+
+define_flags()
+flags.DEFINE_list("layers", [], "Layers to validate; default: the original's layers 13 and 22 at the same "
+                  "fractional depth.")
+flags.DEFINE_integer("prompts_per_emotion", validation.PROMPTS_PER_EMOTION,
+                     "Emotion prompts (and their neutral prompts) per emotion.", lower_bound=1)
+flags.DEFINE_integer("draws", None, "Random control sets per k (default and minimum: the preset's validation_draws).")
+flags.DEFINE_list("lambdas", [str(x) for x in validation.LAMBDAS], "Enhancement scales lambda.")
+flags.mark_flag_as_required("out")
+FLAGS = flags.FLAGS
+
+
+def _numbers(name: str, values: list[str], kind: type) -> list:
+    try:
+        return [kind(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"--{name}={','.join(values)}: expected {kind.__name__} values") from None
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    layers = _numbers("layers", FLAGS.layers, int) or None
+    lambdas = _numbers("lambdas", FLAGS.lambdas, float)
+    if not lambdas or min(lambdas) <= 0:
+        raise app.UsageError(f"--lambdas={','.join(FLAGS.lambdas)}: expected positive numbers")
+    summary = validation.run(context_from_flags(FLAGS), layers=layers, prompts_per_emotion=FLAGS.prompts_per_emotion,
+                             draws=FLAGS.draws, lambdas=lambdas)
+    logging.info("validation: %s", summary)
+
+
+if __name__ == "__main__":
+    app.run(main)
