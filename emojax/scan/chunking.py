@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 Array = Any
 PROGRESS_MIN_CHUNKS = 8
 # Default working set: about this many one-token rows (variants x prompts) per chunk.
-DEFAULT_ROWS_PER_CHUNK = 16384
+DEFAULT_ROWS_PER_CHUNK = 8192
 
 
 def as_readout(readout: Array, batch: int, width: int) -> np.ndarray:
@@ -37,9 +37,11 @@ def default_chunk(batch: int, rows: int = DEFAULT_ROWS_PER_CHUNK) -> int:
 
 
 def fit_chunk(n: int, chunk: int) -> int:
-    """The chunk size actually used for n variants: at most `chunk`, and a power of two when n is
-    smaller, so sweeps of different sizes share a few compilations instead of one each."""
-    return max(1, min(chunk, 1 << max(n - 1, 0).bit_length()))
+    """The chunk size actually used for n variants: the fewest chunks of at most `chunk` variants,
+    made equal, so the padding of the last chunk stays small (e.g. 1536 neurons with chunk=1024 run
+    as two chunks of 768, not 1024 + 512 padded to 1024)."""
+    chunk = max(1, min(chunk, n))
+    return -(-n // -(-n // chunk))
 
 
 def progress(iterable: Sequence[Any] | range, total: int, desc: str) -> Any:
