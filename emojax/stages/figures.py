@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emojax.circuit import Circuit  # noqa: E402
@@ -51,21 +52,20 @@ def circuit_map(path: Path, circuit: Circuit, influence: np.ndarray, n_heads: in
         heads[layer, list(hs)] = 1.0
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, max(4.0, 0.18 * n_layers)), sharey=True,
                                       gridspec_kw={"width_ratios": [max(n_heads, 4) / 6, 2]})
-    left.imshow(heads, aspect="auto", cmap="Greens", vmin=0, vmax=1, interpolation="nearest")
-    left.set_xlabel("head")
+    left.imshow(heads, aspect="auto", cmap="Greens", vmin=0, vmax=1, interpolation="nearest", origin="lower")
+    left.set_xlabel(f"head ({int(heads.sum())} in circuit)")
     left.set_ylabel("layer")
-    left.set_title(f"heads ({int(heads.sum())})")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     counts = [len(ns) for ns in circuit.neurons]
-    right.barh(range(n_layers), counts, color="tab:purple", alpha=0.8, label="neurons in circuit")
-    right.set_xlabel("neurons")
-    right.set_title(f"neurons ({sum(counts)})")
+    right.barh(range(n_layers), counts, color="tab:purple", alpha=0.6, label="neurons in circuit")
+    right.set_xlabel(f"neurons per layer ({sum(counts)} in circuit)")
     twin = right.twiny()
     twin.plot(np.maximum(influence[1], 0), range(n_layers), color="tab:orange", marker=".", label="MLP influence")
     twin.plot(np.maximum(influence[0], 0), range(n_layers), color="tab:green", marker=".", label="attention influence")
-    twin.set_xlabel("clipped influence")
+    twin.set_xlabel("clipped sublayer influence (allocation weight)")
     twin.legend(loc="lower right", fontsize=7)
-    left.invert_yaxis()
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.02)
     _save(fig, path)
 
 
