@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import platform
 import resource
 import statistics
@@ -117,8 +118,13 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     device = jax.devices()[0]
-    return {"cpu": cpu, "jax_device": f"{device.platform}:{device.device_kind}", "n_devices": jax.device_count(),
-            "jax": jax.__version__}
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "jax_device": f"{device.platform}:{device.device_kind}",
+            "n_devices": jax.device_count(), "jax": jax.__version__}
+
+
+def load_average() -> float:
+    """The 1-minute load average: above the core count, other processes shared the CPU."""
+    return os.getloadavg()[0]
 
 
 # --- FLOP counting --------------------------------------------------------------------------------
@@ -193,7 +199,7 @@ def torch_model_from_params(params: Any, config: ModelConfig) -> Any:
 
     def t(a: Any, transpose: bool = False) -> Any:
         a = np.asarray(jax.device_get(a), np.float32)
-        return torch.from_numpy(np.ascontiguousarray(a.T if transpose else a))
+        return torch.from_numpy(np.array(a.T if transpose else a, order="C"))  # a writable copy
 
     lp = params["layers"]
     state = {"model.embed_tokens.weight": t(params["embed"]), "model.norm.weight": t(params["final_norm"])}

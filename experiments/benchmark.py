@@ -4,7 +4,8 @@
     python -m experiments.benchmark --only=prefill --random_config=llama-3.2-3b --dtype=bfloat16 --nobaseline
 
 Each benchmark is `module:function` in BENCHMARKS, imported only when asked for; a name whose module
-is not present is skipped. Results go to --json as {name: {"emojax_s", "baseline_s", "speedup", ...}}
+is not present is skipped. Results go to --json as
+{name: {"emojax_s", "baseline_s", "speedup", ..., "run": {model, dtype, machine, load average}}}
 and are printed as a Markdown table.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from absl import app, flags, logging
 
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.params import random_params
-from experiments.bench_common import CONFIG_SHAPES, BenchContext, machine, shape_config
+from experiments.bench_common import CONFIG_SHAPES, BenchContext, load_average, machine, shape_config
 
 BENCHMARKS: dict[str, str] = {
     "prefill": "experiments.bench_prefill:bench_prefill",
@@ -78,12 +79,12 @@ def _fmt(value: Any) -> str:
 _MAIN_KEYS = ("emojax_s", "baseline_s", "speedup")
 
 
-def markdown_table(results: dict[str, dict[str, Any]], skip: set[str]) -> str:
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     """One row per benchmark: the three main figures, then every other number it reported."""
     lines = ["| benchmark | emojax s | baseline s | speedup | details |", "|---|---|---|---|---|"]
     for name, r in results.items():
         details = ", ".join(f"{k} {_fmt(v)}" for k, v in r.items()
-                            if k not in _MAIN_KEYS and k not in skip and isinstance(v, (int, float)))
+                            if k not in _MAIN_KEYS and isinstance(v, (int, float)))
         lines.append(f"| {name} | {_fmt(r.get('emojax_s'))} | {_fmt(r.get('baseline_s'))} | "
                      f"{_fmt(r.get('speedup'))} | {details} |")
     return "\n".join(lines)
@@ -110,10 +111,13 @@ def main(argv: list[str]) -> None:
     results = {}
     for name, fn in functions.items():
         logging.info("running %s", name)
-        results[name] = {**fn(ctx), **about}
+        load_before = load_average()
+        figures = fn(ctx)
+        results[name] = {**figures, "run": {**about, "load_average_before": load_before,
+                                            "load_average_after": load_average()}}
         if FLAGS.json:  # written after every benchmark, so a later failure keeps the earlier figures
             Path(FLAGS.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown_table(results, skip=set(about)))
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

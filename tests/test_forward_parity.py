@@ -75,6 +75,25 @@ def test_cached_decoding_equals_full_forward(tiny_model):
         np.testing.assert_allclose(cached[row, full_mask[row]], alone, rtol=0, atol=TOL, err_msg=f"row {row}")
 
 
+@pytest.mark.parametrize("family, rope_scaling", [("qwen2", None), ("llama", "llama3")])
+def test_checkpoint_on_disk_loaded_by_load_model_matches_hf(tmp_path, family, rope_scaling):
+    """The user's path end to end: a checkpoint directory written by transformers, read by
+    `load_model`, run on a left-padded batch, equals HF on each prompt alone."""
+    from hf_fixtures import LLAMA3_ROPE_SCALING, load_hf_model, make_tiny_checkpoint
+
+    from emojax.loading import load_model
+
+    path = make_tiny_checkpoint(tmp_path, family=family, rope_scaling=rope_scaling and LLAMA3_ROPE_SCALING)
+    loaded = load_model(path, cache_dir=tmp_path / "cache")
+    hf = load_hf_model(path)
+    prompts = random_prompts(LENGTHS, loaded.config.vocab_size, seed=6)
+    tokens, mask = left_padded(prompts, loaded.config.vocab_size)
+    ours = np.asarray(forward(loaded.params, tokens, config=loaded.config, mask=mask).logits)
+    for row, prompt in enumerate(prompts):
+        np.testing.assert_allclose(ours[row, mask[row]], hf_logits(hf, prompt[None])[0], rtol=0, atol=TOL,
+                                   err_msg=f"row {row}")
+
+
 # A fixed English text; tokenised it is well over 300 tokens for the default model.
 LONG_TEXT = " ".join([
     "The lighthouse keeper had lived on the island for thirty-one years, and in all that time he had",
