@@ -17,6 +17,7 @@ define_flags()
 flags.DEFINE_bool("baseline", True, "Also generate the unmodified neutral baseline and its false-match rate.")
 flags.DEFINE_bool("scale_sweep", False, "Sweep the modulation scale on the train split and report the best.")
 flags.DEFINE_list("scales", [str(s) for s in modulate.SCALE_GRID], "Scale grid of --scale_sweep.")
+flags.DEFINE_integer("sweep_per_theme", None, "Sweep on this many train scenarios per theme (default: all).")
 flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--scales={','.join(FLAGS.scales)}: expected numbers") from None
     ctx = context_from_flags(FLAGS)
     if FLAGS.scale_sweep:
-        logging.info("scale sweep: %s", modulate.run_scale_sweep(ctx, scales))
+        logging.info("scale sweep: %s", modulate.run_scale_sweep(ctx, scales, FLAGS.sweep_per_theme))
     logging.info("circuit modulation: %s", modulate.run(ctx))
     if FLAGS.baseline:
         logging.info("neutral baseline: %s", modulate.run_baseline(ctx))

@@ -167,3 +167,9 @@ def test_scale_sweep_runs_on_train_and_reports_the_best_scale(ctx):
     assert set(sweep["best_scale"]) == {"overall", *EMOTIONS}
     assert summary["best_scale"]["overall"] in (0.5, 2.0)
     assert not (ctx.run.path / modulate.STAGE).exists()  # the test split is never touched
+
+
+def test_best_scale_prefers_the_reference_on_ties():
+    assert modulate.best_scale([0.5, 1.0, 2.0], [50.0, 80.0, 80.0], 1.0) == 1.0
+    assert modulate.best_scale([0.5, 2.0], [80.0, 80.0], 1.0) == 0.5
+    assert modulate.best_scale([0.5, 2.0], [None, 10.0], 1.0) == 2.0

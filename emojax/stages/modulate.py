@@ -23,7 +23,7 @@ import numpy as np
 
 from emojax.circuit import Circuit
 from emojax.config import ModelConfig
-from emojax.data import EMOTIONS, Item, groups as all_groups, items as all_items
+from emojax.data import EMOTIONS, Item, groups as all_groups, items as all_items, subsample
 from emojax.hparams import modulation_scale
 from emojax.interventions import Intervention
 from emojax.prompts import neutral_messages
@@ -153,17 +153,31 @@ def run_baseline(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def run_scale_sweep(ctx: StageContext, scales: Sequence[float] = SCALE_GRID) -> dict[str, Any]:
-    """Circuit modulation on the TRAIN split at every base scale (anger keeps its official factor
-    unless official scales are off); the best scale is reported, never applied to the test split."""
+def best_scale(grid: Sequence[float], accuracy: Sequence[float | None], reference: float) -> float:
+    """The scale with the highest accuracy; ties go to the one closest (in ratio) to `reference`."""
+    values = np.asarray([np.nan if a is None else a for a in accuracy], float)
+    if np.isnan(values).all():
+        return reference
+    tied = [s for s, a in zip(grid, values) if a == np.nanmax(values)]
+    return min(tied, key=lambda s: (abs(np.log(s / reference)), s))
+
+
+def run_scale_sweep(ctx: StageContext, scales: Sequence[float] = SCALE_GRID,
+                    per_theme: int | None = None) -> dict[str, Any]:
+    """Circuit modulation on the TRAIN split (or `per_theme` scenarios of each theme) at every base
+    scale (anger keeps its official factor unless official scales are off); the best scale overall
+    and per emotion is reported, never applied to the test split (D17)."""
     grid = [float(s) for s in scales]
-    stamp = {**_fingerprint(ctx, SWEEP_STAGE, ctx.train, emotion_scales(1.0, ctx.settings.official_scales)),
+    if not grid or min(grid) <= 0:
+        raise InputError(f"modulation scales must be positive numbers, got {grid}")
+    records = tuple(ctx.train) if per_theme is None else subsample(ctx.train, per_theme)
+    stamp = {**_fingerprint(ctx, SWEEP_STAGE, records, emotion_scales(1.0, ctx.settings.official_scales)),
              "grid": grid}
     done = finished_summary(ctx.run, SWEEP_STAGE, stamp)
     if done is not None:
         return done
     out = ctx.run.stage(SWEEP_STAGE)
-    items = all_items(ctx.train)
+    items = all_items(records)
     per_scale = {}
     for base in grid:
         lam = emotion_scales(base, ctx.settings.official_scales)
@@ -171,11 +185,11 @@ def run_scale_sweep(ctx: StageContext, scales: Sequence[float] = SCALE_GRID) -> 
         per_scale[base] = tables
     curves = {"overall": [per_scale[s]["overall"]["accuracy"] for s in grid]}
     curves.update({e: [per_scale[s]["per_emotion"][e]["accuracy"] for s in grid] for e in EMOTIONS})
-    best = {name: grid[int(np.nanargmax(np.asarray(values, float)))] for name, values in curves.items()}
-    write_json(out / "sweep.json", {"scales": grid, "split": "train", "accuracy": curves, "best_scale": best,
-                                    "tables": {f"{s:g}": t for s, t in per_scale.items()}})
+    best = {name: best_scale(grid, values, ctx.settings.modulation_scale) for name, values in curves.items()}
+    write_json(out / "sweep.json", {"scales": grid, "split": "train", "items": len(items), "accuracy": curves,
+                                    "best_scale": best, "tables": {f"{s:g}": t for s, t in per_scale.items()}})
     figures.scale_sweep(out / "scale_sweep.png", grid, curves, "Circuit modulation on the train split")
-    summary = {"stage": SWEEP_STAGE, "scales": grid, "best_scale": best, "accuracy": curves}
+    summary = {"stage": SWEEP_STAGE, "split": "train", "items": len(items), "scales": grid, "best_scale": best,
+               "accuracy": curves}
     mark_finished(ctx.run, SWEEP_STAGE, stamp, summary)
     return summary
-
