@@ -69,9 +69,9 @@ def mark_seen(seen: Array, tokens: Array) -> Array:
 
 
 def exact_divide(x: Array, divisor: float | Array) -> Array:
-    """x / divisor with IEEE division, as PyTorch computes it. XLA rewrites a division by a constant
-    as a multiplication by its reciprocal, which can differ in the last bit; an opaque full-shape
-    divisor keeps the true division."""
+    """x / divisor with IEEE division, as PyTorch computes it. XLA rewrites a division by a broadcast
+    scalar as a multiplication by its reciprocal, which can differ in the last bit; an opaque
+    full-shape divisor keeps the true division."""
     return x / jax.lax.optimization_barrier(jnp.full(x.shape, divisor, x.dtype))
 
 

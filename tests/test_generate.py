@@ -240,12 +240,19 @@ def chat_ids(tokenizer: Any, chat: list[dict[str, str]]) -> np.ndarray:
                       ["input_ids"])
 
 
+@pytest.fixture(scope="module")
+def default_model_replies(default_model) -> dict[str, Any]:
+    """emojax's greedy replies of the default model to CHATS, plain and with the paper's decoding."""
+    return {name: generate(default_model, CHATS, max_new_tokens=REAL_NEW, **settings)
+            for name, settings in (("plain", {}), ("paper", PAPER_DECODING))}
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [{}, PAPER_DECODING], ids=["plain", "paper"])
-def test_default_model_greedy_matches_hf_generate(hf_smollm2, default_model, settings):
+@pytest.mark.parametrize("name, settings", [("plain", {}), ("paper", PAPER_DECODING)], ids=["plain", "paper"])
+def test_default_model_greedy_matches_hf_generate(hf_smollm2, default_model_replies, name, settings):
     hf, tokenizer = hf_smollm2
-    out = generate(default_model, CHATS, max_new_tokens=REAL_NEW, **settings)
+    out = default_model_replies[name]
     assert len(set(out.prompt_lengths)) > 1  # a mixed-length, left-padded batch
     for row, chat in enumerate(CHATS):
         expected = hf_generate(hf, chat_ids(tokenizer, chat), REAL_NEW, **settings)
@@ -255,7 +262,8 @@ def test_default_model_greedy_matches_hf_generate(hf_smollm2, default_model, set
 
 @pytest.mark.real_model
 @pytest.mark.slow
-def test_default_model_per_row_steering_matches_hf_last_position_hook(hf_smollm2, default_model):
+def test_default_model_per_row_steering_matches_hf_last_position_hook(hf_smollm2, default_model,
+                                                                     default_model_replies):
     """HF: a hook adds alpha * rms(h) * v to a layer's output at the last position of every forward call
     (t* in the prefill, then each new token). emojax: resid_add_rms at site 1 on "from_last"."""
     hf, tokenizer = hf_smollm2
@@ -270,7 +278,6 @@ def test_default_model_per_row_steering_matches_hf_last_position_hook(hf_smollm2
         add[layer, :, 1] = alphas[:, None] * vectors
     iv = Intervention.identity(cfg, resid_where="from_last").replace(resid_add_rms=jnp.asarray(add))
     out = generate(default_model, CHATS[:rows], max_new_tokens=REAL_NEW, iv=iv, **PAPER_DECODING)
-    plain = generate(default_model, CHATS[:rows], max_new_tokens=REAL_NEW, **PAPER_DECODING)
 
     for row in range(rows):
         v = torch.from_numpy(vectors[row])
@@ -285,4 +292,5 @@ def test_default_model_per_row_steering_matches_hf_last_position_hook(hf_smollm2
         with torch_hooks([(hf.model.layers[layer], "post", steer) for layer in layers]):
             expected = hf_generate(hf, chat_ids(tokenizer, CHATS[row]), REAL_NEW, **PAPER_DECODING)
         assert new_ids(out.tokens[row]) == expected, f"prompt {row}: {out.texts[row]!r}"
-    assert sum(not np.array_equal(a, b) for a, b in zip(out.tokens, plain.tokens)) >= rows - 1
+    unsteered = default_model_replies["paper"].tokens[:rows]
+    assert sum(not np.array_equal(a, b) for a, b in zip(out.tokens, unsteered)) >= rows - 1

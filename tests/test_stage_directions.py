@@ -138,3 +138,36 @@ def test_select_items_rules() -> None:
     assert everything.rule == "all" and everything.fallback is None and not everything.accepted.any()
     with pytest.raises(InputError, match="directions rule"):
         capture.select_items(records, keys, "some", 1)
+
+
+def _raw_separability_loop(states, emotion, scenario):
+    correct = np.zeros(states.shape[1])
+    for s in np.unique(scenario):
+        train, test = scenario != s, scenario == s
+        mean = states[train].mean(axis=0)
+        cents = np.stack([states[train & (emotion == e)].mean(axis=0) for e in range(6)]) - mean
+        for x, e in zip(states[test], emotion[test]):
+            for layer in range(states.shape[1]):
+                u = x[layer] - mean[layer]
+                sims = [u @ c / np.linalg.norm(u) / np.linalg.norm(c) for c in cents[:, layer]]
+                correct[layer] += int(np.argmax(sims) == e)
+    return correct / len(states)
+
+
+def test_raw_separability_needs_the_emotion_to_beat_the_content() -> None:
+    """Layer 0: large scenario content, tiny emotion offset; layer 1: the emotion offset dominates."""
+    rng = np.random.default_rng(3)
+    n_scenarios, width = 8, 12
+    offsets = rng.normal(size=(6, width))
+    emotion = np.tile(np.arange(6), 2 * n_scenarios)
+    group = np.repeat(np.arange(2 * n_scenarios), 6)
+    scenario = group // 2
+    content = rng.normal(size=(2 * n_scenarios, width)) * 10
+    states = np.stack([content[group] + 0.05 * offsets[emotion],
+                       content[group] + 20 * offsets[emotion]], axis=1) + 0.01 * rng.normal(size=(len(group), 2, width))
+    groups = directions_stage.dirs_lib.Groups(emotion, group)
+    raw = directions_stage.raw_separability(states, groups, scenario)
+    np.testing.assert_allclose(raw, _raw_separability_loop(states, emotion, scenario), atol=1e-6)
+    assert raw[0] < 0.5 and raw[1] == 1.0
+    curves = directions_stage.separability_curves(states, states, groups, scenario)
+    assert curves["mlp_group_centred"][0] == 1.0      # centring removes the content: trivially separable

@@ -204,7 +204,7 @@ def run(ctx: StageContext, prompts_per_emotion: int | None = None,
         logging.warning("%s: no prompts to scan (preset %s has causal_prompts=0); skipped", STAGE, ctx.preset.name)
         return {"stage": STAGE, "skipped": f"preset {ctx.preset.name} scans 0 prompts per emotion"}
     layers = tuple(range(cfg.n_layers)) if layers is None else tuple(sorted({int(l) for l in layers}))
-    if any(not 0 <= l < cfg.n_layers for l in layers):
+    if not layers or any(not 0 <= l < cfg.n_layers for l in layers):
         raise InputError(f"{STAGE}: layers {list(layers)} must be in 0..{cfg.n_layers - 1}")
     geometry = upstream.directions(ctx)
     captured = upstream.captured_items(ctx)

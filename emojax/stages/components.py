@@ -161,9 +161,10 @@ def long_tail_summary(neurons: dict[str, np.ndarray], heads: dict[str, np.ndarra
 
 
 def save_png(fig: plt.Figure, path: Path) -> None:
-    """Render to memory, then write atomically; no version stamp, so equal figures give equal bytes."""
+    """Render to memory, then write atomically; no version stamp, so equal figures give equal bytes.
+    Layouts are set by the callers (a tight bounding box would draw every figure twice)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     write_bytes(path, buffer.getvalue())
 
@@ -183,6 +184,7 @@ def plot_long_tail(path: Path, neuron_scores: np.ndarray, head_scores: np.ndarra
         ax.set_title(kind)
     axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Long tail of emotion components ({model})")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.85, wspace=0.25)
     save_png(fig, path)
 
 
@@ -197,7 +199,8 @@ def plot_head_importance(path: Path, head_mean: np.ndarray, model: str) -> None:
         ax.set_title(EMOTIONS[e], fontsize=9)
         ax.set_xlabel("head")
     axes[0].set_ylabel("layer")
-    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="s - s' (same layer)")
+    fig.subplots_adjust(left=0.06, right=0.9, bottom=0.1, top=0.88, wspace=0.15)
+    fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="s - s' (same layer)")
     fig.suptitle(f"Head importance (S4b), {model}")
     save_png(fig, path)
 

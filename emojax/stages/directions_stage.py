@@ -10,8 +10,15 @@ From the last-token states of the emotion prompts (capture stage), over complete
 - v_ref [6, D]  reference direction from the transferred reference band (S6b)
 
 Geometry (geometry.json and PNGs): each emotion's 2L x 2L cosine matrix in residual order, the 6 x 6
-cross-emotion cosines per layer and kind, and per-layer separability (leave-one-scenario-out nearest
-centroid of group-centred states; chance 1/6).
+cross-emotion cosines per layer and kind, and per-layer separability by leave-one-scenario-out nearest
+centroid (chance 1/6), measured two ways:
+
+- "raw": states minus the training mean, nothing known about the held-out scenario. This is the view
+  of the paper's PCA figures: the emotion must stand out against the scenario content, which happens
+  only from some depth on.
+- "group-centred": each state minus the mean of its own group (`emojax.directions.separability`).
+  Centring removes the content, so this measures how context-agnostic the emotion offset is; at t* of
+  the emotion prompt it can be high from the first layer on, since the offset is the instruction word.
 """
 from __future__ import annotations
 
@@ -70,6 +77,45 @@ def sublayer_stack(dirs_attn: np.ndarray, dirs_mlp: np.ndarray) -> np.ndarray:
     return np.stack([dirs_attn, dirs_mlp], axis=2).reshape(e, 2 * n_layers, d)
 
 
+def raw_separability(states: np.ndarray, groups: dirs_lib.Groups, scenario: np.ndarray) -> np.ndarray:
+    """Leave-one-scenario-out nearest-centroid accuracy per layer on mean-removed raw states: [L].
+
+    For each held-out scenario, the emotion centroids and the overall mean come from the other
+    scenarios' complete-group items; a held-out item goes to the centroid of highest cosine with
+    (state - mean). Per-(scenario, emotion) sums make every fold O(6 L D).
+    """
+    keep = groups.complete_mask()
+    x = np.asarray(states, np.float64)[keep]
+    emo, scen = groups.emotion[keep], np.asarray(scenario)[keep]
+    scenario_ids, s_index = np.unique(scen, return_inverse=True)
+    sums = np.zeros((scenario_ids.size, len(EMOTIONS)) + x.shape[1:])
+    np.add.at(sums, (s_index, emo), x)
+    counts = np.zeros((scenario_ids.size, len(EMOTIONS)))
+    np.add.at(counts, (s_index, emo), 1)
+    total, total_counts = sums.sum(axis=0), counts.sum(axis=0)
+    correct = np.zeros(x.shape[1])
+    for s in range(scenario_ids.size):
+        rest, rest_counts = total - sums[s], total_counts - counts[s]
+        if (rest_counts == 0).any():
+            continue
+        mean = rest.sum(axis=0) / rest_counts.sum()
+        centroids = rest / rest_counts[:, None, None] - mean
+        test = s_index == s
+        sims = np.einsum("nld,eld->nle", dirs_lib.unit(x[test] - mean), dirs_lib.unit(centroids))
+        correct += (sims.argmax(axis=-1) == emo[test][:, None]).sum(axis=0)
+    return (correct / max(len(x), 1)).astype(np.float32)
+
+
+def separability_curves(attn_states: np.ndarray, mlp: np.ndarray, groups: dirs_lib.Groups,
+                        scenario: np.ndarray) -> dict[str, np.ndarray]:
+    """{attn, mlp}: raw-state separability; {attn, mlp}_group_centred: after group centring."""
+    curves = {}
+    for kind, states in (("attn", attn_states), ("mlp", mlp)):
+        curves[kind] = raw_separability(states, groups, scenario)
+        curves[f"{kind}_group_centred"] = dirs_lib.separability(states, groups, scenario)
+    return curves
+
+
 def first_layer_at_least(curve: np.ndarray, level: float) -> int | None:
     hits = np.flatnonzero(np.asarray(curve) >= level)
     return int(hits[0]) if hits.size else None
@@ -102,7 +148,8 @@ def geometry(vectors: dict[str, np.ndarray], separability: dict[str, np.ndarray]
         "sublayer_cosine": {e: sub[i] for i, e in enumerate(EMOTIONS)},
         "cross_emotion_cosine": cross,
         "separability": {**separability, "chance": 1 / len(EMOTIONS),
-                         "method": "leave-one-scenario-out nearest centroid (cosine) of group-centred states"},
+                         "method": "leave-one-scenario-out nearest centroid (cosine); attn/mlp: raw states "
+                                   "minus the training mean; *_group_centred: states minus their group mean"},
         "summary": {
             "sublayer_offdiag_mean": float(sub[:, off_diagonal].mean()),
             "sublayer_offdiag_mean_per_emotion": {e: float(sub[i][off_diagonal].mean())
@@ -150,8 +197,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ref_layers = ctx.hparams.ref_layers
     vectors = compute_vectors(acts, groups, ref_layers)
     mlp = mlp_states(acts["resid_post"], acts["final"])
-    separability = {"attn": dirs_lib.separability(acts["resid_mid"], groups, scenario),
-                    "mlp": dirs_lib.separability(mlp, groups, scenario)}
+    separability = separability_curves(acts["resid_mid"], mlp, groups, scenario)
     geo = geometry(vectors, separability)
     n_complete = int(groups.complete_ids().size)
     out = ctx.run.stage(STAGE)
@@ -162,14 +208,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     write_npz(out / "directions.npz", vectors, meta=meta)
     write_json(out / "geometry.json", {**meta, **geo})
 
-    n_layers = ctx.config.n_layers
-    layers = plot_layers(n_layers)
+    layers = plot_layers(ctx.config.n_layers)
+    keep = groups.complete_mask()
     centred, emotion = centred_states(mlp[:, layers], groups)
-    plot_pca({l: centred[:, i] for i, l in enumerate(layers)}, emotion, out / "pca_mlp_states.png",
-             f"Group-centred MLP states at t* (PCA), {ctx.model.name}")
+    plot_pca({"raw": {l: mlp[keep, l] for l in layers},
+              "group-centred": {l: centred[:, i] for i, l in enumerate(layers)}}, emotion,
+             out / "pca_mlp_states.png", f"MLP states at t* coloured by emotion (PCA), {ctx.model.name}")
     plot_sublayer_cosines(np.stack(list(geo["sublayer_cosine"].values())), out / "cosine_sublayers.png")
     plot_cross_emotion(geo["cross_emotion_cosine"]["mlp"], layers, out / "cosine_emotions_mlp.png", "mlp")
-    plot_separability({"attention states": separability["attn"], "MLP states": separability["mlp"]},
+    plot_separability({"attention, raw": separability["attn"], "MLP, raw": separability["mlp"],
+                       "attention, group-centred": separability["attn_group_centred"],
+                       "MLP, group-centred": separability["mlp_group_centred"]},
                       out / "separability.png", 1 / len(EMOTIONS),
                       f"Emotion separability by layer ({ctx.model.name}, rule: {table['rule']})")
     summary = {"stage": STAGE, "rule": table["rule"], "fallback": table["fallback"], "complete_groups": n_complete,

@@ -1,7 +1,7 @@
 """PNG plots of the emotion geometry (method.md S2 optional analyses), drawn with matplotlib's Agg backend.
 
-- `plot_pca`: the first two principal components of group-centred last-token states at a few layers,
-  one colour per emotion (the paper sees clusters emerge at ~1/3 of the depth);
+- `plot_pca`: the first two principal components of last-token states at a few layers, raw and
+  group-centred, one colour per emotion (the paper sees clusters emerge at ~1/3 of the depth);
 - `plot_sublayer_cosines`: per emotion, the 2L x 2L cosine matrix of its directions in residual order;
 - `plot_cross_emotion`: the 6 x 6 cosine matrix between emotions at a few layers;
 - `plot_separability`: leave-one-scenario-out nearest-centroid accuracy per layer, with chance level
@@ -47,18 +47,22 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return projected if projected.shape[1] == 2 else np.pad(projected, ((0, 0), (0, 2 - projected.shape[1])))
 
 
-def plot_pca(states: Mapping[int, np.ndarray], emotion: np.ndarray, path: Path, title: str) -> None:
-    """states: {layer: [N, D] group-centred states}; emotion [N] indices into EMOTIONS."""
-    layers = sorted(states)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        xy = pca_2d(np.asarray(states[layer], np.float64))
-        for e, name in enumerate(EMOTIONS):
-            sel = emotion == e
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=8, alpha=0.7, color=COLOURS[name], label=name)
-        ax.set_title(f"layer {layer}")
-        ax.set_xticks([])
-        ax.set_yticks([])
+def plot_pca(rows: Mapping[str, Mapping[int, np.ndarray]], emotion: np.ndarray, path: Path, title: str) -> None:
+    """rows: {row label: {layer: [N, D] states}}, one row of panels per label (e.g. raw and
+    group-centred states); emotion [N] indices into EMOTIONS."""
+    labels = list(rows)
+    layers = sorted(rows[labels[0]])
+    fig, axes = plt.subplots(len(labels), len(layers), figsize=(3.2 * len(layers), 3.2 * len(labels)),
+                             squeeze=False)
+    for r, label in enumerate(labels):
+        for ax, layer in zip(axes[r], layers):
+            xy = pca_2d(np.asarray(rows[label][layer], np.float64))
+            for e, name in enumerate(EMOTIONS):
+                sel = emotion == e
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=8, alpha=0.7, color=COLOURS[name], label=name)
+            ax.set_title(f"{label}, layer {layer}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(title)
     _save(fig, path)
@@ -106,7 +110,8 @@ def plot_separability(curves: Mapping[str, np.ndarray], path: Path, chance: floa
     n_layers = len(next(iter(curves.values())))
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, values in curves.items():
-        ax.plot(range(n_layers), 100 * np.asarray(values), marker="o", markersize=3, label=label)
+        style = "--" if "centred" in label else "-"
+        ax.plot(range(n_layers), 100 * np.asarray(values), style, marker="o", markersize=3, label=label)
     ax.axhline(100 * chance, color="grey", linestyle=":", label=f"chance ({100 * chance:.1f}%)")
     for label, fraction in LANDMARKS.items():
         ax.axvline(fraction * (n_layers - 1), color="black", linestyle="--", linewidth=0.8, alpha=0.6)

@@ -1,0 +1,163 @@
+"""Generation throughput: emojax's compiled decoding against HF `generate`, and the cost of per-row edits.
+
+`generate`: greedy decoding of 32 neutral chat prompts (SEV, bundled test split; random ids of
+varied lengths when the model has no tokenizer), 64 new tokens each, emojax against HF PyTorch
+`generate` on the same weights, prompts and CPU. Both sides set `min_new_tokens` to the full length,
+so every row decodes every step and both do the same work.
+
+`generate_steered`: the same emojax generation with a circuit-style per-row intervention (neuron and
+head edits in every layer, different for each row, neurons on P_last and heads on P_all as in S7)
+against the unsteered emojax run; `speedup` is steered over unsteered throughput (goal >= 0.9).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emojax.data import load_dataset
+from emojax.generate import generate_tokens
+from emojax.interventions import Intervention
+from emojax.prompts import neutral_messages, tokenize_prompts
+from experiments.bench_common import BenchContext, Timing, forward_flops, peak_rss_mb, time_call
+
+BATCH, NEW_TOKENS = 32, 64
+
+
+def bench_prompts(ctx: BenchContext) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded (tokens, mask) of BATCH prompts."""
+    if ctx.tokenizer is not None:
+        records = load_dataset("bundled:test")
+        chats = [neutral_messages(r, v) for r in records for v in ("positive", "neutral", "negative")][:BATCH]
+        batch = tokenize_prompts(ctx.tokenizer, chats)
+        return batch.tokens, batch.mask
+    lengths = np.random.default_rng(0).integers(40, 80, BATCH)
+    tokens = ctx.tokens(BATCH, int(lengths.max()))
+    mask = np.arange(tokens.shape[1])[None] >= (tokens.shape[1] - lengths)[:, None]
+    return tokens, mask
+
+
+def generation_flops(ctx: BenchContext, prompt_width: int) -> int:
+    """Prefill of the padded prompts, then NEW_TOKENS - 1 single-token steps over the growing context."""
+    total = forward_flops(ctx.config, BATCH, prompt_width, logits="last")
+    for step in range(1, NEW_TOKENS):
+        total += forward_flops(ctx.config, BATCH, 1, logits="last", context=prompt_width + step)
+    return total
+
+
+def circuit_style_edits(config: Any, rows: int, seed: int = 0) -> Intervention:
+    """Neuron and head additions in every layer, different for each row (arrays [L, B, ...])."""
+    rng = np.random.default_rng(seed)
+    L, F, H, Dh = config.n_layers, config.d_ff, config.n_heads, config.head_dim
+    iv = Intervention.identity(config, neuron_where="from_last", head_where="all")
+    return iv.replace(neuron_add=jnp.asarray(rng.normal(0, 0.05, (L, rows, F)), jnp.float32),
+                      head_add=jnp.asarray(rng.normal(0, 0.05, (L, rows, H, Dh)), jnp.float32))
+
+
+def _emojax_run(ctx: BenchContext, tokens: np.ndarray, mask: np.ndarray, iv: Intervention | None):
+    params = ctx.params
+    dtype = params["embed"].dtype
+    if iv is not None:
+        iv = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, iv)
+    device_tokens, device_mask = jnp.asarray(tokens), jnp.asarray(mask)
+    return lambda: generate_tokens(params, device_tokens, device_mask, config=ctx.config,
+                                   max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, iv=iv).tokens
+
+
+def _keep_last(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list[Any]]:
+    """`fn` wrapped to keep its latest result in the returned list, so timed runs can be compared."""
+    last: list[Any] = []
+
+    def run() -> Any:
+        last[:] = [fn()]
+        return last[0]
+
+    return run, last
+
+
+def _figures(prefix: str, seconds: float, flop: int, peak: float) -> dict[str, float]:
+    return {f"{prefix}_tokens_s": BATCH * NEW_TOKENS / seconds, f"{prefix}_gflop_s": flop / seconds / 1e9,
+            f"{prefix}_pct_of_peak": 100 * flop / seconds / 1e9 / peak}
+
+
+def bench_generate(ctx: BenchContext) -> dict[str, Any]:
+    tokens, mask = bench_prompts(ctx)
+    run, ours_last = _keep_last(_emojax_run(ctx, tokens, mask, None))
+    ours = time_call(run, ctx.repeats)
+    flop = generation_flops(ctx, tokens.shape[1])
+    peak = ctx.matmul_peak_gflops
+    result: dict[str, Any] = {
+        "emojax_s": ours.median_s, "baseline_s": None, "speedup": None, "batch": BATCH,
+        "new_tokens": NEW_TOKENS, "prompt_width": int(tokens.shape[1]), "gflop": flop / 1e9,
+        "matmul_peak_gflop_s": peak, **_figures("emojax", ours.median_s, flop, peak),
+        "emojax_first_call_s": ours.first_s, "emojax_runs_s": list(ours.runs_s),
+    }
+    if ctx.baseline:
+        import torch
+
+        model = ctx.torch_model
+        eos = list(ctx.config.eos_token_ids) or None
+        ids = torch.from_numpy(tokens.astype(np.int64))
+        attention = torch.from_numpy(mask.astype(np.int64))
+
+        def hf_generate():
+            with torch.inference_mode():
+                return model.generate(ids, attention_mask=attention, max_new_tokens=NEW_TOKENS,
+                                      min_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=eos,
+                                      pad_token_id=0)[:, tokens.shape[1]:]
+
+        hf_run, hf_last = _keep_last(hf_generate)
+        theirs = time_call(hf_run, ctx.repeats)
+        same = np.array_equal(np.asarray(ours_last[0]), hf_last[0].numpy())
+        result.update({
+            "baseline_s": theirs.median_s, "speedup": theirs.median_s / ours.median_s,
+            **_figures("baseline", theirs.median_s, flop, peak), "baseline_runs_s": list(theirs.runs_s),
+            "same_tokens_as_baseline": bool(same),
+            "baseline": f"transformers PyTorch {torch.__version__} generate, float32, "
+                        f"{model.config._attn_implementation} attention, {torch.get_num_threads()} threads",
+        })
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def _time_interleaved(first: Callable[[], Any], second: Callable[[], Any], repeats: int) -> tuple[Timing, Timing]:
+    """Alternate timed runs of the two (after one warm-up each), so load changes on a shared machine
+    hit both alike."""
+    warm = [_seconds(fn) for fn in (first, second)]
+    runs: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, times in zip((first, second), runs):
+            times.append(_seconds(fn))
+    first_timing, second_timing = (Timing(statistics.median(r), min(r), w, tuple(r)) for r, w in zip(runs, warm))
+    return first_timing, second_timing
+
+
+def bench_generate_steered(ctx: BenchContext) -> dict[str, Any]:
+    tokens, mask = bench_prompts(ctx)
+    plain, steered = _time_interleaved(_emojax_run(ctx, tokens, mask, None),
+                                       _emojax_run(ctx, tokens, mask, circuit_style_edits(ctx.config, BATCH)),
+                                       ctx.repeats)
+    flop = generation_flops(ctx, tokens.shape[1])
+    peak = ctx.matmul_peak_gflops
+    return {
+        "emojax_s": steered.median_s, "baseline_s": plain.median_s, "speedup": plain.median_s / steered.median_s,
+        "baseline": "the same emojax generation without intervention", "batch": BATCH, "new_tokens": NEW_TOKENS,
+        "matmul_peak_gflop_s": peak, **_figures("emojax", steered.median_s, flop, peak),
+        "unsteered_tokens_s": BATCH * NEW_TOKENS / plain.median_s,
+        "emojax_runs_s": list(steered.runs_s), "baseline_runs_s": list(plain.runs_s), "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# The names experiments/benchmark.py registers.
+generate = bench_generate
+generate_steered = bench_generate_steered
