@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from emojax import chat
+from emojax import chat, parallel
 from emojax.config import ModelConfig
 from emojax.decoding import (DecodingSettings, choose_tokens, mark_seen, process_logits,
                              seen_tokens)
@@ -155,7 +156,7 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
              max_new_tokens: int, iv: Intervention | None = None, repetition_penalty: float = 1.0,
              no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
-             dtype: Any = None) -> Generation:
+             dtype: Any = None, mesh: Mesh | None = None) -> Generation:
     """Generate replies for chat prompts with an optional intervention at every step.
 
     model: has .params, .config, .tokenizer (as returned by `emojax.load_model`).
@@ -166,6 +167,8 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
       compilation serves the whole call. dtype: compute dtype of weights, cache and edits.
     Sampling (temperature > 0) uses a key per prompt derived from `seed` and the prompt's index, so
     results do not depend on batch_size.
+    mesh: weights placed by their logical axes, prompt rows (and per-row edits) split over 'data';
+      batch_size is rounded up to a multiple of the row shards. Same tokens as without a mesh.
     """
     tokens, mask = _prompt_batch(model, prompts)
     n_prompts = tokens.shape[0]
@@ -176,6 +179,10 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
         iv = jax.tree_util.tree_map(
             lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, iv)
     size = n_prompts if batch_size is None else max(1, min(batch_size, n_prompts))
+    shards = parallel.row_multiple(mesh)
+    size = -(-size // shards) * shards  # extra rows repeat the last prompt and are dropped below
+    if mesh is not None:
+        params = parallel.shard_params(params, mesh, model.config)
     base_key = jax.random.PRNGKey(seed)
     row_keys = np.asarray(jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.arange(n_prompts)))
     starts = range(0, n_prompts, size)
@@ -184,13 +191,18 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
     for start in tqdm(starts, desc="generate", unit="batch", disable=quiet):
         # The last chunk is filled up by repeating its final prompt, so its shape matches the others.
         rows = np.minimum(np.arange(start, start + size), n_prompts - 1)
+        chunk_tokens, chunk_mask, chunk_keys = tokens[rows], mask[rows], row_keys[rows]
+        chunk_iv = None if iv is None else _take_rows(iv, rows)
+        if mesh is not None:
+            chunk_tokens, chunk_mask, chunk_keys = parallel.place_rows((chunk_tokens, chunk_mask, chunk_keys), mesh)
+            chunk_iv = None if chunk_iv is None else _place_iv_rows(chunk_iv, mesh)
         result = generate_tokens(
-            params, tokens[rows], mask[rows], config=model.config, max_new_tokens=max_new_tokens,
-            iv=None if iv is None else _take_rows(iv, rows), repetition_penalty=repetition_penalty,
+            params, chunk_tokens, chunk_mask, config=model.config, max_new_tokens=max_new_tokens,
+            iv=chunk_iv, repetition_penalty=repetition_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-            temperature=temperature, top_p=top_p, keys=row_keys[rows])
+            temperature=temperature, top_p=top_p, keys=chunk_keys)
         real = min(size, n_prompts - start)
-        pieces.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:real], result))
+        pieces.append(jax.tree_util.tree_map(lambda a: a[:real], parallel.to_host(result)))
     out = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *pieces)
     tokenizer = getattr(model, "tokenizer", None)
     return Generation(
@@ -232,6 +244,12 @@ def _check_rows(iv: Intervention, n_prompts: int) -> None:
         if rows != n_prompts:
             raise ValueError(f"generate: per-row intervention field {name!r} has {rows} rows on axis "
                              f"{axis}, but there are {n_prompts} prompts")
+
+
+def _place_iv_rows(iv: Intervention, mesh: Mesh) -> Intervention:
+    """Per-row fields split over the row shards like the prompts; shared fields are left to jit."""
+    return iv.replace(**{name: parallel.place_rows(getattr(iv, name), mesh, axis=axis)
+                         for name, axis in _per_row_fields(iv).items()})
 
 
 def _take_rows(iv: Intervention, rows: np.ndarray) -> Intervention:

@@ -163,25 +163,21 @@ def forward(params: dict[str, Any], tokens: Array, *, config: ModelConfig, mask:
     layer_dirs = {k: d for k, d in directions.items() if k != "final" and jnp.ndim(d) == 3}
     shared_dirs = {k: d for k, d in directions.items() if k not in layer_dirs}
 
-    def body(carry, xs):
-        x, k_all, v_all = carry
-        index, p, iv_l, dirs_l = xs
-        past = None if cache is None else (k_all[index], v_all[index], cache.length)
+    # The cache is scanned as an input (each layer reads its own slice) and only this call's keys and
+    # values come out; they are written into the full cache once, after the scan. Carrying the
+    # full cache through the scan instead made XLA copy all of it in every layer of every step.
+    def body(x, xs):
+        p, iv_l, dirs_l, past_kv = xs
+        past = None if cache is None else (*past_kv, cache.length)
         out, acts, (k, v) = _layer(x, p, iv_l, sel, cos, sin, past, allowed, config)
-        if cache is not None:
-            at = (index, 0, cache.length, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
         dirs_l = {**shared_dirs, **dirs_l}
         tapped = {name: taps_lib.take(taps, name, acts[name], dirs_l.get(name))
                   for name in taps.layer_points}
-        return (out, k_all, v_all), tapped
+        return out, (tapped, None if cache is None else (k, v))
 
-    empty = jnp.zeros((0,))
-    carry0 = (x, empty, empty) if cache is None else (x, cache.k, cache.v)
-    xs = (jnp.arange(config.n_layers), params["layers"], None if iv is None else iv.layer_edits(),
-          layer_dirs)
-    (x, k_all, v_all), layer_taps = jax.lax.scan(body, carry0, xs, unroll=unroll)
+    xs = (params["layers"], None if iv is None else iv.layer_edits(), layer_dirs,
+          None if cache is None else (cache.k, cache.v))
+    x, (layer_taps, new_kv) = jax.lax.scan(body, x, xs, unroll=unroll)
 
     out_taps = {name: jnp.moveaxis(val, 0, 1) for name, val in layer_taps.items()}
     final = rms_norm(x, params["final_norm"], config.rms_eps)
@@ -195,8 +191,11 @@ def forward(params: dict[str, Any], tokens: Array, *, config: ModelConfig, mask:
 
     new_cache = None
     if cache is not None:
+        at = (0, 0, cache.length, 0, 0)
         new_cache = cache.replace(
-            k=k_all, v=v_all, valid=slot_valid, length=cache.length + t,
+            k=jax.lax.dynamic_update_slice(cache.k, new_kv[0].astype(cache.k.dtype), at),
+            v=jax.lax.dynamic_update_slice(cache.v, new_kv[1].astype(cache.v.dtype), at),
+            valid=slot_valid, length=cache.length + t,
             next_pos=jnp.max(jnp.where(valid, positions, start[:, None] - 1), axis=1) + 1,
             t_star=jnp.where(cache.t_star >= 0, cache.t_star, last_pos).astype(jnp.int32))
     return Output(logits=out_logits, taps=out_taps, cache=new_cache)

@@ -199,6 +199,52 @@ def steered_generation() -> dict[str, Any]:
             "steering_changes_tokens": not bool(np.array_equal(plain.tokens, ref.tokens))}
 
 
+@check
+def mesh_arguments() -> dict[str, Any]:
+    """The `mesh=` arguments users pass: `generate` (5 prompts in chunks of 2, rounded up to the 4 row
+    shards, per-row steering) and `capture_prefix` followed by the head, neuron and sublayer scans
+    (8 rows split over data=4 and weights over model=2; 5 rows fall back to replicated rows)."""
+    import types
+
+    from emojax import scan
+    from emojax.generate import generate
+
+    cfg = tiny_config(eos_token_ids=(5,))
+    params = numpy_params(cfg, seed=14)
+    mesh = parallel.make_mesh(data=4, model=2)
+    rng = np.random.default_rng(15)
+    model = types.SimpleNamespace(params=params, config=cfg, tokenizer=None)
+    tokens, mask = left_padded_batch(cfg, rows=5, length=7, seed=16)
+    steer = np.zeros((cfg.n_layers, 5, 2, cfg.d_model), np.float32)
+    steer[1, :, 1] = 3.0 * rng.standard_normal((5, cfg.d_model))
+    iv = Intervention.identity(cfg, resid_where="from_last").replace(resid_add_rms=jnp.asarray(steer))
+    kwargs = dict(max_new_tokens=5, iv=iv, repetition_penalty=1.2, batch_size=2)
+    gen_ref = generate(model, (tokens, mask), **kwargs)
+    gen = generate(model, (tokens, mask), mesh=mesh, **kwargs)
+
+    diffs, specs = [], {}
+    for rows in (8, 5):
+        tokens, mask = left_padded_batch(cfg, rows=rows, length=8, seed=17 + rows)
+        readout = rng.standard_normal((rows, cfg.d_model)).astype(np.float32)
+        directions = rng.standard_normal((rows, 2, cfg.n_layers, cfg.d_model)).astype(np.float32)
+        sigma = np.ones((2, cfg.n_layers), np.float32)
+
+        def scans(prefix: Any) -> tuple[np.ndarray, ...]:
+            heads = scan.causal_head_scan(params, prefix, readout, config=cfg)
+            neurons = scan.causal_neuron_scan(params, prefix, readout, config=cfg)
+            influence = scan.sublayer_influence(params, prefix, directions, sigma, [0.5, 2.0], readout, config=cfg)
+            return np.asarray(heads.effect), np.asarray(neurons.effect), np.asarray(influence.influence)
+
+        ref_prefix = scan.capture_prefix(params, tokens, mask, config=cfg)
+        ref = scans(ref_prefix)
+        prefix = scan.capture_prefix(params, tokens, mask, config=cfg, mesh=mesh)
+        specs[f"prefix_k_{rows}_rows"] = spec(prefix.k)
+        diffs.append(max_diff(scans(prefix), ref))
+        diffs.append(max_diff(scans(ref_prefix.place(mesh)), ref))
+    return {"max_abs_diff": max(diffs), "tokens_equal": bool(np.array_equal(gen.tokens, gen_ref.tokens)),
+            "rows": int(gen.tokens.shape[0]), **specs}
+
+
 def main(names: list[str]) -> None:
     if jax.device_count() != 8:
         raise SystemExit(f"expected 8 devices, found {jax.device_count()}: set "

@@ -193,7 +193,7 @@ def sharded_results() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def sharded_stage_results() -> dict[str, dict]:
-    return run_checks("head_and_sublayer_scans", "steered_generation")
+    return run_checks("head_and_sublayer_scans", "steered_generation", "mesh_arguments")
 
 
 def test_model_parallel_forward_equals_single_device(sharded_results):
@@ -232,3 +232,25 @@ def test_sharded_steered_generation_equals_single_device(sharded_stage_results):
     r = sharded_stage_results["steered_generation"]
     assert r["tokens_equal"] and r["max_abs_diff"] == 0.0
     assert r["steering_changes_tokens"]  # the steering matters, so equality means something
+
+
+@pytest.mark.slow
+def test_mesh_arguments_of_generate_and_capture_prefix_keep_results(sharded_stage_results):
+    r = sharded_stage_results["mesh_arguments"]
+    assert r["tokens_equal"] and r["rows"] == 5
+    assert r["max_abs_diff"] < 1e-4
+    assert r["prefix_k_8_rows"] == "P(None, 'data', None, 'model')"
+    assert r["prefix_k_5_rows"] == "P(None, None, None, 'model')"  # 5 rows do not split over data=4
+
+
+@pytest.mark.parametrize("text, shape", [("none", None), ("", None), ("auto", {"data": 1, "model": 1}),
+                                         ("1x1", {"data": 1, "model": 1})])
+def test_mesh_from_spec(text, shape):
+    mesh = parallel.mesh_from_spec(text)
+    assert (None if mesh is None else dict(mesh.shape)) == shape
+
+
+@pytest.mark.parametrize("text", ["8", "2x", "ax1", "0x1"])
+def test_mesh_from_spec_names_a_bad_flag(text):
+    with pytest.raises(ValueError, match="--mesh"):
+        parallel.mesh_from_spec(text)

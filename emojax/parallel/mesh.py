@@ -24,3 +24,17 @@ def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[jax.Dev
                          f"but {len(devices)} were given; pass devices=... to use a subset")
     return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                          devices=devices)
+
+
+def mesh_from_spec(spec: str | None) -> Mesh | None:
+    """The mesh a `--mesh` flag names: "" or "none" -> None (one device, no placement); "auto" ->
+    every device on 'data'; "DxM" (e.g. "8x1", "4x2") -> data=D, model=M."""
+    text = (spec or "").strip().lower()
+    if text in ("", "none"):
+        return None
+    if text == "auto":
+        return make_mesh()
+    parts = text.split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--mesh={spec!r}: expected 'none', 'auto' or DATAxMODEL such as '8x1' or '4x2'")
+    return make_mesh(data=int(parts[0]), model=int(parts[1]))

@@ -109,6 +109,21 @@ def shard_variants(iv: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> tuple[A
     return shard_leading(iv, mesh, "variants", rules)
 
 
+def place_rows(x: Any, mesh: Mesh, axis: int = 0, rules: Rules = DEFAULT_RULES) -> Any:
+    """Place arrays whose axis `axis` holds batch rows: rows over the mesh axes "batch" maps to,
+    everything else replicated. No padding: a row count the mesh does not divide falls back to
+    fewer mesh axes (replicated at worst, with a warning), so results keep their row count."""
+    def place(a: Any) -> jax.Array:
+        axes = tuple("batch" if i == axis else None for i in range(np.ndim(a)))
+        return _put(a, named_sharding(mesh, axes, rules, np.shape(a)))
+    return jax.tree_util.tree_map(place, x)
+
+
+def row_multiple(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> int:
+    """How many shards batch rows are split into on `mesh` (1 without a mesh)."""
+    return 1 if mesh is None else leading_multiple(mesh, "batch", rules)
+
+
 def unpad(tree: Any, n: int) -> Any:
     """Drop the padding rows `shard_batch` / `shard_variants` added to the leading axis."""
     return jax.tree_util.tree_map(lambda a: a[:n], tree)

@@ -30,7 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import Mesh
 
+from emojax import parallel
 from emojax.config import ModelConfig
 from emojax.kv_cache import KVCache
 from emojax.model import forward
@@ -72,6 +74,15 @@ class Prefix:
             taken[field.name] = None if value is None else jnp.take(value, rows, axis=axis)
         return self.replace(**taken)
 
+    def place(self, mesh: Mesh) -> "Prefix":
+        """The same prefix with its rows split over the mesh's 'data' axis (see `capture_prefix`)."""
+        placed = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            axis = 1 if field.name in ("k", "v") else 0
+            placed[field.name] = None if value is None else parallel.place_rows(value, mesh, axis=axis)
+        return self.replace(**placed)
+
     def as_cache(self) -> KVCache:
         """A KV cache holding the T-1 prefix tokens with one free slot, ready for a one-token
         `emojax.forward(params, last_tokens[:, None], cache=...)`."""
@@ -97,11 +108,18 @@ def _check_batch(tokens: Array, mask: Array) -> None:
 
 
 def capture_prefix(params: dict[str, Any], tokens: Array, mask: Array | None = None, *,
-                   config: ModelConfig, keep_sequence: bool = False) -> Prefix:
-    """One forward pass over left-padded prompts; see the module docstring for what is kept."""
+                   config: ModelConfig, keep_sequence: bool = False, mesh: Mesh | None = None) -> Prefix:
+    """One forward pass over left-padded prompts; see the module docstring for what is kept.
+
+    mesh: place the weights by their logical axes and the prompt rows over 'data' first. The prefix
+    then lives on the mesh, and every scan run from it is partitioned the same way by XLA.
+    """
     tokens = jnp.asarray(tokens, jnp.int32)
     mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
     _check_batch(tokens, mask)
+    if mesh is not None:
+        params = parallel.shard_params(params, mesh, config)
+        tokens, mask = parallel.place_rows((tokens, mask), mesh)
     return _capture(params, tokens, mask, config=config, keep_sequence=keep_sequence)
 
 

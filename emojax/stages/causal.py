@@ -37,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
 from emojax import prompts  # noqa: E402
@@ -59,11 +60,12 @@ AGREEMENT_COLUMNS = ("emotion", "kind", "layer", "pair", "spearman", "top_k", "o
 
 
 def prompt_scores(params: dict[str, Any], tokens: np.ndarray, mask: np.ndarray, emotion: np.ndarray,
-                  geometry: dict[str, np.ndarray], layers: Sequence[int], config: ModelConfig) -> dict[str, np.ndarray]:
+                  geometry: dict[str, np.ndarray], layers: Sequence[int], config: ModelConfig,
+                  mesh: Mesh | None = None) -> dict[str, np.ndarray]:
     """Every score of every component for each prompt (rows first): neuron_* [B, L, F], head_* [B, L, H],
-    oriented towards the emotion; causal scores are NaN outside `layers`."""
+    oriented towards the emotion; causal scores are NaN outside `layers`. `mesh` splits the rows."""
     readout = geometry["v_ref"][emotion]
-    prefix = capture_prefix(params, tokens, mask, config=config, keep_sequence=True)
+    prefix = capture_prefix(params, tokens, mask, config=config, keep_sequence=True, mesh=mesh)
     b, L = len(emotion), config.n_layers
     out = {"neuron_causal": np.full((b, L, config.d_ff), np.nan, np.float32),
            "head_causal": np.full((b, L, config.n_heads), np.nan, np.float32)}
@@ -224,7 +226,7 @@ def run(ctx: StageContext, prompts_per_emotion: int | None = None,
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:
         idx = np.minimum(np.arange(start, start + size), stop - 1)  # fixed chunk shape: one compilation
         scores = prompt_scores(ctx.model.params, batch.tokens[idx], batch.mask[idx], emotion[idx], geometry, layers,
-                               cfg)
+                               cfg, mesh=ctx.mesh)
         return {name: value[: stop - start] for name, value in scores.items()}
 
     job = ChunkedJob(out, f"scan-{digest(stamp)}", len(rows), size, stamp)

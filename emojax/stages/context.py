@@ -62,6 +62,7 @@ class StageContext:
     judge: Any                   # emojax.judge judge callable
     preset: Preset
     settings: Settings = dataclasses.field(default_factory=Settings)
+    mesh: Any = None             # jax.sharding.Mesh: weights placed on it, prompt rows split over 'data'
 
     @property
     def config(self):

@@ -155,7 +155,7 @@ def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: 
     def compute(start: int, stop: int) -> list[dict[str, Any]]:
         rows = np.minimum(np.arange(start, start + size), n - 1)
         out = generate(ctx.model, (batch.tokens[rows], batch.mask[rows]), iv=None if row_iv is None else row_iv(rows),
-                       batch_size=size, dtype=dtype, **decoding.generate_kwargs())
+                       batch_size=size, dtype=dtype, mesh=ctx.mesh, **decoding.generate_kwargs())
         return [{"key": keys[i], "gen_text": out.texts[j], "input_len": int(batch.lengths[i]),
                  "new_tokens": int(out.lengths[j]), "finished": bool(out.finished[j])}
                 for j, i in enumerate(range(start, stop))]

@@ -13,12 +13,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import jax
 from absl import flags as absl_flags
 from absl import logging
+from jax.sharding import Mesh
 
 from emojax.data import load_dataset, resolve_dataset, subsample
+from emojax.distributed import initialize_distributed
 from emojax.judge import SPEC_HELP, make_judge
 from emojax.loading import DEFAULT_MODEL, load_model
+from emojax.parallel import mesh_from_spec, shard_params
 from emojax.runs import ModelIdentity, RunDir, define_run_flags
 from emojax.stages.context import PRESETS, Preset, Settings, StageContext
 from emojax.stages.judged import judge_identity
@@ -49,6 +53,9 @@ def define_flags() -> None:
     absl_flags.DEFINE_string("test", "bundled:test", "Evaluation split (SEV schema), same forms as --train.")
     absl_flags.DEFINE_enum("preset", "quick", sorted(PRESETS), "Run size (emojax.stages.context.PRESETS).")
     absl_flags.DEFINE_string("judge", "offline", f"Judge: {SPEC_HELP}.")
+    absl_flags.DEFINE_string("mesh", "none", "Device mesh: none (one device), auto (every device splits the "
+                             "prompt rows) or DATAxMODEL, e.g. 8x1 or 4x2 (heads and MLP width over MODEL). "
+                             "Results are the same on any mesh.")
     absl_flags.DEFINE_string("cache_dir", None, "Converted-model cache (default $EMOJAX_CACHE_DIR or ~/.cache/emojax).")
     for field in dataclasses.fields(Settings):
         _define_setting(field)
@@ -76,18 +83,21 @@ def settings_from(values: Mapping[str, Any]) -> Settings:
 def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:train",
                  test: str = "bundled:test", preset: str | Preset = "quick", judge: Any = "offline",
                  settings: Settings | None = None, force_new: bool = False,
-                 cache_dir: str | None = None) -> StageContext:
+                 cache_dir: str | None = None, mesh: Mesh | None = None) -> StageContext:
     """Load everything a stage needs and open the run directory.
 
     `model`: a name/path for `load_model`, or an already loaded model; `preset`: a name of PRESETS or
     a Preset; `judge`: a spec for `make_judge` or a judge callable. These arguments are the run's
-    identity.
+    identity; `mesh` is not part of it (a run resumes on any mesh with the same results).
     """
     if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     chosen = PRESETS[preset] if isinstance(preset, str) else preset
     settings = settings or Settings()
     loaded = load_model(model, cache_dir=cache_dir) if isinstance(model, str) else model
+    if mesh is not None:
+        loaded = dataclasses.replace(loaded, params=shard_params(loaded.params, mesh, loaded.config))
+        logging.info("mesh %s: weights placed by their logical axes", dict(mesh.shape))
     splits = {}
     for split, spec, per_theme in (("train", train, chosen.train_per_theme), ("test", test, chosen.test_per_theme)):
         records = load_dataset(spec)
@@ -103,12 +113,21 @@ def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:
     run = RunDir.open(out, flags=flags, model=identity,
                       inputs={"train": resolve_dataset(train), "test": resolve_dataset(test)}, force_new=force_new)
     return StageContext(model=loaded, run=run, train=splits["train"], test=splits["test"], judge=judge_fn,
-                        preset=chosen, settings=settings)
+                        preset=chosen, settings=settings, mesh=mesh)
+
+
+def run_directory_of_host(out: str) -> str:
+    """Every host of a multi-host run computes everything; host 0 writes the run directory and the
+    others write to their own `OUT.hostN`, so hosts never race on one file (e.g. on a shared bucket)."""
+    index = jax.process_index()
+    return out if index == 0 else f"{out.rstrip('/')}.host{index}"
 
 
 def context_from_flags(values: Any) -> StageContext:
-    """The StageContext of an absl launcher (`values` is FLAGS after parsing)."""
-    return open_context(out=values.out, model=values.model, train=values.train, test=values.test,
+    """The StageContext of an absl launcher (`values` is FLAGS after parsing). Joins the JAX
+    distributed runtime first when the environment describes several hosts (a no-op on one)."""
+    initialize_distributed()
+    return open_context(out=run_directory_of_host(values.out), model=values.model, train=values.train, test=values.test,
                         preset=values.preset, judge=values.judge,
                         settings=settings_from(values.flag_values_dict()), force_new=values.force_new_run,
-                        cache_dir=values.cache_dir)
+                        cache_dir=values.cache_dir, mesh=mesh_from_spec(values.mesh))

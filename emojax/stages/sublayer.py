@@ -23,11 +23,13 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
 from emojax import prompts
 from emojax.config import ModelConfig
 from emojax.data import EMOTIONS, SevRecord
 from emojax.directions import sign_aligned
+from emojax.parallel import to_host
 from emojax.hparams import INFLUENCE_ALPHAS
 from emojax.runs import ChunkedJob, hash_path, write_csv, write_json, write_npz
 from emojax.scan import Prefix, capture_prefix, sublayer_influence
@@ -72,25 +74,27 @@ def local_directions(dirs_attn: np.ndarray, dirs_mlp: np.ndarray, v_ref: np.ndar
 
 
 def prefill_groups(params: dict[str, Any], tokens: np.ndarray, mask: np.ndarray, *, config: ModelConfig,
-                   batch: int) -> Prefix:
-    """Prefix of every prompt, captured in fixed-size batches (the last is padded) and concatenated."""
+                   batch: int, mesh: Mesh | None = None) -> Prefix:
+    """Prefix of every prompt, captured in fixed-size batches (the last is padded) and concatenated
+    on the host."""
     n = tokens.shape[0]
     parts = []
     for start in range(0, n, batch):
         rows = np.minimum(np.arange(start, start + batch), n - 1)
-        part = capture_prefix(params, tokens[rows], mask[rows], config=config)
-        parts.append(part.take(np.arange(min(batch, n - start))))
+        part = capture_prefix(params, tokens[rows], mask[rows], config=config, mesh=mesh)
+        parts.append(to_host(part.take(np.arange(min(batch, n - start)))))
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1 if xs[0].ndim == 5 else 0), *parts)
 
 
 def row_influence(params: dict[str, Any], prefix: Prefix, rows: ScanRows, w: np.ndarray, sigma: np.ndarray,
                   v_ref: np.ndarray, alphas: Sequence[float], *, config: ModelConfig, start: int,
-                  stop: int, chunk_rows: int) -> dict[str, np.ndarray]:
+                  stop: int, chunk_rows: int, mesh: Mesh | None = None) -> dict[str, np.ndarray]:
     """Influence [n, 2, L, A] and clean score [n] of rows start..stop-1, padded to `chunk_rows` rows
-    so every chunk has the same shapes."""
+    so every chunk has the same shapes; `mesh` splits the rows over 'data'."""
     idx = np.minimum(np.arange(start, start + chunk_rows), stop - 1)
     emotion = rows.row_emotion[idx]
-    result = sublayer_influence(params, prefix.take(rows.row_group[idx]), w[emotion], sigma, alphas,
+    taken = prefix.take(rows.row_group[idx])
+    result = sublayer_influence(params, taken if mesh is None else taken.place(mesh), w[emotion], sigma, alphas,
                                 v_ref[emotion], config=config)
     n = stop - start
     return {"influence": np.moveaxis(result.influence, -1, 0)[:n], "base": result.base[:n],
@@ -161,10 +165,10 @@ def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[s
                                          [prompts.neutral_messages(r, v) for r, v in rows.groups],
                                          date_string=ctx.settings.date_string)
         prefix = prefill_groups(ctx.model.params, batch.tokens, batch.mask, config=cfg,
-                                batch=min(ctx.preset.batch_size, len(rows.groups)))
+                                batch=min(ctx.preset.batch_size, len(rows.groups)), mesh=ctx.mesh)
     scanned = job.run(lambda start, stop: row_influence(
         ctx.model.params, prefix, rows, w, sigma, v_ref, alphas, config=cfg, start=start, stop=stop,
-        chunk_rows=chunk_rows), desc="sublayer influence rows")
+        chunk_rows=chunk_rows, mesh=ctx.mesh), desc="sublayer influence rows")
 
     stats = aggregate(scanned["influence"], scanned["base"], scanned["emotion"])
     mean_over_alpha = stats["influence"].mean(axis=-1)

@@ -416,7 +416,7 @@ def run(ctx: StageContext, layers: Sequence[int] | None = None, prompts_per_emot
             prefixes.clear()  # units run emotion by emotion: keep one emotion's prompts in memory
             rows = np.arange(offsets[e], offsets[e + 1])
             prefixes[e] = tuple(capture_prefix(ctx.model.params, batch.tokens[r], batch.mask[r], config=cfg,
-                                               keep_sequence=True) for r in (rows, rows + len(pairs)))
+                                               keep_sequence=True, mesh=ctx.mesh) for r in (rows, rows + len(pairs)))
         return prefixes[e]
 
     def compute(start: int, stop: int) -> list[dict[str, Any]]:
