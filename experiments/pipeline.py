@@ -17,7 +17,8 @@ define_flags()
 flags.DEFINE_bool("alpha_sweep", None, "Steering alpha sweep on the train split (default: the preset's sweeps).")
 flags.DEFINE_bool("scale_sweep", None, "Circuit modulation-scale sweep on the train split (default: the preset's sweeps).")
 flags.DEFINE_bool("causal", None, "Exhaustive causal scans and attribution (default: on when the preset sets causal_prompts).")
-flags.DEFINE_bool("validation", True, "Ablation and enhancement curves with random controls (S4c).")
+flags.DEFINE_bool("validation", None, "Ablation and enhancement curves with random controls (S4c) "
+                  "(default: the preset's; off in quick).")
 flags.DEFINE_enum("until", None, list(STAGE_NAMES), "Stop after this stage.")
 flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS

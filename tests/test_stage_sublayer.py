@@ -142,3 +142,13 @@ def test_scan_rows_group_items_by_their_neutral_prompt(ctx):
         assert key == f"{record.skeleton_id}__{valence}__{EMOTIONS[emotion]}"
     with pytest.raises(ValueError, match="not in the split"):
         sublayer.scan_rows(["nowhere_00__positive__anger"], [0], context.train)
+
+
+def test_sample_items_spans_the_capture_per_emotion():
+    keys = [f"s{i}__positive__x" for i in range(10)]
+    emotion = np.array([0, 1, 0, 1, 0, 1, 0, 2, 0, 0])
+    chosen, labels = sublayer.sample_items(keys, emotion, 2)
+    assert chosen == ["s0__positive__x", "s1__positive__x", "s5__positive__x", "s7__positive__x", "s9__positive__x"]
+    assert labels.tolist() == [0, 1, 1, 2, 0]
+    everything, all_labels = sublayer.sample_items(keys, emotion, None)
+    assert everything == keys and all_labels.tolist() == emotion.tolist()

@@ -25,12 +25,18 @@ class Preset:
     validation_draws: int        # random-control draws in the ablation/enhancement curves
     causal_prompts: int          # prompts per emotion in the exhaustive causal scans (0: skip)
     sweeps: bool                 # alpha / scale sweeps on the train split
+    validation: bool = True      # ablation and enhancement curves (S4c): hours on a CPU at full size
+    sublayer_per_emotion: int | None = None  # influence samples per emotion in S6d (None: every captured item)
 
 
 PRESETS = {
-    # Finishes in minutes on a 2-core CPU and still writes every table and plot.
-    "quick": Preset("quick", train_per_theme=2, test_per_theme=1, max_new_tokens=40, batch_size=48,
-                    validation_draws=20, causal_prompts=0, sweeps=False),
+    # Finishes in under 10 minutes on a 2-core CPU: every stage of S1-S7 and the report. The
+    # ablation/enhancement validation (head edits at every position recompute the layers above them
+    # for each of hundreds of variants) and the exhaustive causal scans are left to --validation and
+    # --causal, or to the full preset.
+    "quick": Preset("quick", train_per_theme=2, test_per_theme=1, max_new_tokens=32, batch_size=48,
+                    validation_draws=20, causal_prompts=0, sweeps=False, validation=False,
+                    sublayer_per_emotion=16),
     "full": Preset("full", train_per_theme=None, test_per_theme=None, max_new_tokens=100,
                    batch_size=64, validation_draws=20, causal_prompts=16, sweeps=True),
 }

@@ -37,11 +37,11 @@ class Options:
 
     @classmethod
     def for_preset(cls, ctx: StageContext, **overrides: bool | None) -> "Options":
-        """Sweeps follow `preset.sweeps` and the causal scans `preset.causal_prompts`, unless overridden."""
+        """Sweeps follow `preset.sweeps`, the causal scans `preset.causal_prompts` and the validation
+        `preset.validation`, unless overridden."""
         defaults = {"alpha_sweep": ctx.preset.sweeps, "scale_sweep": ctx.preset.sweeps,
-                    "causal": ctx.preset.causal_prompts > 0}
-        chosen = {k: defaults[k] if overrides.get(k) is None else bool(overrides[k]) for k in defaults}
-        return cls(**chosen, validation=overrides.get("validation") is not False)
+                    "causal": ctx.preset.causal_prompts > 0, "validation": ctx.preset.validation}
+        return cls(**{k: defaults[k] if overrides.get(k) is None else bool(overrides[k]) for k in defaults})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,21 @@ def scan_rows(keys: Sequence[str], emotions: Sequence[int], records: Sequence[Se
                     [keys[i] for i in order])
 
 
+def sample_items(keys: Sequence[str], emotion: np.ndarray, per_emotion: int | None) -> tuple[list[str], np.ndarray]:
+    """Up to `per_emotion` captured items of each emotion, evenly spaced over the capture so they span
+    scenarios (every item when None), in capture order."""
+    emotion = np.asarray(emotion, np.int32)
+    if per_emotion is None:
+        return list(keys), emotion
+    picks = []
+    for e in range(len(EMOTIONS)):
+        rows = np.flatnonzero(emotion == e)
+        if rows.size:
+            picks.append(rows[np.unique(np.linspace(0, rows.size - 1, min(per_emotion, rows.size)).round().astype(int))])
+    chosen = np.sort(np.concatenate(picks)) if picks else np.zeros(0, int)
+    return [keys[i] for i in chosen], emotion[chosen]
+
+
 def local_directions(dirs_attn: np.ndarray, dirs_mlp: np.ndarray, v_ref: np.ndarray) -> np.ndarray:
     """w [6, 2, L, D]: each emotion's attention and MLP directions sign-aligned to its v_ref (S6c)."""
     return np.stack([sign_aligned(dirs_attn, v_ref), sign_aligned(dirs_mlp, v_ref)], axis=1)
@@ -137,7 +152,8 @@ def fingerprint(ctx: StageContext, alphas: Sequence[float]) -> dict[str, Any]:
     return {"stage": STAGE, "model": model_hash(ctx), "dataset": records_digest(ctx.train),
             "directions": hash_path(ctx.run.path / "directions" / "directions.npz"),
             "items": hash_path(ctx.run.path / "capture" / "items.json"), "alphas": [float(a) for a in alphas],
-            "date": ctx.settings.date_string, "batch_size": ctx.preset.batch_size}
+            "date": ctx.settings.date_string, "batch_size": ctx.preset.batch_size,
+            "per_emotion": ctx.preset.sublayer_per_emotion}
 
 
 def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[str, Any]:
@@ -153,7 +169,7 @@ def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[s
     w = local_directions(geometry["dirs_attn"], geometry["dirs_mlp"], geometry["v_ref"])
     sigma = np.stack([geometry["sigma_attn"], geometry["sigma_mlp"]]).astype(np.float32)
     v_ref = geometry["v_ref"].astype(np.float32)
-    rows = scan_rows(captured.keys, captured.emotion, ctx.train)
+    rows = scan_rows(*sample_items(captured.keys, captured.emotion, ctx.preset.sublayer_per_emotion), ctx.train)
     if not rows.keys:
         raise ValueError(f"{STAGE}: the capture holds no items, so there are no influence samples")
 
