@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from emojax.data import EMOTIONS, items
+from emojax.data import EMOTIONS, items, load_sev
 from emojax.generate import generate
 from emojax.interventions import Intervention
 from emojax.prompts import neutral_messages
@@ -90,3 +91,19 @@ def test_steer_stage_with_train_sweep(tmp_path) -> None:
     tables = json.loads((out / "accuracy.json").read_text())
     assert summary["accuracy"] == tables["overall"] and tables["per_emotion"]["happiness"]["accuracy"] == 100.0
     assert set(tables["per_emotion"]) == set(EMOTIONS)
+
+
+OFFICIAL_SEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "official" / "sev.jsonl"
+
+
+@pytest.mark.skipif(not OFFICIAL_SEV.is_file(), reason="official SEV file not present")
+def test_stages_run_on_the_official_sev_file(tmp_path) -> None:
+    """The same stages on the paper's SEV file, chosen by the one dataset argument ("official")."""
+    ctx = make_context(tmp_path, train=split(2, "official"), test=split(1, "official", offset=2))
+    elicit.run(ctx, "train")
+    directions_stage.run(ctx)
+    summary = steer.run(ctx)
+    records = read_jsonl(ctx.run.path / "steer_test" / "records.jsonl")
+    official_ids = {r.skeleton_id for r in load_sev(OFFICIAL_SEV)}
+    assert {r["skeleton_id"] for r in records} <= official_ids
+    assert len(records) == len(items(ctx.test)) and summary["accuracy"]["total"] == len(records)
