@@ -53,7 +53,7 @@ flags.DEFINE_string("data_dir", str(REPO_ROOT.parent / "shared" / "data" / "offi
 flags.DEFINE_string("out", str(DEFAULT_ARTIFACT.parent), "Folder for offline_judge.npz/.json.")
 flags.DEFINE_integer("n_buckets", 2**17, "Hash buckets (a power of two).")
 flags.DEFINE_float("l2", 1e-4, "L2 penalty on the weights (features have unit norm).")
-flags.DEFINE_float("none_weight", 3.0, "Sample weight of 'none' (non-match) texts relative to matches.")
+flags.DEFINE_float("none_weight", 1.5, "Sample weight of 'none' (non-match) texts relative to matches.")
 flags.DEFINE_integer("folds", 5, "Cross-validation folds, split by scenario.")
 flags.DEFINE_integer("seed", 0, "Seed of the scenario-to-fold assignment.")
 flags.DEFINE_integer("max_steps", 200, "L-BFGS steps per fit.")
