@@ -129,7 +129,7 @@ def test_official_file_loads_with_the_bundled_theme_names() -> None:
     official = load_sev(OFFICIAL)
     assert len(official) == 160
     assert set(Counter(r.theme for r in official)) == set(THEME_PREFIXES)
-    assert resolve_dataset("official") == OFFICIAL.resolve()
+    assert resolve_dataset("official").resolve() == OFFICIAL.resolve()
 
 
 # ----------------------------------------------------------------------------------------------
