@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import causal
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
 
 define_flags()
 flags.DEFINE_integer("prompts_per_emotion", None, "Prompts per emotion (default: the preset's causal_prompts; "
@@ -22,12 +22,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        layers = [int(l) for l in FLAGS.layers] or None
-    except ValueError:
-        raise app.UsageError(f"--layers={','.join(FLAGS.layers)}: expected layer indices") from None
+    no_extra_arguments(argv)
+    layers = list_flag("layers", FLAGS.layers, int, "layer indices") or None
     summary = causal.run(context_from_flags(FLAGS), prompts_per_emotion=FLAGS.prompts_per_emotion, layers=layers)
     logging.info("causal: %s", summary)
 

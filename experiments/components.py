@@ -10,7 +10,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import components
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
 
 define_flags()
 flags.mark_flag_as_required("out")
@@ -18,8 +18,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    no_extra_arguments(argv)
     logging.info("components: %s", components.run(context_from_flags(FLAGS)))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import directions_stage
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
 
 define_flags()
 flags.mark_flag_as_required("out")
@@ -20,8 +20,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    no_extra_arguments(argv)
     ctx = context_from_flags(FLAGS)
     summary = directions_stage.run(ctx)
     logging.info("directions: %s", summary)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import elicit
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
 
 define_flags()
 flags.DEFINE_string("split", "both", "Which split to elicit: train, test, both, or the value of --train / --test.")
@@ -34,8 +34,7 @@ def splits_to_run(value: str, train: str, test: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    no_extra_arguments(argv)
     roles = splits_to_run(FLAGS.split, FLAGS.train, FLAGS.test)
     ctx = context_from_flags(FLAGS)
     for role in roles:

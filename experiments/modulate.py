@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import modulate
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
 
 define_flags()
 flags.DEFINE_bool("baseline", True, "Also generate the unmodified neutral baseline and its false-match rate.")
@@ -23,12 +23,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        scales = [float(s) for s in FLAGS.scales]
-    except ValueError:
-        raise app.UsageError(f"--scales={','.join(FLAGS.scales)}: expected numbers") from None
+    no_extra_arguments(argv)
+    scales = list_flag("scales", FLAGS.scales, float, "numbers")
     ctx = context_from_flags(FLAGS)
     if FLAGS.scale_sweep:
         logging.info("scale sweep: %s", modulate.run_scale_sweep(ctx, scales, FLAGS.sweep_per_theme))

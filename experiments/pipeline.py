@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
 from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
 
 define_flags()
@@ -25,8 +25,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    no_extra_arguments(argv)
     ctx = context_from_flags(FLAGS)
     options = Options.for_preset(ctx, alpha_sweep=FLAGS.alpha_sweep, scale_sweep=FLAGS.scale_sweep,
                                  causal=FLAGS.causal, validation=FLAGS.validation)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import steer
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
 
 define_flags()
 flags.DEFINE_bool("alpha_sweep", False, "Sweep alpha on the train split and steer the test split with the best.")
@@ -22,12 +22,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        alphas = None if FLAGS.alphas is None else [float(a) for a in FLAGS.alphas]
-    except ValueError:
-        raise app.UsageError(f"--alphas={','.join(FLAGS.alphas)}: expected numbers") from None
+    no_extra_arguments(argv)
+    alphas = None if FLAGS.alphas is None else list_flag("alphas", FLAGS.alphas, float, "numbers")
     if FLAGS.sweep_per_theme is not None and FLAGS.sweep_per_theme < 1:
         raise app.UsageError(f"--sweep_per_theme={FLAGS.sweep_per_theme}: expected a positive count")
     ctx = context_from_flags(FLAGS)

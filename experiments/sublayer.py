@@ -11,7 +11,7 @@ from absl import app, flags, logging
 
 from emojax.hparams import INFLUENCE_ALPHAS
 from emojax.stages import sublayer
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
 
 define_flags()
 flags.DEFINE_list("alphas", [str(a) for a in INFLUENCE_ALPHAS], "Dose multipliers alpha (dose = alpha * sigma).")
@@ -20,12 +20,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        alphas = [float(a) for a in FLAGS.alphas]
-    except ValueError:
-        raise app.UsageError(f"--alphas={','.join(FLAGS.alphas)}: expected numbers") from None
+    no_extra_arguments(argv)
+    alphas = list_flag("alphas", FLAGS.alphas, float, "numbers")
     if not alphas or min(alphas) <= 0:
         raise app.UsageError(f"--alphas={','.join(FLAGS.alphas)}: expected positive numbers")
     logging.info("sublayer: %s", sublayer.run(context_from_flags(FLAGS), alphas))

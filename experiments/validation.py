@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import validation
-from emojax.stages.launch import context_from_flags, define_flags
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
 
 define_flags()
 flags.DEFINE_list("layers", [], "Layers to validate; default: the original's layers 13 and 22 at the same "
@@ -25,18 +25,10 @@ flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
 
-def _numbers(name: str, values: list[str], kind: type) -> list:
-    try:
-        return [kind(v) for v in values]
-    except ValueError:
-        raise app.UsageError(f"--{name}={','.join(values)}: expected {kind.__name__} values") from None
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    layers = _numbers("layers", FLAGS.layers, int) or None
-    lambdas = _numbers("lambdas", FLAGS.lambdas, float)
+    no_extra_arguments(argv)
+    layers = list_flag("layers", FLAGS.layers, int, "layer indices") or None
+    lambdas = list_flag("lambdas", FLAGS.lambdas, float, "numbers")
     if not lambdas or min(lambdas) <= 0:
         raise app.UsageError(f"--lambdas={','.join(FLAGS.lambdas)}: expected positive numbers")
     summary = validation.run(context_from_flags(FLAGS), layers=layers, prompts_per_emotion=FLAGS.prompts_per_emotion,

@@ -7,9 +7,10 @@ import dataclasses
 import json
 
 import pytest
+from absl import app
 
 from emojax.stages import report
-from emojax.stages.launch import open_context
+from emojax.stages.launch import list_flag, no_extra_arguments, open_context
 from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
 from stage_fixtures import TINY_PRESET, FakeJudge, tiny_loaded_model
 
@@ -74,3 +75,12 @@ def test_second_invocation_skips_every_stage(finished):
     assert len(JUDGE.calls) == calls  # nothing was judged again
     assert {k: v for k, v in second["timings"].items() if k != "report"} == \
         {k: v for k, v in first["timings"].items() if k != "report"}
+
+
+def test_launcher_argument_helpers_name_the_bad_input():
+    assert list_flag("layers", ["3", "14"], int, "layer indices") == [3, 14]
+    with pytest.raises(app.UsageError, match=r"--alphas=1,x: expected numbers"):
+        list_flag("alphas", ["1", "x"], float, "numbers")
+    no_extra_arguments(["prog"])
+    with pytest.raises(app.UsageError, match="unexpected arguments: stray"):
+        no_extra_arguments(["prog", "stray"])

@@ -2,6 +2,8 @@
 
     define_flags()                    --model --train --test --preset --judge --out --force_new_run and
                                       one flag per Settings field (method choices, method.md §11)
+    no_extra_arguments(argv)          refuse positional arguments
+    list_flag("alphas", FLAGS.alphas, float, "numbers")   parse a list flag, naming it on bad input
     ctx = context_from_flags(FLAGS)   load the model, the splits (subsampled by the preset), the judge,
                                       and open (or resume) the run directory
 
@@ -11,9 +13,10 @@ passed instead of a spec).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
+from absl import app
 from absl import flags as absl_flags
 from absl import logging
 from jax.sharding import Mesh
@@ -59,6 +62,20 @@ def define_flags() -> None:
     absl_flags.DEFINE_string("cache_dir", None, "Converted-model cache (default $EMOJAX_CACHE_DIR or ~/.cache/emojax).")
     for field in dataclasses.fields(Settings):
         _define_setting(field)
+
+
+def no_extra_arguments(argv: Sequence[str]) -> None:
+    """Launchers take flags only: positional arguments are refused by name."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def list_flag(name: str, values: Sequence[str], convert: Callable[[str], Any], expected: str) -> list[Any]:
+    """The values of list flag --name converted one by one; a bad value is a usage error naming the flag."""
+    try:
+        return [convert(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"--{name}={','.join(values)}: expected {expected}") from None
 
 
 def _define_setting(field: dataclasses.Field) -> None:
