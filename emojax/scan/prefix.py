@@ -64,24 +64,22 @@ class Prefix:
     def batch(self) -> int:
         return self.final.shape[0]
 
+    def _map_rows(self, fn: Any) -> "Prefix":
+        """fn(array, row axis) applied to every field (k/v carry the layer axis first)."""
+        mapped = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            mapped[field.name] = None if value is None else fn(value, 1 if field.name in ("k", "v") else 0)
+        return self.replace(**mapped)
+
     def take(self, rows: Array) -> "Prefix":
         """The prefix of a subset (or repetition) of rows, e.g. one row per (item, emotion) pair."""
         rows = jnp.asarray(rows, jnp.int32)
-        taken = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            axis = 1 if field.name in ("k", "v") else 0  # k/v carry the layer axis first
-            taken[field.name] = None if value is None else jnp.take(value, rows, axis=axis)
-        return self.replace(**taken)
+        return self._map_rows(lambda value, axis: jnp.take(value, rows, axis=axis))
 
     def place(self, mesh: Mesh) -> "Prefix":
         """The same prefix with its rows split over the mesh's 'data' axis (see `capture_prefix`)."""
-        placed = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            axis = 1 if field.name in ("k", "v") else 0
-            placed[field.name] = None if value is None else parallel.place_rows(value, mesh, axis=axis)
-        return self.replace(**placed)
+        return self._map_rows(lambda value, axis: parallel.place_rows(value, mesh, axis=axis))
 
     def as_cache(self) -> KVCache:
         """A KV cache holding the T-1 prefix tokens with one free slot, ready for a one-token

@@ -74,12 +74,7 @@ def sample_items(keys: Sequence[str], emotion: np.ndarray, per_emotion: int | No
     emotion = np.asarray(emotion, np.int32)
     if per_emotion is None:
         return list(keys), emotion
-    picks = []
-    for e in range(len(EMOTIONS)):
-        rows = np.flatnonzero(emotion == e)
-        if rows.size:
-            picks.append(rows[np.unique(np.linspace(0, rows.size - 1, min(per_emotion, rows.size)).round().astype(int))])
-    chosen = np.sort(np.concatenate(picks)) if picks else np.zeros(0, int)
+    chosen = np.sort(np.concatenate(list(upstream.spread_rows(emotion, per_emotion).values())))
     return [keys[i] for i in chosen], emotion[chosen]
 
 

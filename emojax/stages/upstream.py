@@ -37,6 +37,18 @@ def directions(ctx: StageContext) -> dict[str, np.ndarray]:
     return directions_stage.load(ctx)[0]
 
 
+def spread_rows(emotion: np.ndarray, per_emotion: int) -> dict[int, np.ndarray]:
+    """Per emotion index, up to `per_emotion` of its rows in `emotion`, evenly spaced over them (so a
+    sample spans the scenarios); an emotion without rows gets an empty array."""
+    emotion = np.asarray(emotion)
+    chosen = {}
+    for e in range(N_EMOTIONS):
+        rows = np.flatnonzero(emotion == e)
+        picks = np.linspace(0, rows.size - 1, min(per_emotion, rows.size)).round().astype(int)
+        chosen[e] = rows[np.unique(picks)]
+    return chosen
+
+
 def captured_items(ctx: StageContext) -> CapturedItems:
     """The items of the fused capture (those the directions rule selected), from capture/items.json."""
     path = _file(ctx, capture.STAGE, "items.json")

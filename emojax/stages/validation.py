@@ -276,13 +276,10 @@ def unit_rows(unit: Unit, emotion: str, kind: str, sets: ComponentSets, lambdas:
 
 def select_rows(emotion: np.ndarray, per_emotion: int) -> dict[int, np.ndarray]:
     """Per emotion, up to `per_emotion` of its captured rows, evenly spaced (so they span scenarios)."""
-    chosen = {}
-    for e in range(len(EMOTIONS)):
-        rows = np.flatnonzero(emotion == e)
+    chosen = upstream.spread_rows(emotion, per_emotion)
+    for e, rows in chosen.items():
         if rows.size == 0:
             raise InputError(f"{STAGE}: the capture holds no item of {EMOTIONS[e]}")
-        picks = np.unique(np.linspace(0, rows.size - 1, min(per_emotion, rows.size)).round().astype(int))
-        chosen[e] = rows[picks]
     return chosen
 
 
