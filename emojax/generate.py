@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from emojax import chat, parallel
 from emojax.config import ModelConfig
+from emojax.decode_step import decode_step, decode_weights
 from emojax.decoding import (DecodingSettings, choose_tokens, mark_seen, process_logits,
                              seen_tokens)
 from emojax.interventions import Intervention
@@ -133,20 +134,21 @@ def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Interventi
     prefill = forward(params, tokens, config=config, mask=mask, cache=cache, iv=iv, logits="last",
                       unroll=unroll)
     seen = seen_tokens(buffer, valid, config.vocab_size)
-    start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool), prefill.cache)
+    start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool), prefill.cache.per_layer())
     state = emit(start, prefill.logits[:, -1])
 
     def unfinished(state: _LoopState) -> Array:
         return (state.step < n) & ~jnp.all(state.done)
 
-    def decode_step(state: _LoopState) -> _LoopState:
-        last = jax.lax.dynamic_slice_in_dim(state.buffer, t + state.step - 1, 1, axis=1)
-        # Finished rows keep running on a dummy id; their outputs are discarded.
-        out = forward(params, jnp.maximum(last, 0), config=config, cache=state.cache, iv=iv,
-                      logits="last", unroll=unroll)
-        return emit(state._replace(cache=out.cache), out.logits[:, -1])
+    weights = decode_weights(params, config)  # transposed once, outside the loop
 
-    state = jax.lax.while_loop(unfinished, decode_step, state)
+    def step(state: _LoopState) -> _LoopState:
+        last = jax.lax.dynamic_slice_in_dim(state.buffer, t + state.step - 1, 1, axis=1)[:, 0]
+        # Finished rows keep running on a dummy id; their outputs are discarded.
+        logits, cache = decode_step(weights, jnp.maximum(last, 0), state.cache, config=config, iv=iv)
+        return emit(state._replace(cache=cache), logits)
+
+    state = jax.lax.while_loop(unfinished, step, state)
     new_tokens = state.buffer[:, t:]
     return GeneratedTokens(tokens=new_tokens, lengths=jnp.sum(new_tokens != PAD, axis=1),
                            finished=jnp.any(jnp.isin(new_tokens, eos), axis=1))

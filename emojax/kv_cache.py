@@ -15,7 +15,7 @@ Array = Any
 class KVCache:
     """Keys/values of every layer for S slots; slot s holds the s-th token fed to the model.
 
-    k, v      [L, B, S, K, Dh]   rotated keys and values
+    k, v      [L, B, S, K, Dh]   rotated keys and values (or, in per-layer form, tuples of L [B, S, K, Dh])
     valid     [B, S]             slot holds a real (non-padding) token
     length    []                 slots filled so far (the same for every row: prompts are left-padded)
     next_pos  [B]                position id the next token of each row gets
@@ -43,4 +43,13 @@ class KVCache:
 
     @property
     def slots(self) -> int:
-        return self.k.shape[2]
+        return self.valid.shape[1]
+
+    def per_layer(self) -> "KVCache":
+        """k and v as tuples of per-layer arrays: a decode step then updates each layer's buffer in
+        place, where writing into one stacked array made XLA copy all of it on every step."""
+        return self.replace(k=tuple(self.k), v=tuple(self.v))
+
+    def stacked(self) -> "KVCache":
+        """The inverse of `per_layer`."""
+        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))

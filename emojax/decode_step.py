@@ -1,0 +1,141 @@
+"""One cached decode step (a single new token per row), laid out for the small batches of decoding.
+
+A decode step multiplies every weight by only B rows. On CPU, XLA's matmul runs about twice as fast
+when that small axis is the *last* one (W[out, in] @ h[in, B]) as when it leads (h[B, in] @ W), and a
+`lax.scan` over stacked weights copies each layer's weight slice on every step, which doubles the
+memory traffic of a step that is already bound by reading the weights. So this step keeps
+activations transposed, [D, B], and runs the layers as an unrolled loop over per-layer weights that
+`decode_weights` transposes once per `generate` call. The math is `model.forward` with a cache and
+one token per row, edits included; tests hold the two to the same logits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from emojax.config import ModelConfig
+from emojax.interventions import Intervention, position_selector
+from emojax.kv_cache import KVCache
+from emojax.rope import rope_tables
+
+Array = Any
+_MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+# Rank of each per-layer edit when shared by all rows; one more means a leading batch axis.
+_SHARED_RANK = {"neuron_scale": 1, "neuron_add": 1, "head_scale": 1, "head_add": 2}
+
+
+def decode_weights(params: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
+    """Per-layer weights with the matrices as [out, in], and the LM head as [V, D]."""
+    stacked = params["layers"]
+    layers = []
+    for i in range(config.n_layers):
+        layer = {name: value[i] for name, value in stacked.items()}
+        layers.append({**layer, **{name: layer[name].T for name in _MATRICES}})
+    head = params["lm_head"].T if "lm_head" in params else params["embed"]
+    return {"layers": layers, "embed": params["embed"], "final_norm": params["final_norm"], "head": head}
+
+
+def _rms_norm_columns(x: Array, gain: Array, eps: float) -> Array:
+    """`model.rms_norm` over the feature axis of x [D, B]."""
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=0, keepdims=True) + eps)
+    return gain[:, None] * normed.astype(x.dtype)
+
+
+def _rms_columns(x: Array) -> Array:
+    """`model.rms` of each column of x [D, B], as [1, B]."""
+    xf = x.astype(jnp.float32)
+    return jnp.sqrt(jnp.mean(xf * xf, axis=0, keepdims=True) + 1e-12).astype(x.dtype)
+
+
+def _columns(value: Array, shared_rank: int) -> Array:
+    """A layer's edit, shared ([...]) or per row ([B, ...]), broadcastable against [..., B]."""
+    return jnp.moveaxis(value, 0, -1) if value.ndim == shared_rank + 1 else value[..., None]
+
+
+def _rope_columns(x: Array, cos: Array, sin: Array) -> Array:
+    """`rope.apply_rope` for x [heads, Dh, B] and tables [Dh, B]."""
+    half = x.shape[1] // 2
+    rotated = jnp.concatenate([-x[:, half:], x[:, :half]], axis=1)
+    return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
+
+
+def _edit_resid(h: Array, edits: dict[str, Array], site: int, sel: Array) -> Array:
+    add = _columns(edits["resid_add"][..., site, :], 1)
+    add_rms = _columns(edits["resid_add_rms"][..., site, :], 1)
+    return jnp.where(sel, h + add + _rms_columns(h) * add_rms, h)
+
+
+def _attend(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
+    """Softmax attention of q [K, G, Dh, B] over keys/values [B, S, K, Dh] where `allowed` [B, S];
+    returns [K, G, Dh, B]."""
+    # Products of low-precision operands are formed in float32 (exact) and summed in float32, as
+    # `model.forward`'s attention does; XLA's CPU runtime has no bf16 x bf16 -> f32 batched dot.
+    f32 = jnp.float32
+    scores = jnp.einsum("kgdb,bskd->bkgs", q.astype(f32), keys.astype(f32))
+    scores = jnp.where(allowed[:, None, None], scores * (q.shape[2] ** -0.5), jnp.finfo(f32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    return jnp.einsum("bkgs,bskd->kgdb", probs.astype(f32), values.astype(f32)).astype(values.dtype)
+
+
+def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config: ModelConfig,
+                iv: Intervention | None = None) -> tuple[Array, KVCache]:
+    """Feed one token per row [B] after the cache's filled slots; returns (logits [B, V] float32, cache).
+
+    `cache` is in per-layer form (`KVCache.per_layer()`), and so is the cache returned. Same positions, t* and position selectors as `forward(..., cache=cache)` on tokens [B, 1]."""
+    c = config
+    b = token.shape[0]
+    real = jnp.ones((b, 1), bool)
+    positions = cache.next_pos[:, None]
+    t_star = jnp.where(cache.t_star >= 0, cache.t_star, cache.next_pos)
+    sel = {}
+    if iv is not None:
+        for group in ("resid", "neuron", "head"):
+            sel[group] = position_selector(getattr(iv, f"{group}_where"), getattr(iv, f"{group}_mask"),
+                                           positions, real, t_star)[:, 0]  # [B], broadcast on the last axis
+    cos, sin = (table[:, 0].T for table in rope_tables(positions, c))  # [Dh, B]
+    slot_valid = jax.lax.dynamic_update_slice(cache.valid, real, (0, cache.length))
+    allowed = (jnp.arange(cache.slots) <= cache.length)[None] & slot_valid  # [B, S]
+    groups = c.n_heads // c.n_kv_heads
+
+    x = jnp.take(weights["embed"], token, axis=0).T  # [D, B]
+    keys, values = list(cache.k), list(cache.v)
+    for layer, p in enumerate(weights["layers"]):
+        edits = None if iv is None else {name: value[layer] for name, value in iv.layer_edits().items()}
+        h = _rms_norm_columns(x, p["attn_norm"], c.rms_eps)
+        q, k, v = p["wq"] @ h, p["wk"] @ h, p["wv"] @ h
+        if c.qkv_bias:
+            q, k, v = q + p["bq"][:, None], k + p["bk"][:, None], v + p["bv"][:, None]
+        q = _rope_columns(q.reshape(c.n_heads, c.head_dim, b), cos, sin)
+        k = _rope_columns(k.reshape(c.n_kv_heads, c.head_dim, b), cos, sin).astype(keys[layer].dtype)
+        v = v.reshape(c.n_kv_heads, c.head_dim, b).astype(values[layer].dtype)
+        # Each layer writes its own buffer and then reads it, so XLA updates it in place.
+        at = (0, cache.length, 0, 0)
+        keys[layer] = jax.lax.dynamic_update_slice(keys[layer], k.transpose(2, 0, 1)[:, None], at)
+        values[layer] = jax.lax.dynamic_update_slice(values[layer], v.transpose(2, 0, 1)[:, None], at)
+        z = _attend(q.reshape(c.n_kv_heads, groups, c.head_dim, b), keys[layer], values[layer], allowed)
+        z = z.reshape(c.n_heads, c.head_dim, b)
+        if edits is not None:
+            scale = _columns(edits["head_scale"], _SHARED_RANK["head_scale"])[:, None]
+            add = _columns(edits["head_add"], _SHARED_RANK["head_add"])
+            z = jnp.where(sel["head"], z * scale + add, z)
+        m = x + p["wo"] @ z.reshape(c.q_dim, b)
+        if edits is not None:
+            m = _edit_resid(m, edits, 0, sel["resid"])
+        u = _rms_norm_columns(m, p["mlp_norm"], c.rms_eps)
+        g = jax.nn.silu(p["w_gate"] @ u) * (p["w_up"] @ u)
+        if edits is not None:
+            scale = _columns(edits["neuron_scale"], _SHARED_RANK["neuron_scale"])
+            add = _columns(edits["neuron_add"], _SHARED_RANK["neuron_add"])
+            g = jnp.where(sel["neuron"], g * scale + add, g)
+        x = m + p["w_down"] @ g
+        if edits is not None:
+            x = _edit_resid(x, edits, 1, sel["resid"])
+
+    final = _rms_norm_columns(x, weights["final_norm"], c.rms_eps)
+    logits = jnp.matmul(weights["head"].astype(jnp.float32), final.astype(jnp.float32)).T
+    new_cache = cache.replace(k=tuple(keys), v=tuple(values), valid=slot_valid, length=cache.length + 1,
+                              next_pos=cache.next_pos + 1, t_star=t_star.astype(jnp.int32))
+    return logits, new_cache
