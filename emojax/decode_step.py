@@ -69,15 +69,17 @@ def _edit_resid(h: Array, edits: dict[str, Array], site: int, sel: Array) -> Arr
 
 
 def _attend(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
-    """Softmax attention of q [K, G, Dh, B] over keys/values [B, S, K, Dh] where `allowed` [B, S];
-    returns [K, G, Dh, B]."""
+    """Softmax attention of q [K, G, Dh, B] over keys [B, K, Dh, S] and values [B, K, S, Dh] where
+    `allowed` [B, S]; returns [K, G, Dh, B]. The products take their operands in the layout XLA's dot
+    wants (batch, contracted, free); only the small query and output are transposed."""
     # Products of low-precision operands are formed in float32 (exact) and summed in float32, as
     # `model.forward`'s attention does; XLA's CPU runtime has no bf16 x bf16 -> f32 batched dot.
     f32 = jnp.float32
-    scores = jnp.einsum("kgdb,bskd->bkgs", q.astype(f32), keys.astype(f32))
+    scores = jnp.einsum("bkgd,bkds->bkgs", q.transpose(3, 0, 1, 2).astype(f32), keys.astype(f32))
     scores = jnp.where(allowed[:, None, None], scores * (q.shape[2] ** -0.5), jnp.finfo(f32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    return jnp.einsum("bkgs,bskd->kgdb", probs.astype(f32), values.astype(f32)).astype(values.dtype)
+    z = jnp.einsum("bkgs,bksd->bkgd", probs.astype(f32), values.astype(f32)).astype(values.dtype)
+    return z.transpose(1, 2, 3, 0)
 
 
 def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config: ModelConfig,
@@ -112,9 +114,10 @@ def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config
         k = _rope_columns(k.reshape(c.n_kv_heads, c.head_dim, b), cos, sin).astype(keys[layer].dtype)
         v = v.reshape(c.n_kv_heads, c.head_dim, b).astype(values[layer].dtype)
         # Each layer writes its own buffer and then reads it, so XLA updates it in place.
-        at = (0, cache.length, 0, 0)
-        keys[layer] = jax.lax.dynamic_update_slice(keys[layer], k.transpose(2, 0, 1)[:, None], at)
-        values[layer] = jax.lax.dynamic_update_slice(values[layer], v.transpose(2, 0, 1)[:, None], at)
+        at = (0, 0, 0, cache.length)
+        keys[layer] = jax.lax.dynamic_update_slice(keys[layer], k.transpose(2, 0, 1)[..., None], at)
+        values[layer] = jax.lax.dynamic_update_slice(values[layer], v.transpose(2, 0, 1)[:, :, None],
+                                                     (0, 0, cache.length, 0))
         z = _attend(q.reshape(c.n_kv_heads, groups, c.head_dim, b), keys[layer], values[layer], allowed)
         z = z.reshape(c.n_heads, c.head_dim, b)
         if edits is not None:

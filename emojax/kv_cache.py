@@ -15,7 +15,7 @@ Array = Any
 class KVCache:
     """Keys/values of every layer for S slots; slot s holds the s-th token fed to the model.
 
-    k, v      [L, B, S, K, Dh]   rotated keys and values (or, in per-layer form, tuples of L [B, S, K, Dh])
+    k, v      [L, B, S, K, Dh]   rotated keys and values (see `per_layer` for the decode step's form)
     valid     [B, S]             slot holds a real (non-padding) token
     length    []                 slots filled so far (the same for every row: prompts are left-padded)
     next_pos  [B]                position id the next token of each row gets
@@ -46,10 +46,14 @@ class KVCache:
         return self.valid.shape[1]
 
     def per_layer(self) -> "KVCache":
-        """k and v as tuples of per-layer arrays: a decode step then updates each layer's buffer in
-        place, where writing into one stacked array made XLA copy all of it on every step."""
-        return self.replace(k=tuple(self.k), v=tuple(self.v))
+        """The decode step's form: k and v as tuples of per-layer arrays, keys [B, K, Dh, S] and values
+        [B, K, S, Dh]. Each layer then updates its own buffers in place (writing into one stacked array
+        made XLA copy all of it on every step), and these are the layouts the attention products read
+        without transposing the cache."""
+        return self.replace(k=tuple(layer.transpose(0, 2, 3, 1) for layer in self.k),
+                            v=tuple(layer.transpose(0, 2, 1, 3) for layer in self.v))
 
     def stacked(self) -> "KVCache":
         """The inverse of `per_layer`."""
-        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
+        return self.replace(k=jnp.stack([layer.transpose(0, 3, 1, 2) for layer in self.k]),
+                            v=jnp.stack([layer.transpose(0, 2, 1, 3) for layer in self.v]))

@@ -155,6 +155,7 @@ class BenchContext:
     dtype: Any
     repeats: int
     baseline: bool  # run the HF PyTorch baseline
+    baseline_device: str = "cpu"  # torch device of the baseline
 
     @functools.cached_property
     def matmul_peak_gflops(self) -> float:
@@ -162,8 +163,20 @@ class BenchContext:
 
     @functools.cached_property
     def torch_model(self) -> Any:
-        """The same weights as an HF PyTorch causal LM (SDPA attention, eval mode)."""
-        return torch_model_from_params(self.params, self.config)
+        """The same weights as an HF PyTorch causal LM (SDPA attention, eval mode) on `baseline_device`."""
+        return torch_model_from_params(self.params, self.config).to(self.baseline_device)
+
+    def torch_call(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """`fn` made to return only once the device has finished (CUDA runs asynchronously)."""
+        if self.baseline_device == "cpu":
+            return fn
+        import torch
+
+        def synchronized() -> Any:
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+        return synchronized
 
     def tokens(self, batch: int, seq: int, seed: int = 0) -> np.ndarray:
         """Random token ids (timing does not depend on the text)."""

@@ -101,9 +101,10 @@ def bench_generate(ctx: BenchContext) -> dict[str, Any]:
 
         model = ctx.torch_model
         eos = list(ctx.config.eos_token_ids) or None
-        ids = torch.from_numpy(tokens.astype(np.int64))
-        attention = torch.from_numpy(mask.astype(np.int64))
+        ids = torch.from_numpy(tokens.astype(np.int64)).to(ctx.baseline_device)
+        attention = torch.from_numpy(mask.astype(np.int64)).to(ctx.baseline_device)
 
+        @ctx.torch_call
         def hf_generate():
             with torch.inference_mode():
                 return model.generate(ids, attention_mask=attention, max_new_tokens=NEW_TOKENS,
@@ -112,13 +113,14 @@ def bench_generate(ctx: BenchContext) -> dict[str, Any]:
 
         hf_run, hf_last = _keep_last(hf_generate)
         theirs = time_call(hf_run, ctx.repeats)
-        same = np.array_equal(np.asarray(ours_last[0]), hf_last[0].numpy())
+        same = np.array_equal(np.asarray(ours_last[0]), hf_last[0].cpu().numpy())
         result.update({
             "baseline_s": theirs.median_s, "speedup": theirs.median_s / ours.median_s,
             **_figures("baseline", theirs.median_s, flop, peak), "baseline_runs_s": list(theirs.runs_s),
             "same_tokens_as_baseline": bool(same),
             "baseline": f"transformers PyTorch {torch.__version__} generate, float32, "
-                        f"{model.config._attn_implementation} attention, {torch.get_num_threads()} threads",
+                        f"{model.config._attn_implementation} attention, {ctx.baseline_device}, "
+                        f"{torch.get_num_threads()} threads",
         })
     result["peak_rss_mb"] = peak_rss_mb()
     return result

@@ -41,8 +41,9 @@ def _prefill(ctx: BenchContext, logits: str) -> dict[str, Any]:
         import torch
 
         model = ctx.torch_model
-        torch_tokens = torch.from_numpy(tokens.astype(np.int64))
+        torch_tokens = torch.from_numpy(tokens.astype(np.int64)).to(ctx.baseline_device)
 
+        @ctx.torch_call
         def hf_run():
             with torch.inference_mode():
                 return model(input_ids=torch_tokens, use_cache=False,
@@ -63,13 +64,13 @@ def _prefill(ctx: BenchContext, logits: str) -> dict[str, Any]:
     }
     if ctx.baseline:
         theirs = timings["baseline"]
-        diff = np.abs(np.asarray(jax.device_get(run()), np.float32) - hf_run().float().numpy()).max()
+        diff = np.abs(np.asarray(jax.device_get(run()), np.float32) - hf_run().float().cpu().numpy()).max()
         result.update({
             "baseline_s": theirs.median_s, "speedup": theirs.median_s / ours.median_s,
             "baseline_gflop_s": flop / theirs.median_s / 1e9, "baseline_runs_s": list(theirs.runs_s),
             "max_abs_logit_diff": float(diff), "baseline": f"transformers PyTorch {torch.__version__}, float32, "
                                                           f"{model.config._attn_implementation} attention, "
-                                                          f"{torch.get_num_threads()} threads",
+                                                          f"{ctx.baseline_device}, {torch.get_num_threads()} threads",
         })
     result["peak_rss_mb"] = peak_rss_mb()
     return result

@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark --only=prefill,prefill_last --json=bench.json
     python -m experiments.benchmark --only=prefill --random_config=llama-3.2-3b --dtype=bfloat16 --nobaseline
+    python -m experiments.benchmark --only=prefill,generate --random_config=smollm2-135m --baseline_device=cuda
 
 Each benchmark is `module:function` in BENCHMARKS, imported only when asked for; a name whose module
 is not present is skipped. Results go to --json as
@@ -41,7 +42,9 @@ flags.DEFINE_string("model", DEFAULT_MODEL, "Registered model name, HF checkpoin
 flags.DEFINE_enum("random_config", None, sorted(CONFIG_SHAPES),
                   "Use random weights of this published config shape instead of --model.")
 flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Parameter dtype of the emojax side.")
-flags.DEFINE_bool("baseline", True, "Also time HF PyTorch (float32, CPU) on the same weights.")
+flags.DEFINE_bool("baseline", True, "Also time HF PyTorch (float32) on the same weights.")
+flags.DEFINE_enum("baseline_device", "cpu", ["cpu", "cuda"],
+                  "Device of the HF PyTorch baseline (prefill and generate; the scans' baseline is CPU only).")
 FLAGS = flags.FLAGS
 
 
@@ -62,10 +65,10 @@ def make_context() -> BenchContext:
     if FLAGS.random_config:
         config = shape_config(FLAGS.random_config)
         return BenchContext(FLAGS.random_config + " (random weights)", config, random_params(config, dtype=dtype),
-                            None, dtype, FLAGS.repeats, FLAGS.baseline)
+                            None, dtype, FLAGS.repeats, FLAGS.baseline, FLAGS.baseline_device)
     loaded = load_model(FLAGS.model, dtype=dtype)
     return BenchContext(loaded.name, loaded.config, loaded.params, loaded.tokenizer, dtype, FLAGS.repeats,
-                        FLAGS.baseline)
+                        FLAGS.baseline, FLAGS.baseline_device)
 
 
 def _fmt(value: Any) -> str:
