@@ -5,8 +5,9 @@ when that small axis is the *last* one (W[out, in] @ h[in, B]) as when it leads 
 `lax.scan` over stacked weights copies each layer's weight slice on every step, which doubles the
 memory traffic of a step that is already bound by reading the weights. So this step keeps
 activations transposed, [D, B], and runs the layers as an unrolled loop over per-layer weights that
-`decode_weights` transposes once per `generate` call. The math is `model.forward` with a cache and
-one token per row, edits included; tests hold the two to the same logits.
+`decode_weights` transposes once per `generate` call. The cache is kept as per-layer buffers in the
+layouts the attention products read (`KVCache.per_layer`). The math is `model.forward` with a cache
+and one token per row, edits included; tests hold the two to the same logits and cache.
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config
                 iv: Intervention | None = None) -> tuple[Array, KVCache]:
     """Feed one token per row [B] after the cache's filled slots; returns (logits [B, V] float32, cache).
 
-    `cache` is in per-layer form (`KVCache.per_layer()`), and so is the cache returned. Same positions, t* and position selectors as `forward(..., cache=cache)` on tokens [B, 1]."""
+    `cache` is in per-layer form (`KVCache.per_layer()`), and so is the cache returned. Same
+    positions, t* and position selectors as `forward(..., cache=cache)` on tokens [B, 1]."""
     c = config
     b = token.shape[0]
     real = jnp.ones((b, 1), bool)
