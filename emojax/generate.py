@@ -171,6 +171,8 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
     results do not depend on batch_size.
     mesh: weights placed by their logical axes, prompt rows (and per-row edits) split over 'data';
       batch_size is rounded up to a multiple of the row shards. Same tokens as without a mesh.
+    Memory: while it runs, a call holds the decode step's transposed per-layer copy of the weights
+    (`decode_step.decode_weights`) beside the model's own, so plan for twice the weight memory.
     """
     tokens, mask = _prompt_batch(model, prompts)
     n_prompts = tokens.shape[0]
