@@ -17,14 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from emojax.config import ModelConfig
-from emojax.interventions import Intervention, position_selector
+from emojax.interventions import SHARED_RANK, Intervention, position_selector
 from emojax.kv_cache import KVCache
-from emojax.rope import rope_tables
+from emojax.model import rms, rms_norm
+from emojax.rope import rope_tables, rotate
 
 Array = Any
 _MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-# Rank of each per-layer edit when shared by all rows; one more means a leading batch axis.
-_SHARED_RANK = {"neuron_scale": 1, "neuron_add": 1, "head_scale": 1, "head_add": 2}
 
 
 def decode_weights(params: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
@@ -38,35 +37,26 @@ def decode_weights(params: dict[str, Any], config: ModelConfig) -> dict[str, Any
     return {"layers": layers, "embed": params["embed"], "final_norm": params["final_norm"], "head": head}
 
 
-def _rms_norm_columns(x: Array, gain: Array, eps: float) -> Array:
-    """`model.rms_norm` over the feature axis of x [D, B]."""
-    xf = x.astype(jnp.float32)
-    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=0, keepdims=True) + eps)
-    return gain[:, None] * normed.astype(x.dtype)
-
-
-def _rms_columns(x: Array) -> Array:
-    """`model.rms` of each column of x [D, B], as [1, B]."""
-    xf = x.astype(jnp.float32)
-    return jnp.sqrt(jnp.mean(xf * xf, axis=0, keepdims=True) + 1e-12).astype(x.dtype)
+def _norm(x: Array, gain: Array, eps: float) -> Array:
+    """`model.rms_norm` of each column of x [D, B]."""
+    return rms_norm(x, gain[:, None], eps, axis=0)
 
 
 def _columns(value: Array, shared_rank: int) -> Array:
-    """A layer's edit, shared ([...]) or per row ([B, ...]), broadcastable against [..., B]."""
+    """An edit of rank `shared_rank` when shared, or per row ([B, ...]), broadcastable against [..., B]."""
     return jnp.moveaxis(value, 0, -1) if value.ndim == shared_rank + 1 else value[..., None]
 
 
-def _rope_columns(x: Array, cos: Array, sin: Array) -> Array:
-    """`rope.apply_rope` for x [heads, Dh, B] and tables [Dh, B]."""
-    half = x.shape[1] // 2
-    rotated = jnp.concatenate([-x[:, half:], x[:, :half]], axis=1)
-    return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
+def _layer_edit(edits: dict[str, Array], name: str) -> Array:
+    """One layer's slice of an edit field (its layer axis gone), as `_columns`."""
+    return _columns(edits[name], SHARED_RANK[name] - 1)
 
 
 def _edit_resid(h: Array, edits: dict[str, Array], site: int, sel: Array) -> Array:
+    # One site of a layer's [2, D] (or per-row [B, 2, D]) residual edits: rank 1 when shared.
     add = _columns(edits["resid_add"][..., site, :], 1)
     add_rms = _columns(edits["resid_add_rms"][..., site, :], 1)
-    return jnp.where(sel, h + add + _rms_columns(h) * add_rms, h)
+    return jnp.where(sel, h + add + rms(h, axis=0) * add_rms, h)
 
 
 def _attend(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
@@ -106,14 +96,15 @@ def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config
 
     x = jnp.take(weights["embed"], token, axis=0).T  # [D, B]
     keys, values = list(cache.k), list(cache.v)
+    layer_edits = None if iv is None else iv.layer_edits()
     for layer, p in enumerate(weights["layers"]):
-        edits = None if iv is None else {name: value[layer] for name, value in iv.layer_edits().items()}
-        h = _rms_norm_columns(x, p["attn_norm"], c.rms_eps)
+        edits = None if iv is None else {name: value[layer] for name, value in layer_edits.items()}
+        h = _norm(x, p["attn_norm"], c.rms_eps)
         q, k, v = p["wq"] @ h, p["wk"] @ h, p["wv"] @ h
         if c.qkv_bias:
             q, k, v = q + p["bq"][:, None], k + p["bk"][:, None], v + p["bv"][:, None]
-        q = _rope_columns(q.reshape(c.n_heads, c.head_dim, b), cos, sin)
-        k = _rope_columns(k.reshape(c.n_kv_heads, c.head_dim, b), cos, sin).astype(keys[layer].dtype)
+        q = rotate(q.reshape(c.n_heads, c.head_dim, b), cos, sin, axis=1)
+        k = rotate(k.reshape(c.n_kv_heads, c.head_dim, b), cos, sin, axis=1).astype(keys[layer].dtype)
         v = v.reshape(c.n_kv_heads, c.head_dim, b).astype(values[layer].dtype)
         # Each layer writes its own buffer and then reads it, so XLA updates it in place.
         at = (0, 0, 0, cache.length)
@@ -123,23 +114,23 @@ def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config
         z = _attend(q.reshape(c.n_kv_heads, groups, c.head_dim, b), keys[layer], values[layer], allowed)
         z = z.reshape(c.n_heads, c.head_dim, b)
         if edits is not None:
-            scale = _columns(edits["head_scale"], _SHARED_RANK["head_scale"])[:, None]
-            add = _columns(edits["head_add"], _SHARED_RANK["head_add"])
+            scale = _layer_edit(edits, "head_scale")[:, None]
+            add = _layer_edit(edits, "head_add")
             z = jnp.where(sel["head"], z * scale + add, z)
         m = x + p["wo"] @ z.reshape(c.q_dim, b)
         if edits is not None:
             m = _edit_resid(m, edits, 0, sel["resid"])
-        u = _rms_norm_columns(m, p["mlp_norm"], c.rms_eps)
+        u = _norm(m, p["mlp_norm"], c.rms_eps)
         g = jax.nn.silu(p["w_gate"] @ u) * (p["w_up"] @ u)
         if edits is not None:
-            scale = _columns(edits["neuron_scale"], _SHARED_RANK["neuron_scale"])
-            add = _columns(edits["neuron_add"], _SHARED_RANK["neuron_add"])
+            scale = _layer_edit(edits, "neuron_scale")
+            add = _layer_edit(edits, "neuron_add")
             g = jnp.where(sel["neuron"], g * scale + add, g)
         x = m + p["w_down"] @ g
         if edits is not None:
             x = _edit_resid(x, edits, 1, sel["resid"])
 
-    final = _rms_norm_columns(x, weights["final_norm"], c.rms_eps)
+    final = _norm(x, weights["final_norm"], c.rms_eps)
     logits = jnp.matmul(weights["head"].astype(jnp.float32), final.astype(jnp.float32)).T
     new_cache = cache.replace(k=tuple(keys), v=tuple(values), valid=slot_valid, length=cache.length + 1,
                               next_pos=cache.next_pos + 1, t_star=t_star.astype(jnp.int32))

@@ -31,7 +31,7 @@ from emojax.config import ModelConfig
 from emojax.decode_step import decode_step, decode_weights
 from emojax.decoding import (DecodingSettings, choose_tokens, mark_seen, process_logits,
                              seen_tokens)
-from emojax.interventions import Intervention
+from emojax.interventions import SHARED_RANK, Intervention
 from emojax.kv_cache import KVCache
 from emojax.model import forward
 from emojax.params import cast_params
@@ -39,9 +39,6 @@ from emojax.params import cast_params
 Array = Any
 PAD = -1  # fills `tokens` after a row's end-of-sequence id
 
-# Rank of each per-layer field when shared by all rows; one more means a batch axis after L.
-_SHARED_RANK = {"resid_add": 3, "resid_add_rms": 3, "neuron_scale": 2, "neuron_add": 2,
-                "head_scale": 2, "head_add": 3}
 _MASK_FIELDS = ("resid_mask", "neuron_mask", "head_mask")
 
 
@@ -134,7 +131,8 @@ def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Interventi
     prefill = forward(params, tokens, config=config, mask=mask, cache=cache, iv=iv, logits="last",
                       unroll=unroll)
     seen = seen_tokens(buffer, valid, config.vocab_size)
-    start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool), prefill.cache.per_layer())
+    start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool),
+                       prefill.cache.per_layer())
     state = emit(start, prefill.logits[:, -1])
 
     def unfinished(state: _LoopState) -> Array:
@@ -236,7 +234,7 @@ def _prompt_batch(model: Any, prompts: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _per_row_fields(iv: Intervention) -> dict[str, int]:
     """Fields that carry a batch axis, mapped to that axis."""
-    fields = {name: 1 for name, rank in _SHARED_RANK.items() if jnp.ndim(getattr(iv, name)) == rank + 1}
+    fields = {name: 1 for name, rank in SHARED_RANK.items() if jnp.ndim(getattr(iv, name)) == rank + 1}
     fields.update({name: 0 for name in _MASK_FIELDS
                    if getattr(iv, name) is not None and jnp.ndim(getattr(iv, name)) == 2})
     return fields

@@ -26,6 +26,10 @@ from emojax.config import ModelConfig
 
 WHERE_MODES = ("all", "last", "from_last", "mask")
 LAYER_FIELDS = ("resid_add", "resid_add_rms", "neuron_scale", "neuron_add", "head_scale", "head_add")
+# Rank of each per-layer field (layer axis included) when shared by all rows; one more means a batch
+# axis right after the layer axis (a per-row edit).
+SHARED_RANK = {"resid_add": 3, "resid_add_rms": 3, "neuron_scale": 2, "neuron_add": 2, "head_scale": 2,
+               "head_add": 3}
 Array = Any
 
 

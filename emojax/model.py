@@ -31,16 +31,17 @@ class Output:
     cache: KVCache | None
 
 
-def rms_norm(x: Array, gain: Array, eps: float) -> Array:
+def rms_norm(x: Array, gain: Array, eps: float, axis: int = -1) -> Array:
+    """Normalise over the feature `axis`; `gain` must broadcast against x (e.g. [D, 1] for x [D, B])."""
     xf = x.astype(jnp.float32)
-    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=axis, keepdims=True) + eps)
     return gain * normed.astype(x.dtype)
 
 
-def rms(x: Array) -> Array:
-    """The paper's steering scale rho(h) = sqrt(mean h^2 + 1e-12), kept as [..., 1]."""
+def rms(x: Array, axis: int = -1) -> Array:
+    """The paper's steering scale rho(h) = sqrt(mean h^2 + 1e-12) over the feature `axis`, kept."""
     xf = x.astype(jnp.float32)
-    return jnp.sqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + 1e-12).astype(x.dtype)
+    return jnp.sqrt(jnp.mean(xf * xf, axis=axis, keepdims=True) + 1e-12).astype(x.dtype)
 
 
 def _per_row(value: Array, batched_ndim: int) -> Array:

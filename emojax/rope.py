@@ -37,7 +37,11 @@ def rope_tables(positions: jnp.ndarray, config: ModelConfig) -> tuple[jnp.ndarra
 
 def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
     """Rotate x [B, T, heads, Dh] by the tables [B, T, Dh]."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
-    return x * cos + rotated * sin
+    return rotate(x, cos[:, :, None, :], sin[:, :, None, :])
+
+
+def rotate(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+    """Rotate x along its head-dim `axis` by tables that broadcast against it (rotate-half layout)."""
+    first, second = jnp.split(x, 2, axis=axis)
+    rotated = jnp.concatenate([-second, first], axis=axis)
+    return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
