@@ -67,9 +67,6 @@ class HookedBaseline:
         import torch
 
         self.torch = torch
-        if ctx.baseline_device != "cpu":
-            raise ValueError(f"--baseline_device={ctx.baseline_device}: the scans' hooked baseline runs on CPU only; "
-                             f"use --nobaseline for device figures of the scans")
         self.model = ctx.torch_model
         self.inputs = {
             "input_ids": torch.from_numpy(tokens.astype(np.int64)),

@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, str] = {
     "neuron_scan": "experiments.bench_scans:bench_neuron_scan",
     "sublayer_scan": "experiments.bench_scans:bench_sublayer_scan",
 }
+# Benchmarks whose HF baseline runs on the CPU only (the hooked scans feed it host tensors).
+CPU_BASELINE_ONLY = ("head_scan", "head_scan_all_positions", "neuron_scan", "sublayer_scan")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 flags.DEFINE_list("only", None, f"Benchmarks to run (default: all). Known: {', '.join(BENCHMARKS)}.")
@@ -102,6 +104,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--only: unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
     if FLAGS.repeats < 1:
         raise app.UsageError(f"--repeats={FLAGS.repeats}: expected at least 1")
+    cpu_only = [n for n in names if n in CPU_BASELINE_ONLY]
+    if FLAGS.baseline and FLAGS.baseline_device != "cpu" and cpu_only:
+        raise app.UsageError(f"--baseline_device={FLAGS.baseline_device}: the baseline of {cpu_only} runs on CPU "
+                             f"only; run them with --nobaseline for device figures")
     functions = {}
     for name in names:
         fn = resolve(name)
