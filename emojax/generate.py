@@ -89,6 +89,7 @@ def generate_tokens(params: dict[str, Any], tokens: Array, mask: Array, *, confi
     may vary, even be traced values, without recompiling); the other settings are Python numbers.
     `keys` [B, 2] are per-row PRNG keys for sampling (default: rows of PRNGKey(0)); greedy decoding
     (temperature 0) ignores them. A row stops at any of `config.eos_token_ids`. Jittable and vmappable.
+    `unroll` is the prefill's layer-scan unroll; decode steps always run their layers unrolled.
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate_tokens: max_new_tokens={max_new_tokens}; must be >= 1")
