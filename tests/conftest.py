@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -174,16 +175,37 @@ def default_gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def hf_smollm2(default_gguf_path: Path):
+def hf_smollm2_tokenizer(default_gguf_path: Path):
+    """transformers' own tokenizer of the default model, built from the GGUF metadata (7-40 s)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(default_gguf_path.parent), gguf_file=default_gguf_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(default_gguf_path: Path, hf_smollm2_tokenizer):
     """(model, tokenizer) of the default model in transformers, float32, dequantised from the GGUF."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    folder, name = str(default_gguf_path.parent), default_gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                 attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    return model.eval(), tokenizer
+    with _memoized_gguf_name_maps():
+        model = AutoModelForCausalLM.from_pretrained(str(default_gguf_path.parent), gguf_file=default_gguf_path.name,
+                                                     dtype=torch.float32, attn_implementation="eager")
+    return model.eval(), hf_smollm2_tokenizer
+
+
+@contextlib.contextmanager
+def _memoized_gguf_name_maps() -> Iterator[None]:
+    """transformers rebuilds gguf's tensor-name map for every submodule it maps (about 10 s for the
+    default model); the map depends only on (architecture, layer count), so build each once."""
+    import gguf
+
+    original = gguf.get_tensor_name_map
+    gguf.get_tensor_name_map = functools.cache(original)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = original
 
 
 @pytest.fixture(scope="session")

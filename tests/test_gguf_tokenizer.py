@@ -128,8 +128,8 @@ def test_unknown_pre_tokenizer_refused(tiny_gguf):
 # ---------------------------------------------------------------- the default model
 
 @pytest.fixture(scope="module")
-def default_pair(default_gguf_path):
-    return ours(default_gguf_path), transformers_gguf(default_gguf_path)
+def default_pair(default_gguf_path, hf_smollm2_tokenizer):
+    return ours(default_gguf_path), hf_smollm2_tokenizer
 
 
 @pytest.mark.real_model

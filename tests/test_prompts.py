@@ -1,8 +1,6 @@
 """Protocol prompts (method.md §4): exact strings, judge parsing, rendering and left-padded batches."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -244,15 +242,10 @@ def test_pad_id_and_pad_multiple(records) -> None:
 # The default model's own tokenizer (SmolLM2 GGUF)
 
 
-@pytest.fixture(scope="module")
-def smollm2(default_gguf_path: Path):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(default_gguf_path.parent), gguf_file=default_gguf_path.name)
-
-
 @pytest.mark.real_model
-@pytest.mark.slow  # building the tokenizer from the GGUF takes 7-40 s
-def test_default_model_prompts(smollm2, records) -> None:
+@pytest.mark.slow  # transformers builds the tokenizer from the GGUF in 7-40 s
+def test_default_model_prompts(hf_smollm2_tokenizer, records) -> None:
+    smollm2 = hf_smollm2_tokenizer
     item = Item(records[5], "negative", "disgust")
     text = P.render(smollm2, P.emotion_messages(item))
     assert text == (
