@@ -11,13 +11,18 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
 
-from emojax.config import ModelConfig, config_from_hf
+from quick_compile import OPT_OUT, enable_quick_compile
+
+QUICK_COMPILE = enable_quick_compile()  # before JAX starts its backend
+
+from emojax.config import ModelConfig, config_from_hf  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,6 +50,12 @@ TINY_HF_CONFIGS: dict[str, dict[str, Any]] = {
                     "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
 }
+
+
+def pytest_report_header() -> str:
+    if QUICK_COMPILE:
+        return f"XLA_FLAGS += {QUICK_COMPILE} (tests/quick_compile.py; {OPT_OUT}=1 for XLA's defaults)"
+    return f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -178,8 +178,8 @@ def test_single_host_is_left_alone(monkeypatch):
 def run_checks(*names: str) -> dict[str, dict]:
     """Run checks of parallel_checks.py in a fresh process that sees 8 CPU devices."""
     path = os.pathsep.join(filter(None, [str(CHECKS_SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": path}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
     done = subprocess.run([sys.executable, str(CHECKS_SCRIPT), *names], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
