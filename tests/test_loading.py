@@ -170,3 +170,19 @@ def test_default_model_loads_and_caches(default_gguf_path, tmp_path):
     assert second.tokenizer.convert_ids_to_tokens(list(second.config.eos_token_ids)) == ["<|im_end|>"]
     assert_same_params(first.params, second.params)
     assert_same_tokenizer(first.tokenizer, second.tokenizer)
+
+
+def test_top_level_names_load_transformers_only_when_asked():
+    """`import emojax` (and subpackages such as emojax.runs) stays free of transformers; the loading
+    names resolve on first use to the same objects as emojax.loading's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, emojax, emojax.runs; assert 'transformers' not in sys.modules; "
+            "from emojax import load_model, DEFAULT_MODEL, generate; import emojax.loading as l; "
+            "assert load_model is l.load_model and DEFAULT_MODEL == l.DEFAULT_MODEL and callable(generate); "
+            "assert 'LoadedModel' in dir(emojax)")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
