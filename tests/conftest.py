@@ -187,10 +187,11 @@ def default_gguf_path() -> Path:
 
 @pytest.fixture(scope="session")
 def hf_smollm2_tokenizer(default_gguf_path: Path):
-    """transformers' own tokenizer of the default model, built from the GGUF metadata (7-40 s)."""
+    """transformers' own tokenizer of the default model, built from the GGUF metadata."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(default_gguf_path.parent), gguf_file=default_gguf_path.name)
+    with _memoized_gguf_parsing():
+        return AutoTokenizer.from_pretrained(str(default_gguf_path.parent), gguf_file=default_gguf_path.name)
 
 
 @pytest.fixture(scope="session")
@@ -199,24 +200,36 @@ def hf_smollm2(default_gguf_path: Path, hf_smollm2_tokenizer):
     import torch
     from transformers import AutoModelForCausalLM
 
-    with _memoized_gguf_name_maps():
+    with _memoized_gguf_parsing():
         model = AutoModelForCausalLM.from_pretrained(str(default_gguf_path.parent), gguf_file=default_gguf_path.name,
                                                      dtype=torch.float32, attn_implementation="eager")
     return model.eval(), hf_smollm2_tokenizer
 
 
+_GGUF_READERS: dict[tuple[str, str], Any] = {}
+
+
 @contextlib.contextmanager
-def _memoized_gguf_name_maps() -> Iterator[None]:
-    """transformers rebuilds gguf's tensor-name map for every submodule it maps (about 10 s for the
-    default model); the map depends only on (architecture, layer count), so build each once."""
+def _memoized_gguf_parsing() -> Iterator[None]:
+    """transformers parses the whole GGUF header (the default model's 49k-token vocabulary and merges,
+    3-5 s) again for the tokenizer, the config and the weights, and rebuilds gguf's tensor-name map
+    for every submodule it maps (about 10 s). The file and the map's inputs (architecture, layer
+    count) do not change within a session, so each is parsed or built once."""
     import gguf
 
-    original = gguf.get_tensor_name_map
-    gguf.get_tensor_name_map = functools.cache(original)
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (os.fspath(path), mode)
+        if key not in _GGUF_READERS:
+            _GGUF_READERS[key] = original_reader(path, mode)
+        return _GGUF_READERS[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(original_map)
     try:
         yield
     finally:
-        gguf.get_tensor_name_map = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
 
 
 @pytest.fixture(scope="session")
