@@ -175,25 +175,44 @@ def test_single_host_is_left_alone(monkeypatch):
 
 # --- sharded == single device, on 8 forced CPU devices -------------------------------------------
 
-def run_checks(*names: str) -> dict[str, dict]:
-    """Run checks of parallel_checks.py in a fresh process that sees 8 CPU devices."""
+MODEL_CHECKS = ("forward_model2", "cached_decode_model4", "head_sweep_vmap")
+STAGE_CHECKS = ("head_and_sublayer_scans", "steered_generation", "mesh_arguments")
+
+
+def start_checks(*names: str) -> subprocess.Popen:
+    """Start checks of parallel_checks.py in a fresh process that sees 8 CPU devices."""
     path = os.pathsep.join(filter(None, [str(CHECKS_SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
-    done = subprocess.run([sys.executable, str(CHECKS_SCRIPT), *names], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return {r["check"]: r for r in map(json.loads, done.stdout.splitlines())}
+    return subprocess.Popen([sys.executable, str(CHECKS_SCRIPT), *names], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_checks(process: subprocess.Popen) -> dict[str, dict]:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-4000:]
+    return {r["check"]: r for r in map(json.loads, stdout.splitlines())}
 
 
 @pytest.fixture(scope="module")
-def sharded_results() -> dict[str, dict]:
-    return run_checks("forward_model2", "cached_decode_model4", "head_sweep_vmap")
+def check_processes():
+    """Both groups of checks, started together: each spends much of its time compiling on one core."""
+    processes = {"model": start_checks(*MODEL_CHECKS), "stage": start_checks(*STAGE_CHECKS)}
+    yield processes
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 @pytest.fixture(scope="module")
-def sharded_stage_results() -> dict[str, dict]:
-    return run_checks("head_and_sublayer_scans", "steered_generation", "mesh_arguments")
+def sharded_results(check_processes) -> dict[str, dict]:
+    return finish_checks(check_processes["model"])
+
+
+@pytest.fixture(scope="module")
+def sharded_stage_results(check_processes) -> dict[str, dict]:
+    return finish_checks(check_processes["stage"])
 
 
 def test_model_parallel_forward_equals_single_device(sharded_results):
