@@ -135,6 +135,21 @@ def torch_hooks(hooks: Sequence[tuple[Any, str, Callable]]) -> Iterator[None]:
             handle.remove()
 
 
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """This process's environment for a child Python process, with the repository first on
+    PYTHONPATH (so it imports this checkout's emojax) and `overrides` applied."""
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **overrides}
+
+
+def load_script(path: Path) -> Any:
+    """Import a helper script of tests/ as a module (it also runs as a child process)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def random_prompts(lengths: Sequence[int], vocab: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, vocab, n) for n in lengths]

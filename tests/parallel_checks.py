@@ -33,14 +33,15 @@ def tiny_config(**changes: Any) -> ModelConfig:
     return ModelConfig(**{**base, **changes})
 
 
-def numpy_params(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
-    """Random weights drawn on the host (no per-shape compiles), norms near 1."""
+def numpy_params(cfg: ModelConfig, seed: int = 0, scale: float = 0.05) -> dict[str, Any]:
+    """Random weights drawn on the host (no per-shape compiles, the same bits under any XLA options),
+    norms near 1, other weights of standard deviation `scale`."""
     rng = np.random.default_rng(seed)
     shapes = param_shapes(cfg)
 
     def draw(path: tuple, shape: tuple[int, ...]) -> np.ndarray:
         is_norm = "norm" in jax.tree_util.keystr(path)
-        return ((1.0 if is_norm else 0.0) + (0.1 if is_norm else 0.05) * rng.standard_normal(shape)).astype(np.float32)
+        return ((1.0 if is_norm else 0.0) + (0.1 if is_norm else scale) * rng.standard_normal(shape)).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(draw, shapes, is_leaf=lambda x: isinstance(x, tuple))
 

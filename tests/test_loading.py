@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import subprocess_env
 from emojax import loading
 from emojax.loading import DEFAULT_MODEL, LoadedModel, load_model
 from emojax.weights import WeightsError, load_hf_checkpoint
@@ -181,9 +182,8 @@ def test_top_level_names_load_transformers_only_when_asked():
     import emojax
 
     code = "import sys, emojax, emojax.runs; assert 'transformers' not in sys.modules, 'transformers was imported'"
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert emojax.load_model is load_model and emojax.DEFAULT_MODEL == DEFAULT_MODEL
     assert emojax.LoadedModel is LoadedModel and "load_model" in dir(emojax)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from conftest import subprocess_env
 from emojax import distributed, parallel
 from emojax.config import ModelConfig
 from emojax.params import param_shapes
@@ -181,9 +182,8 @@ STAGE_CHECKS = ("head_and_sublayer_scans", "steered_generation", "mesh_arguments
 
 def start_checks(*names: str) -> subprocess.Popen:
     """Start checks of parallel_checks.py in a fresh process that sees 8 CPU devices."""
-    path = os.pathsep.join(filter(None, [str(CHECKS_SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+    env = subprocess_env(XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, str(CHECKS_SCRIPT), *names], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

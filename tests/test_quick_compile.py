@@ -10,18 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_script, subprocess_env
 from quick_compile import QUICK_COMPILE_FLAGS
 
 WORKER = Path(__file__).with_name("helpers") / "xla_options_worker.py"
-
-
-def _load_worker():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("xla_options_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quick_compile_options_give_the_results_of_xla_defaults(tmp_path):
@@ -29,14 +21,12 @@ def test_quick_compile_options_give_the_results_of_xla_defaults(tmp_path):
     if not any(f in flags for f in QUICK_COMPILE_FLAGS):
         pytest.skip("the suite runs with XLA's default options")
     default_flags = " ".join(f for f in flags.split() if f not in QUICK_COMPILE_FLAGS)
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "XLA_FLAGS": default_flags, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    env = subprocess_env(XLA_FLAGS=default_flags, JAX_PLATFORMS="cpu")
     out = tmp_path / "defaults.npz"
     # The reference process compiles while this one does (two cores).
     worker = subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    quick = _load_worker().outputs()
+    quick = load_script(WORKER).outputs()
     _, stderr = worker.communicate(timeout=600)
     assert worker.returncode == 0, stderr[-4000:]
     with np.load(out) as stored:

@@ -2,9 +2,7 @@
 must be bitwise those of an uninterrupted run."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import random
 import signal
 import subprocess
@@ -14,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script, subprocess_env
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER = REPO_ROOT / "tests" / "helpers" / "chunked_worker.py"
 # Files that legitimately differ between runs: start times, argv, logs.
@@ -21,13 +21,6 @@ RUN_RECORDS = {"manifest.json", "invocations.jsonl", "run.log", "done.json"}
 
 if not hasattr(signal, "SIGKILL"):
     pytest.skip("needs SIGKILL", allow_module_level=True)
-
-
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("chunked_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _outputs(run_dir: Path) -> dict[str, bytes]:
@@ -45,9 +38,8 @@ def _stored_chunks(run_dir: Path) -> int:
 
 
 def _start(run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, str(WORKER), str(run_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO_ROOT)
+                            stderr=subprocess.DEVNULL, text=True, env=subprocess_env(), cwd=REPO_ROOT)
 
 
 def _kill_after(run_dir: Path, n_stored: int, extra_delay_s: float) -> str:
@@ -65,7 +57,7 @@ def _kill_after(run_dir: Path, n_stored: int, extra_delay_s: float) -> str:
 
 
 def test_sigkill_and_resume_gives_the_uninterrupted_outputs(tmp_path):
-    worker = _load_worker()
+    worker = load_script(WORKER)
     n_chunks = 2 * (worker.N_ITEMS // worker.CHUNK_SIZE)
     worker.main(str(tmp_path / "reference"))
     reference = _outputs(tmp_path / "reference")

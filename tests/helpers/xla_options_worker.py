@@ -8,7 +8,7 @@ programs compiled under the test suite's quick-compile options.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,9 @@ import numpy as np
 from emojax import Intervention, TapSpec, forward
 from emojax.config import ModelConfig
 from emojax.generate import generate_tokens
-from emojax.params import param_shapes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, when run as a script
+from parallel_checks import numpy_params  # noqa: E402
 
 CONFIGS = {
     "llama": dict(family="llama", vocab_size=128, d_model=48, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16,
@@ -27,16 +29,6 @@ CONFIGS = {
                   d_ff=80, rms_eps=1e-6, rope_theta=1e6, tie_embeddings=True, qkv_bias=True,
                   eos_token_ids=(3,)),
 }
-
-
-def numpy_params(cfg: ModelConfig, seed: int) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-
-    def draw(path: tuple, shape: tuple[int, ...]) -> np.ndarray:
-        is_norm = "norm" in jax.tree_util.keystr(path)
-        return ((1.0 if is_norm else 0.0) + (0.1 if is_norm else 0.3) * rng.standard_normal(shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
 
 
 def edits(cfg: ModelConfig, seed: int) -> Intervention:
@@ -54,7 +46,7 @@ def outputs() -> dict[str, np.ndarray]:
     results = {}
     for seed, (name, fields) in enumerate(CONFIGS.items()):
         cfg = ModelConfig(**fields)
-        params = numpy_params(cfg, seed)
+        params = numpy_params(cfg, seed, scale=0.3)
         rng = np.random.default_rng(100 + seed)
         tokens = rng.integers(4, cfg.vocab_size, (3, 9)).astype(np.int32)
         mask = np.ones_like(tokens, bool)
@@ -66,12 +58,13 @@ def outputs() -> dict[str, np.ndarray]:
         for point, value in out.taps.items():
             results[f"{name}/tap_{point}"] = np.asarray(value)
 
+        if name != "llama":  # the forward pass alone covers the other family's options
+            continue
+
         def last_logit(add: jax.Array) -> jax.Array:  # a gradient, as attribution scans take them
             moved = iv.replace(resid_add=add)
             return forward(params, tokens, config=cfg, mask=mask, iv=moved).logits[:, -1, 5].sum()
 
-        if name != "llama":  # the forward pass alone covers the other family's options
-            continue
         results[f"{name}/grad"] = np.asarray(jax.grad(last_logit)(iv.resid_add))
         generated = generate_tokens(params, tokens, mask, config=cfg, max_new_tokens=12, iv=iv,
                                     repetition_penalty=1.1, no_repeat_ngram_size=3, min_new_tokens=4)
