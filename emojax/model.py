@@ -50,8 +50,8 @@ def _per_row(value: Array, batched_ndim: int) -> Array:
     return value[:, None] if value.ndim == batched_ndim else value
 
 
-def _attention(q: Array, k: Array, v: Array, allowed: Array, config: ModelConfig) -> Array:
-    """Grouped-query attention. q [B,T,H,Dh], k/v [B,S,K,Dh], allowed [B,T,S] -> [B,T,H,Dh]."""
+def _attention_batched(q: Array, k: Array, v: Array, allowed: Array, config: ModelConfig) -> Array:
+    """Grouped-query attention as batched products over (row, kv head): what accelerators run best."""
     b, t, _, dh = q.shape
     groups = config.n_heads // config.n_kv_heads
     q = q.reshape(b, t, config.n_kv_heads, groups, dh)
@@ -61,6 +61,35 @@ def _attention(q: Array, k: Array, v: Array, allowed: Array, config: ModelConfig
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, config.n_heads, dh)
+
+
+def _attention_by_row(q: Array, k: Array, v: Array, allowed: Array, config: ModelConfig) -> Array:
+    """The same attention one batch row at a time, each kv head's products as plain matrix products.
+
+    XLA's CPU backend runs batched products several times slower than plain ones (a 16 x 128-token
+    prefill of the default model: 38 ms against 12 ms per layer), so on CPU a loop over rows wins."""
+    groups, dh = config.n_heads // config.n_kv_heads, q.shape[-1]
+
+    def row(args: tuple[Array, Array, Array, Array]) -> Array:
+        q_r, k_r, v_r, allowed_r = args  # [T, H, Dh], [S, K, Dh], [S, K, Dh], [T, S]
+        t = q_r.shape[0]
+        outs = []
+        for head in range(config.n_kv_heads):
+            q_h = q_r[:, head * groups:(head + 1) * groups].transpose(1, 0, 2).reshape(groups * t, dh)
+            scores = jnp.matmul(q_h, k_r[:, head].T, preferred_element_type=jnp.float32) * (dh ** -0.5)
+            scores = jnp.where(allowed_r, scores.reshape(groups, t, -1), jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(v_r.dtype).reshape(groups * t, -1)
+            outs.append(jnp.matmul(probs, v_r[:, head]).reshape(groups, t, dh).transpose(1, 0, 2))
+        return jnp.concatenate(outs, axis=1)
+
+    return jax.lax.map(row, (q, k, v, allowed))
+
+
+def _attention(q: Array, k: Array, v: Array, allowed: Array, config: ModelConfig) -> Array:
+    """Grouped-query attention. q [B,T,H,Dh], k/v [B,S,K,Dh], allowed [B,T,S] -> [B,T,H,Dh]."""
+    return jax.lax.platform_dependent(
+        q, k, v, allowed, cpu=functools.partial(_attention_by_row, config=config),
+        default=functools.partial(_attention_batched, config=config))
 
 
 def _layer(x: Array, p: dict[str, Array], iv: dict[str, Array] | None, sel: dict[str, Array],

@@ -3,7 +3,8 @@
 `generate`: greedy decoding of 32 neutral chat prompts (SEV, bundled test split; random ids of
 varied lengths when the model has no tokenizer), 64 new tokens each, emojax against HF PyTorch
 `generate` on the same weights, prompts and CPU. Both sides set `min_new_tokens` to the full length,
-so every row decodes every step and both do the same work.
+so every row decodes every step and both do the same work. `products_s` is the same job's weight
+products run alone (experiments/bench_bound.py): the least time these kernels need at these shapes.
 
 `generate_steered`: the same emojax generation with a circuit-style per-row intervention (neuron and
 head edits in every layer, different for each row, neurons on P_last and heads on P_all as in S7)
@@ -23,6 +24,7 @@ from emojax.data import load_dataset
 from emojax.generate import generate_tokens
 from emojax.interventions import Intervention
 from emojax.prompts import neutral_messages, tokenize_prompts
+from experiments.bench_bound import generation_products_s
 from experiments.bench_common import BenchContext, Timing, forward_flops, peak_rss_mb, time_call
 
 BATCH, NEW_TOKENS = 32, 64
@@ -96,6 +98,11 @@ def bench_generate(ctx: BenchContext) -> dict[str, Any]:
         "matmul_peak_gflop_s": peak, **_figures("emojax", ours.median_s, flop, peak),
         "emojax_first_call_s": ours.first_s, "emojax_runs_s": list(ours.runs_s),
     }
+    # The same job's weight products alone: what the backend's kernels allow at these shapes.
+    products = generation_products_s(ctx.params, ctx.config, BATCH, tokens.shape[1], NEW_TOKENS, ctx.repeats)
+    result.update(products)
+    result["products_pct_of_limit"] = 100 * flop / peak / 1e9 / products["products_s"]
+    result["emojax_pct_of_products"] = 100 * products["products_s"] / ours.median_s
     if ctx.baseline:
         import torch
 
