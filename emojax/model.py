@@ -85,8 +85,10 @@ def _attention_by_row(q: Array, k: Array, v: Array, allowed: Array, config: Mode
     return jax.lax.map(row, (q, k, v, allowed))
 
 
-def _attention(q: Array, k: Array, v: Array, allowed: Array, config: ModelConfig) -> Array:
-    """Grouped-query attention. q [B,T,H,Dh], k/v [B,S,K,Dh], allowed [B,T,S] -> [B,T,H,Dh]."""
+def attention(q: Array, k: Array, v: Array, allowed: Array, config: ModelConfig) -> Array:
+    """Grouped-query attention. q [B,T,H,Dh] (rotated), k/v [B,S,K,Dh], allowed [B,T,S] -> [B,T,H,Dh].
+
+    The row form on CPU, the batched form elsewhere, chosen when the program is lowered."""
     return jax.lax.platform_dependent(
         q, k, v, allowed, cpu=functools.partial(_attention_by_row, config=config),
         default=functools.partial(_attention_batched, config=config))
@@ -112,7 +114,7 @@ def _layer(x: Array, p: dict[str, Array], iv: dict[str, Array] | None, sel: dict
         past_k, past_v, length = past
         keys = jax.lax.dynamic_update_slice(past_k, k.astype(past_k.dtype), (0, length, 0, 0))
         values = jax.lax.dynamic_update_slice(past_v, v.astype(past_v.dtype), (0, length, 0, 0))
-    z = _attention(q, keys, values, allowed, config)
+    z = attention(q, keys, values, allowed, config)
     if iv is not None:
         scale = _per_row(iv["head_scale"], 2)[..., None]
         add = _per_row(iv["head_add"], 3)
