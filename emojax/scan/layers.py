@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from emojax.config import ModelConfig
-from emojax.model import attention, rms_norm
+from emojax.model import rms_norm
 from emojax.rope import apply_rope, rope_tables
 
 Array = Any
@@ -63,10 +63,13 @@ def attention_heads_full(x: Array, p: Params, cos: Array, sin: Array, allowed: A
     b, t, _ = x.shape
     heads, kv_heads, dh = config.n_heads, config.n_kv_heads, config.head_dim
     q, k, v = _project_qkv(rms_norm(x, p["attn_norm"], config.rms_eps), p, config)
-    q = apply_rope(q.reshape(b, t, heads, dh), cos, sin)
+    q = apply_rope(q.reshape(b, t, heads, dh), cos, sin).reshape(b, t, kv_heads, heads // kv_heads, dh)
     k = apply_rope(k.reshape(b, t, kv_heads, dh), cos, sin)
     v = v.reshape(b, t, kv_heads, dh)
-    return attention(q, k, v, allowed, config).reshape(b, t, config.q_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (dh ** -0.5)
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, config.q_dim)
 
 
 def attention_full(x: Array, p: Params, cos: Array, sin: Array, allowed: Array,
