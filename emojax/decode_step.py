@@ -91,6 +91,7 @@ def _attend_by_row(q: Array, keys: Array, values: Array, allowed: Array) -> Arra
 
 
 def _attend(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
+    """The step's attention: row by row on CPU, batched elsewhere, chosen when the program is lowered."""
     return jax.lax.platform_dependent(q, keys, values, allowed, cpu=_attend_by_row, default=_attend_batched)
 
 
