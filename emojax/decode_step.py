@@ -59,7 +59,7 @@ def _edit_resid(h: Array, edits: dict[str, Array], site: int, sel: Array) -> Arr
     return jnp.where(sel, h + add + rms(h, axis=0) * add_rms, h)
 
 
-def _attend_batched(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
+def _attend(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
     """Softmax attention of q [K, G, Dh, B] over keys [B, K, Dh, S] and values [B, K, S, Dh] where
     `allowed` [B, S]; returns [K, G, Dh, B]. The products take their operands in the layout XLA's dot
     wants (batch, contracted, free); only the small query and output are transposed."""
@@ -71,28 +71,6 @@ def _attend_batched(q: Array, keys: Array, values: Array, allowed: Array) -> Arr
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
     z = jnp.einsum("bkgs,bksd->bkgd", probs.astype(f32), values.astype(f32)).astype(values.dtype)
     return z.transpose(1, 2, 3, 0)
-
-
-def _attend_by_row(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
-    """`_attend_batched` one batch row at a time with plain matrix products, which XLA's CPU backend
-    runs faster than its batched products."""
-    f32 = jnp.float32
-
-    def row(args: tuple[Array, Array, Array, Array]) -> Array:
-        q_r, k_r, v_r, allowed_r = args  # [K, G, Dh], [K, Dh, S], [K, S, Dh], [S]
-        outs = []
-        for head in range(q_r.shape[0]):
-            scores = jnp.matmul(q_r[head].astype(f32), k_r[head].astype(f32)) * (q_r.shape[-1] ** -0.5)
-            probs = jax.nn.softmax(jnp.where(allowed_r, scores, jnp.finfo(f32).min), axis=-1)
-            outs.append(jnp.matmul(probs.astype(v_r.dtype).astype(f32), v_r[head].astype(f32)))
-        return jnp.stack(outs).astype(v_r.dtype)
-
-    return jax.lax.map(row, (q.transpose(3, 0, 1, 2), keys, values, allowed)).transpose(1, 2, 3, 0)
-
-
-def _attend(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
-    """The step's attention: row by row on CPU, batched elsewhere, chosen when the program is lowered."""
-    return jax.lax.platform_dependent(q, keys, values, allowed, cpu=_attend_by_row, default=_attend_batched)
 
 
 def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config: ModelConfig,

@@ -1,6 +1,6 @@
-"""Attention has two forms: batched products over (row, kv head), which accelerators run, and a loop
-over rows with plain matrix products, which the CPU runs. Both must compute the same thing, and the
-CPU must get the row form."""
+"""The forward's attention has two forms: batched products over (row, kv head), which accelerators
+run, and a loop over rows with plain matrix products, which the CPU runs. Both must compute the same
+thing, and the CPU must get the row form."""
 from __future__ import annotations
 
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax import decode_step, model
+from emojax import model
 from parallel_checks import tiny_config
 
 CONFIG = tiny_config(n_heads=6, n_kv_heads=2, head_dim=16)
@@ -41,22 +41,3 @@ def test_forward_attention_forms_agree(dtype, queries):
     expected = jax.jit(model._attention_by_row, static_argnames="config")(q, k, v, allowed, config=CONFIG)
     if jax.default_backend() == "cpu":
         np.testing.assert_array_equal(np.asarray(chosen, np.float32), np.asarray(expected, np.float32))
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
-def test_decode_attention_forms_agree(dtype):
-    rng = np.random.default_rng(0)
-    rows, slots, dh = 4, 19, CONFIG.head_dim
-    groups = CONFIG.n_heads // CONFIG.n_kv_heads
-    q = jnp.asarray(rng.normal(size=(CONFIG.n_kv_heads, groups, dh, rows)), dtype)
-    keys = jnp.asarray(rng.normal(size=(rows, CONFIG.n_kv_heads, dh, slots)), dtype)
-    values = jnp.asarray(rng.normal(size=(rows, CONFIG.n_kv_heads, slots, dh)), dtype)
-    allowed = jnp.asarray(_allowed(rng, rows, 1, slots)[:, 0])
-    batched = decode_step._attend_batched(q, keys, values, allowed)
-    by_row = decode_step._attend_by_row(q, keys, values, allowed)
-    assert batched.dtype == by_row.dtype == dtype
-    np.testing.assert_allclose(np.asarray(by_row, np.float32), np.asarray(batched, np.float32),
-                               atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
-    if jax.default_backend() == "cpu":
-        np.testing.assert_array_equal(np.asarray(jax.jit(decode_step._attend)(q, keys, values, allowed)),
-                                      np.asarray(jax.jit(decode_step._attend_by_row)(q, keys, values, allowed)))
