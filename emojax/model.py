@@ -44,6 +44,11 @@ def rms(x: Array, axis: int = -1) -> Array:
     return jnp.sqrt(jnp.mean(xf * xf, axis=axis, keepdims=True) + 1e-12).astype(x.dtype)
 
 
+def lm_head(params: dict[str, Any]) -> Array:
+    """The LM head as [D, V]: its own matrix, or the transposed embedding when the two are tied."""
+    return params["lm_head"] if "lm_head" in params else params["embed"].T
+
+
 def _per_row(value: Array, batched_ndim: int) -> Array:
     """Broadcast a per-layer edit of rank `batched_ndim - 1` (shared) or `batched_ndim` (per row)
     against activations [B, T, ...]."""
@@ -218,8 +223,7 @@ def forward(params: dict[str, Any], tokens: Array, *, config: ModelConfig, mask:
     out_logits = None
     if logits != "none":
         head_in = final[:, -1:] if logits == "last" else final
-        head = params["lm_head"] if "lm_head" in params else params["embed"].T
-        out_logits = jnp.einsum("btd,dv->btv", head_in, head, preferred_element_type=jnp.float32)
+        out_logits = jnp.einsum("btd,dv->btv", head_in, lm_head(params), preferred_element_type=jnp.float32)
 
     new_cache = None
     if cache is not None:

@@ -18,13 +18,10 @@ import jax.numpy as jnp
 
 from emojax.config import ModelConfig
 from emojax.decode_step import decode_weights
+from emojax.model import lm_head
 from experiments.bench_common import time_call
 
 Array = Any
-
-
-def _head(params: dict[str, Any]) -> Array:
-    return params["lm_head"] if "lm_head" in params else params["embed"].T
 
 
 @functools.partial(jax.jit, static_argnames="logits")
@@ -39,7 +36,7 @@ def _prefill_products(params: dict[str, Any], x: Array, logits: str) -> tuple[Ar
 
     x, kv = jax.lax.scan(layer, x, params["layers"])
     head_in = x if logits == "all" else x[:, -1]
-    return jnp.matmul(head_in, _head(params), preferred_element_type=jnp.float32), kv
+    return jnp.matmul(head_in, lm_head(params), preferred_element_type=jnp.float32), kv
 
 
 @jax.jit
