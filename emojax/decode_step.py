@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from emojax.config import ModelConfig
-from emojax.interventions import SHARED_RANK, Intervention, position_selector
+from emojax.interventions import SHARED_RANK, Intervention, selectors
 from emojax.kv_cache import KVCache
 from emojax.model import rms, rms_norm
 from emojax.rope import rope_tables, rotate
@@ -84,11 +84,8 @@ def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config
     real = jnp.ones((b, 1), bool)
     positions = cache.next_pos[:, None]
     t_star = jnp.where(cache.t_star >= 0, cache.t_star, cache.next_pos)
-    sel = {}
-    if iv is not None:
-        for group in ("resid", "neuron", "head"):
-            sel[group] = position_selector(getattr(iv, f"{group}_where"), getattr(iv, f"{group}_mask"),
-                                           positions, real, t_star)[:, 0]  # [B], broadcast on the last axis
+    # [B] per group that is on, broadcast on the last axis of the [..., B] activations.
+    sel = {} if iv is None else {group: s[:, 0] for group, s in selectors(iv, positions, real, t_star).items()}
     cos, sin = (table[:, 0].T for table in rope_tables(positions, c))  # [Dh, B]
     slot_valid = jax.lax.dynamic_update_slice(cache.valid, real, (0, cache.length))
     allowed = (jnp.arange(cache.slots) <= cache.length)[None] & slot_valid  # [B, S]
@@ -113,21 +110,21 @@ def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config
                                                      (0, 0, cache.length, 0))
         z = _attend(q.reshape(c.n_kv_heads, groups, c.head_dim, b), keys[layer], values[layer], allowed)
         z = z.reshape(c.n_heads, c.head_dim, b)
-        if edits is not None:
+        if "head" in sel:
             scale = _layer_edit(edits, "head_scale")[:, None]
             add = _layer_edit(edits, "head_add")
             z = jnp.where(sel["head"], z * scale + add, z)
         m = x + p["wo"] @ z.reshape(c.q_dim, b)
-        if edits is not None:
+        if "resid" in sel:
             m = _edit_resid(m, edits, 0, sel["resid"])
         u = _norm(m, p["mlp_norm"], c.rms_eps)
         g = jax.nn.silu(p["w_gate"] @ u) * (p["w_up"] @ u)
-        if edits is not None:
+        if "neuron" in sel:
             scale = _layer_edit(edits, "neuron_scale")
             add = _layer_edit(edits, "neuron_add")
             g = jnp.where(sel["neuron"], g * scale + add, g)
         x = m + p["w_down"] @ g
-        if edits is not None:
+        if "resid" in sel:
             x = _edit_resid(x, edits, 1, sel["resid"])
 
     final = _norm(x, weights["final_norm"], c.rms_eps)

@@ -13,6 +13,9 @@ last prompt token t* (method.md §2.4), so it means the same in prefill, cached 
     "last"       t* only                                            (analysis edits)
     "from_last"  t* and every later (generated) position            (P_last)
     "mask"       an explicit boolean mask over position ids, [P] or [B, P]
+    "none"       no position: the group is off, and its operations are left out of the program
+                 (an edit that is identity everywhere still costs its operations, which a GPU
+                 decode step, bound by kernel launches, feels)
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from flax import struct
 
 from emojax.config import ModelConfig
 
-WHERE_MODES = ("all", "last", "from_last", "mask")
+WHERE_MODES = ("all", "last", "from_last", "mask", "none")
+GROUPS = ("resid", "neuron", "head")
 LAYER_FIELDS = ("resid_add", "resid_add_rms", "neuron_scale", "neuron_add", "head_scale", "head_add")
 # Rank of each per-layer field (layer axis included) when shared by all rows; one more means a batch
 # axis right after the layer axis (a per-row edit).
@@ -60,7 +64,7 @@ class Intervention:
     head_where: str = struct.field(pytree_node=False, default="all")
 
     def __post_init__(self) -> None:
-        for group in ("resid", "neuron", "head"):
+        for group in GROUPS:
             where = getattr(self, f"{group}_where")
             if where not in WHERE_MODES:
                 raise ValueError(f"Intervention.{group}_where={where!r}; expected one of {WHERE_MODES}")
@@ -118,7 +122,9 @@ def position_selector(where: str, mask: Array | None, positions: Array, valid: A
     positions: [B, T] position ids; valid: [B, T] non-padding; t_star: [B] position id of t*.
     """
     offset = positions - t_star[:, None]
-    if where == "all":
+    if where == "none":
+        sel = jnp.zeros_like(valid)
+    elif where == "all":
         sel = valid
     elif where == "last":
         sel = valid & (offset == 0)
@@ -132,3 +138,11 @@ def position_selector(where: str, mask: Array | None, positions: Array, valid: A
         inside = (positions >= 0) & (positions < mask.shape[1])
         sel = valid & inside & jnp.take_along_axis(mask, clipped, axis=1)
     return sel
+
+
+def selectors(iv: Intervention, positions: Array, valid: Array, t_star: Array) -> dict[str, Array]:
+    """`position_selector` of each group that is on, by group name; groups set to "none" are absent,
+    so the forward leaves their operations out."""
+    return {group: position_selector(getattr(iv, f"{group}_where"), getattr(iv, f"{group}_mask"), positions,
+                                     valid, t_star)
+            for group in GROUPS if getattr(iv, f"{group}_where") != "none"}

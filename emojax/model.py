@@ -14,7 +14,7 @@ from flax import struct
 
 from emojax import taps as taps_lib
 from emojax.config import ModelConfig
-from emojax.interventions import Intervention, position_selector
+from emojax.interventions import Intervention, selectors
 from emojax.kv_cache import KVCache
 from emojax.rope import apply_rope, rope_tables
 
@@ -120,7 +120,7 @@ def _layer(x: Array, p: dict[str, Array], iv: dict[str, Array] | None, sel: dict
         keys = jax.lax.dynamic_update_slice(past_k, k.astype(past_k.dtype), (0, length, 0, 0))
         values = jax.lax.dynamic_update_slice(past_v, v.astype(past_v.dtype), (0, length, 0, 0))
     z = attention(q, keys, values, allowed, config)
-    if iv is not None:
+    if "head" in sel:
         scale = _per_row(iv["head_scale"], 2)[..., None]
         add = _per_row(iv["head_add"], 3)
         z = jnp.where(sel["head"][..., None, None], z * scale + add, z)
@@ -129,19 +129,19 @@ def _layer(x: Array, p: dict[str, Array], iv: dict[str, Array] | None, sel: dict
     attn_out = z @ p["wo"]
     acts["attn_out"] = attn_out
     m = x + attn_out
-    if iv is not None:
+    if "resid" in sel:
         m = _edit_resid(m, iv, 0, sel["resid"])
     acts["resid_mid"] = m
     u = rms_norm(m, p["mlp_norm"], config.rms_eps)
     g = jax.nn.silu(u @ p["w_gate"]) * (u @ p["w_up"])
-    if iv is not None:
+    if "neuron" in sel:
         scale, add = _per_row(iv["neuron_scale"], 2), _per_row(iv["neuron_add"], 2)
         g = jnp.where(sel["neuron"][..., None], g * scale + add, g)
     acts["g"] = g
     mlp_out = g @ p["w_down"]
     acts["mlp_out"] = mlp_out
     out = m + mlp_out
-    if iv is not None:
+    if "resid" in sel:
         out = _edit_resid(out, iv, 1, sel["resid"])
     acts["resid_post"] = out
     return out, acts, (k, v)
@@ -178,11 +178,7 @@ def forward(params: dict[str, Any], tokens: Array, *, config: ModelConfig, mask:
     if last_pos is None:
         last_pos = positions[:, -1] if cache is None else jnp.where(cache.t_star >= 0, cache.t_star,
                                                                      positions[:, -1])
-    sel = {}
-    if iv is not None:
-        for group in ("resid", "neuron", "head"):
-            sel[group] = position_selector(getattr(iv, f"{group}_where"), getattr(iv, f"{group}_mask"),
-                                           positions, valid, last_pos)
+    sel = {} if iv is None else selectors(iv, positions, valid, last_pos)
     cos, sin = rope_tables(positions, config)
 
     if cache is None:

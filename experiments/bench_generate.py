@@ -55,7 +55,7 @@ def circuit_style_edits(config: Any, rows: int, seed: int = 0) -> Intervention:
     """Neuron and head additions in every layer, different for each row (arrays [L, B, ...])."""
     rng = np.random.default_rng(seed)
     L, F, H, Dh = config.n_layers, config.d_ff, config.n_heads, config.head_dim
-    iv = Intervention.identity(config, neuron_where="from_last", head_where="all")
+    iv = Intervention.identity(config, resid_where="none", neuron_where="from_last", head_where="all")
     return iv.replace(neuron_add=jnp.asarray(rng.normal(0, 0.05, (L, rows, F)), jnp.float32),
                       head_add=jnp.asarray(rng.normal(0, 0.05, (L, rows, H, Dh)), jnp.float32))
 

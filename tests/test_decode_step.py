@@ -59,9 +59,11 @@ def test_plain_step_equals_forward_with_cache(tiny_model, name):
     compare_steps(tiny_model(name), None)
 
 
-# Each group of fields on a different selector; the two cases swap them round.
+# Each group of fields on a different selector; the first two cases swap them round, the third turns
+# one group off.
 SELECTOR_MIXES = {"shared": dict(resid_where="all", neuron_where="from_last", head_where="last"),
-                  "per_row": dict(resid_where="from_last", neuron_where="last", head_where="all")}
+                  "per_row": dict(resid_where="from_last", neuron_where="last", head_where="all"),
+                  "resid_off": dict(resid_where="none", neuron_where="all", head_where="from_last")}
 
 
 @pytest.mark.parametrize("case", sorted(SELECTOR_MIXES))

@@ -141,6 +141,38 @@ def test_identity_is_bitwise_equal_to_no_intervention(m, batch):
             np.testing.assert_array_equal(np.asarray(edited.taps[name]), np.asarray(plain.taps[name]), err_msg=name)
 
 
+GROUP_FIELDS = {"resid": {"resid_add": 0.0, "resid_add_rms": 0.0}, "neuron": {"neuron_scale": 1.0, "neuron_add": 0.0},
+                "head": {"head_scale": 1.0, "head_add": 0.0}}
+
+
+def _compiled_flops(m, tokens, mask, iv: Intervention | None) -> float:
+    run = jax.jit(lambda iv: forward(m.params, tokens, config=m.config, mask=mask, iv=iv).logits)
+    return run.lower(iv).compile().cost_analysis()["flops"]
+
+
+@pytest.mark.parametrize("group", sorted(GROUP_FIELDS))
+def test_a_group_set_to_none_is_its_identity_edit_at_no_cost(m, batch, group):
+    _, tokens, mask = batch
+    rng = np.random.default_rng(7)
+    edits = Intervention.identity(m.config)
+    edits = edits.replace(**{name: getattr(edits, name) + rng.normal(0, 0.3, getattr(edits, name).shape)
+                             for fields in GROUP_FIELDS.values() for name in fields})
+    off = edits.with_where(**{group: "none"})
+    reference = edits.replace(**{name: jnp.full_like(getattr(edits, name), value)
+                                 for name, value in GROUP_FIELDS[group].items()})
+    ours = forward(m.params, tokens, config=m.config, mask=mask, iv=off).logits
+    expected = forward(m.params, tokens, config=m.config, mask=mask, iv=reference).logits
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=0, atol=1e-6)
+
+
+def test_groups_set_to_none_are_left_out_of_the_program(m, batch):
+    _, tokens, mask = batch
+    all_off = Intervention.identity(m.config, resid_where="none", neuron_where="none", head_where="none")
+    plain, none, identity = (_compiled_flops(m, tokens, mask, iv)
+                             for iv in (None, all_off, Intervention.identity(m.config)))
+    assert none == plain < identity
+
+
 def test_zeroed_head_equals_zeroing_its_o_proj_input_slice(m, batch):
     iv = Intervention.identity(m.config).zero_heads([(1, 3)])
     assert_matches_hf(m, iv, *batch, head_hook(1, 3, m.config.head_dim, 0.0, np.zeros(m.config.head_dim, np.float32)),

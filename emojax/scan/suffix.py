@@ -135,7 +135,7 @@ def _require_last_only(ivs: Intervention) -> None:
               "head": (("head_scale", 1.0), ("head_add", 0.0))}
     for group, fields in groups.items():
         where = getattr(ivs, f"{group}_where")
-        if where in ("last", "from_last"):
+        if where in ("last", "from_last", "none"):
             continue
         if any(not np.all(np.asarray(getattr(ivs, name)) == identity) for name, identity in fields):
             raise ValueError(f"suffix_intervention_scores: {group}_where={where!r} edits positions before t*; "

@@ -79,7 +79,7 @@ def row_intervention(neuron_add: np.ndarray, head_add: np.ndarray, emotion_rows:
                      config: ModelConfig) -> Intervention:
     """Per-row edits for rows of the given emotion indices: neurons on P_last, heads on P_all (D10)."""
     rows = np.asarray(emotion_rows, np.int32)
-    return Intervention.identity(config, neuron_where="from_last", head_where="all").replace(
+    return Intervention.identity(config, resid_where="none", neuron_where="from_last", head_where="all").replace(
         neuron_add=np.moveaxis(neuron_add[rows], 0, 1), head_add=np.moveaxis(head_add[rows], 0, 1))
 
 

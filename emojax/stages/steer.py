@@ -54,7 +54,8 @@ def steering_intervention(config: Any, dirs_mlp: np.ndarray, emotion: np.ndarray
     add = np.zeros((config.n_layers, len(emotion), 2, config.d_model), np.float32)
     for layer in layers:
         add[layer, :, 1] = alpha * dirs_mlp[emotion, layer]
-    return Intervention.identity(config, resid_where="from_last").replace(resid_add_rms=jnp.asarray(add))
+    return Intervention.identity(config, resid_where="from_last", neuron_where="none", head_where="none").replace(
+        resid_add_rms=jnp.asarray(add))
 
 
 def steer_items(ctx: StageContext, directory: Path, items: Sequence[Item], dirs_mlp: np.ndarray, alpha: float,
