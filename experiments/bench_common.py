@@ -97,6 +97,11 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
     return {name: Timing(statistics.median(r), min(r), first[name], tuple(r)) for name, r in runs.items()}
 
 
+def pct_of_peak(flop: float, seconds: float, peak_gflops: float) -> float:
+    """Percent of the matmul peak that `flop` FLOPs in `seconds` reach."""
+    return 100 * flop / seconds / 1e9 / peak_gflops
+
+
 def measure_matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     """GFLOP/s of an n x n float32 matmul in JAX on the default device (median of `repeats`)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)

@@ -12,8 +12,6 @@ against the unsteered emojax run; `speedup` is steered over unsteered throughput
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Callable
 
 import jax
@@ -25,7 +23,8 @@ from emojax.generate import generate_tokens
 from emojax.interventions import Intervention
 from emojax.prompts import neutral_messages, tokenize_prompts
 from experiments.bench_bound import generation_products_s
-from experiments.bench_common import BenchContext, Timing, forward_flops, peak_rss_mb, time_call
+from experiments.bench_common import (BenchContext, forward_flops, pct_of_peak, peak_rss_mb, time_call,
+                                      time_interleaved)
 
 BATCH, NEW_TOKENS = 32, 64
 
@@ -60,7 +59,9 @@ def circuit_style_edits(config: Any, rows: int, seed: int = 0) -> Intervention:
                       head_add=jnp.asarray(rng.normal(0, 0.05, (L, rows, H, Dh)), jnp.float32))
 
 
-def _emojax_run(ctx: BenchContext, tokens: np.ndarray, mask: np.ndarray, iv: Intervention | None):
+def emojax_generation(ctx: BenchContext, tokens: np.ndarray, mask: np.ndarray,
+                      iv: Intervention | None) -> Callable[[], Any]:
+    """The benchmark's greedy generation of (tokens, mask) under `iv`, as a call returning the new tokens."""
     params = ctx.params
     dtype = params["embed"].dtype
     if iv is not None:
@@ -83,12 +84,12 @@ def _keep_last(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list[Any]]:
 
 def _figures(prefix: str, seconds: float, flop: int, peak: float) -> dict[str, float]:
     return {f"{prefix}_tokens_s": BATCH * NEW_TOKENS / seconds, f"{prefix}_gflop_s": flop / seconds / 1e9,
-            f"{prefix}_pct_of_peak": 100 * flop / seconds / 1e9 / peak}
+            f"{prefix}_pct_of_peak": pct_of_peak(flop, seconds, peak)}
 
 
 def bench_generate(ctx: BenchContext) -> dict[str, Any]:
     tokens, mask = bench_prompts(ctx)
-    run, ours_last = _keep_last(_emojax_run(ctx, tokens, mask, None))
+    run, ours_last = _keep_last(emojax_generation(ctx, tokens, mask, None))
     ours = time_call(run, ctx.repeats)
     flop = generation_flops(ctx, tokens.shape[1])
     peak = ctx.matmul_peak_gflops
@@ -101,7 +102,7 @@ def bench_generate(ctx: BenchContext) -> dict[str, Any]:
     # The same job's weight products alone: what the backend's kernels allow at these shapes.
     products = generation_products_s(ctx.params, ctx.config, BATCH, tokens.shape[1], NEW_TOKENS, ctx.repeats)
     result.update(products)
-    result["products_pct_of_limit"] = 100 * flop / peak / 1e9 / products["products_s"]
+    result["products_pct_of_limit"] = pct_of_peak(flop, products["products_s"], peak)
     result["emojax_pct_of_products"] = 100 * products["products_s"] / ours.median_s
     if ctx.baseline:
         import torch
@@ -133,29 +134,12 @@ def bench_generate(ctx: BenchContext) -> dict[str, Any]:
     return result
 
 
-def _seconds(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
-def _time_interleaved(first: Callable[[], Any], second: Callable[[], Any], repeats: int) -> tuple[Timing, Timing]:
-    """Alternate timed runs of the two (after one warm-up each), so load changes on a shared machine
-    hit both alike."""
-    warm = [_seconds(fn) for fn in (first, second)]
-    runs: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, times in zip((first, second), runs):
-            times.append(_seconds(fn))
-    first_timing, second_timing = (Timing(statistics.median(r), min(r), w, tuple(r)) for r, w in zip(runs, warm))
-    return first_timing, second_timing
-
-
 def bench_generate_steered(ctx: BenchContext) -> dict[str, Any]:
     tokens, mask = bench_prompts(ctx)
-    plain, steered = _time_interleaved(_emojax_run(ctx, tokens, mask, None),
-                                       _emojax_run(ctx, tokens, mask, circuit_style_edits(ctx.config, BATCH)),
-                                       ctx.repeats)
+    steered_iv = circuit_style_edits(ctx.config, BATCH)
+    timings = time_interleaved({"plain": emojax_generation(ctx, tokens, mask, None),
+                                "steered": emojax_generation(ctx, tokens, mask, steered_iv)}, ctx.repeats)
+    plain, steered = timings["plain"], timings["steered"]
     flop = generation_flops(ctx, tokens.shape[1])
     peak = ctx.matmul_peak_gflops
     return {

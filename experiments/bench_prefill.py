@@ -16,7 +16,8 @@ import numpy as np
 
 from emojax import forward
 from experiments.bench_bound import prefill_products_s
-from experiments.bench_common import BenchContext, forward_flops, measure_matmul_peak, peak_rss_mb, time_interleaved
+from experiments.bench_common import (BenchContext, forward_flops, measure_matmul_peak, pct_of_peak, peak_rss_mb,
+                                      time_interleaved)
 
 BATCH, SEQ = 16, 128
 
@@ -58,14 +59,14 @@ def _prefill(ctx: BenchContext, logits: str) -> dict[str, Any]:
         "emojax_s": ours.median_s, "baseline_s": None, "speedup": None,
         "batch": BATCH, "seq": SEQ, "logits": logits, "gflop": flop / 1e9,
         "emojax_gflop_s": flop / ours.median_s / 1e9, "matmul_peak_gflop_s": peak,
-        "emojax_pct_of_peak": 100 * flop / ours.median_s / 1e9 / peak,
+        "emojax_pct_of_peak": pct_of_peak(flop, ours.median_s, peak),
         "emojax_pct_of_paired_peak": 100 * paired_fraction_of_peak(run, flop, ctx.repeats),
         "emojax_tokens_s": BATCH * SEQ / ours.median_s, "emojax_first_call_s": ours.first_s,
         "emojax_runs_s": list(ours.runs_s),
     }
     # The same forward's weight products alone: what the backend's kernels allow at these shapes.
     products = prefill_products_s(ctx.params, ctx.config, BATCH, SEQ, logits, ctx.repeats)
-    result.update({"products_s": products, "products_pct_of_peak": 100 * flop / products / 1e9 / peak,
+    result.update({"products_s": products, "products_pct_of_peak": pct_of_peak(flop, products, peak),
                    "emojax_pct_of_products": 100 * products / ours.median_s})
     if ctx.baseline:
         theirs = timings["baseline"]

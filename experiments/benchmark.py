@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "prefill_last": "experiments.bench_prefill:bench_prefill_last",
     "generate": "experiments.bench_generate:bench_generate",
     "generate_steered": "experiments.bench_generate:bench_generate_steered",
+    "generate_edit_cost": "experiments.bench_edit_cost:bench_generate_edit_cost",
     "head_scan": "experiments.bench_scans:bench_head_scan",
     "head_scan_all_positions": "experiments.bench_scans:bench_head_scan_all_positions",
     "neuron_scan": "experiments.bench_scans:bench_neuron_scan",
