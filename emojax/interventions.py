@@ -14,8 +14,8 @@ last prompt token t* (method.md §2.4), so it means the same in prefill, cached 
     "from_last"  t* and every later (generated) position            (P_last)
     "mask"       an explicit boolean mask over position ids, [P] or [B, P]
     "none"       no position: the group is off, and its operations are left out of the program
-                 (an edit that is identity everywhere still costs its operations, which a GPU
-                 decode step, bound by kernel launches, feels)
+                 (identity values change nothing but still cost their operations, which a GPU
+                 decode step, bound by kernel launches, pays for)
 """
 from __future__ import annotations
 

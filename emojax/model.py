@@ -103,7 +103,8 @@ def _layer(x: Array, p: dict[str, Array], iv: dict[str, Array] | None, sel: dict
            cos: Array, sin: Array, past: tuple[Array, Array, Array] | None, allowed: Array,
            config: ModelConfig) -> tuple[Array, dict[str, Array], tuple[Array, Array]]:
     """One decoder layer with its edits. Returns the new residual, the activations and this call's
-    (k, v). `past` = (keys [B,S,K,Dh], values, filled length) of this layer's cache, or None."""
+    (k, v). `sel` holds the position selectors of the edit groups that are on (the others are left
+    out). `past` = (keys [B,S,K,Dh], values, filled length) of this layer's cache, or None."""
     b, t, _ = x.shape
     acts = {"resid_pre": x}
     h = rms_norm(x, p["attn_norm"], config.rms_eps)
