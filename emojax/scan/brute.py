@@ -88,7 +88,7 @@ def head_ablation_interventions(config: ModelConfig, sites: Sequence[tuple[int, 
     dh = config.head_dim
     ivs = []
     for layer, head in sites:
-        iv = Intervention.identity(config).with_where(head=where)
+        iv = Intervention.identity(config, resid_where="none", neuron_where="none", head_where=where)
         add = _with_add(np.zeros((config.n_layers, config.n_heads, dh), np.float32), layer, head,
                         _replacement_slice(replacement, layer, slice(head * dh, (head + 1) * dh), batch), batch)
         ivs.append(iv.zero_heads([(layer, head)]).replace(head_add=jnp.asarray(add)))
@@ -100,7 +100,7 @@ def neuron_ablation_interventions(config: ModelConfig, sites: Sequence[tuple[int
     """Stacked Interventions, one per (layer, neuron): a_{l,j}[t*] <- replacement (0 by default)."""
     ivs = []
     for layer, neuron in sites:
-        iv = Intervention.identity(config).with_where(neuron="last")
+        iv = Intervention.identity(config, resid_where="none", neuron_where="last", head_where="none")
         rep = _replacement_slice(replacement, layer, slice(neuron, neuron + 1), batch)
         add = _with_add(np.zeros((config.n_layers, config.d_ff), np.float32), layer, neuron,
                         None if rep is None else rep[..., 0], batch)
@@ -146,6 +146,7 @@ def brute_sublayer_scan(params: dict[str, Any], tokens: Array, mask: Array, *, d
     """
     directions = np.asarray(directions, np.float32)
     sigma = np.asarray(sigma, np.float32)
+    resid_only = Intervention.identity(config, resid_where="last", neuron_where="none", head_where="none")
     ivs = []
     for kind in range(2):
         for layer in range(config.n_layers):
@@ -153,7 +154,7 @@ def brute_sublayer_scan(params: dict[str, Any], tokens: Array, mask: Array, *, d
                 add = np.zeros((config.n_layers, 2, config.d_model), np.float32)
                 vec = alpha * sigma[kind, layer] * directions[..., kind, layer, :]
                 add = _with_add(add, layer, kind, vec, np.shape(tokens)[0])
-                ivs.append(Intervention.identity(config).with_where(resid="last").replace(resid_add=jnp.asarray(add)))
+                ivs.append(resid_only.replace(resid_add=jnp.asarray(add)))
     scores = intervention_scores(params, tokens, mask, stack_variants(ivs), readout=readout, config=config,
                                  chunk=chunk)
     return scores.reshape((2, config.n_layers, len(alphas)) + scores.shape[1:])
@@ -181,8 +182,8 @@ def brute_head_same_layer(params: dict[str, Any], tokens: Array, mask: Array, *,
     directions = jnp.asarray(directions, jnp.float32)
     layers = list(range(config.n_layers)) if layers is None else list(layers)
     sites = [(l, h) for l in layers for h in range(config.n_heads)]
-    ivs = stack_variants([Intervention.identity(config)]
-                         + [Intervention.identity(config).zero_heads([s]) for s in sites])
+    heads_only = Intervention.identity(config, resid_where="none", neuron_where="none")
+    ivs = stack_variants([heads_only] + [heads_only.zero_heads([s]) for s in sites])
     scores = chunking.map_chunks(
         lambda idx: _mlp_input_chunk(params, tokens, mask, jax.tree_util.tree_map(lambda a: a[idx], ivs),
                                      directions, config=config),
