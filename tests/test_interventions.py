@@ -151,7 +151,7 @@ def _compiled_flops(m, tokens, mask, iv: Intervention | None) -> float:
 
 
 @pytest.mark.parametrize("group", sorted(GROUP_FIELDS))
-def test_a_group_set_to_none_is_its_identity_edit_at_no_cost(m, batch, group):
+def test_a_group_set_to_none_equals_its_fields_at_identity(m, batch, group):
     _, tokens, mask = batch
     rng = np.random.default_rng(7)
     edits = Intervention.identity(m.config)
