@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from emojax.config import ModelConfig
 from emojax.interventions import SHARED_RANK, Intervention, selectors
 from emojax.kv_cache import KVCache
-from emojax.model import rms, rms_norm
+from emojax.model import lm_head, rms, rms_norm
 from emojax.rope import rope_tables, rotate
 
 Array = Any
@@ -33,8 +33,9 @@ def decode_weights(params: dict[str, Any], config: ModelConfig) -> dict[str, Any
     for i in range(config.n_layers):
         layer = {name: value[i] for name, value in stacked.items()}
         layers.append({**layer, **{name: layer[name].T for name in _MATRICES}})
-    head = params["lm_head"].T if "lm_head" in params else params["embed"]
-    return {"layers": layers, "embed": params["embed"], "final_norm": params["final_norm"], "head": head}
+    # A tied head's two transposes cancel when this runs inside `generate`'s jit.
+    return {"layers": layers, "embed": params["embed"], "final_norm": params["final_norm"],
+            "head": lm_head(params).T}
 
 
 def _norm(x: Array, gain: Array, eps: float) -> Array:
