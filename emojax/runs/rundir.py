@@ -43,6 +43,7 @@ def define_run_flags() -> None:
     """Define --out and --force_new_run on absl's global FLAGS (call once, at launcher import)."""
     from absl import flags
 
+    flags.disclaim_key_flags()  # the calling launcher owns these flags, so its --help lists them
     flags.DEFINE_string("out", None, "Run directory: created, or resumed if its manifest matches.")
     flags.DEFINE_bool(FORCE_FLAG, False, "Move an existing run directory aside and start a new run.")
 
