@@ -5,10 +5,11 @@ transformers' advice, emojax's own bookkeeping. A launcher calls `configure(FLAG
 parsed. Unless `--verbosity`, `-v`, `--alsologtostderr` or `--logtostderr` was given, the log stream
 then keeps only warnings and errors (a directions-rule fallback, judge failures, a changed chunk, a
 run moved aside), and `say(...)` lines carry the run's story: one per stage, progress with an ETA
-on long loops, the model conversion, the report path. Given any of those flags, the full log comes
-back and `say` lines go into it as INFO.
+on long loops, the model conversion, the resume of a run. Given any of those flags, the full log
+comes back and `say` lines are part of it.
 
-Library code calls `say` freely: without `configure` (tests, notebooks) its lines are plain absl INFO.
+`say` logs at INFO on the `emojax.console` logger, so without `configure` (tests, notebooks) its
+lines are ordinary log records.
 """
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ def verbose_requested(flag_values: Any) -> bool:
 
 
 def configure(flag_values: Any) -> bool:
-    """Set up a launcher's output from its parsed absl flags; returns True in verbose mode."""
+    """Set up a launcher's output from its parsed absl flags; returns True in verbose mode.
+
+    Quiet mode raises the level of absl's stderr handler only: loggers keep their levels, so a run's
+    own log file (RunDir's run.log) still receives every INFO record, console lines included."""
     global _started
     _started = time.monotonic()
     if verbose_requested(flag_values):
-        CONSOLE.propagate = True
         return True
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger().setLevel(logging.WARNING)   # jax and others log through the root logger
+    absl_logging.get_absl_handler().setLevel(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:
         sys.modules["transformers"].utils.logging.set_verbosity_error()
@@ -48,16 +50,12 @@ def configure(flag_values: Any) -> bool:
         handler._emojax_console = True  # type: ignore[attr-defined]
         CONSOLE.addHandler(handler)
     CONSOLE.setLevel(logging.INFO)
-    CONSOLE.propagate = False
     return False
 
 
 def say(message: str, *args: Any) -> None:
-    """One console line (printf-style arguments, like logging)."""
-    if CONSOLE.handlers and not CONSOLE.propagate:
-        CONSOLE.info(message, *args)
-    else:
-        absl_logging.info(message, *args)
+    """One console line (printf-style arguments, like logging); it also reaches every log handler."""
+    CONSOLE.info(message, *args, stacklevel=2)
 
 
 class _ElapsedFormatter(logging.Formatter):
