@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -35,6 +34,7 @@ from emojax.interventions import SHARED_RANK, Intervention
 from emojax.kv_cache import KVCache
 from emojax.model import forward
 from emojax.params import cast_params
+from emojax.runs.progress import interactive
 
 Array = Any
 PAD = -1  # fills `tokens` after a row's end-of-sequence id
@@ -189,7 +189,7 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
     base_key = jax.random.PRNGKey(seed)
     row_keys = np.asarray(jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.arange(n_prompts)))
     starts = range(0, n_prompts, size)
-    quiet = len(starts) == 1 or bool(os.environ.get("CI"))
+    quiet = len(starts) == 1 or not interactive()
     pieces = []
     for start in tqdm(starts, desc="generate", unit="batch", disable=quiet):
         # The last chunk is filled up by repeating its final prompt, so its shape matches the others.

@@ -2,17 +2,18 @@
 
 A sweep of V variants runs as ceil(V / chunk) calls of one jitted function. Every call gets the same
 static chunk size (the last chunk is padded by repeating its final index and the padding results are
-dropped), so the function compiles once. A progress bar appears when there are many chunks, and
-never when the environment variable CI is set.
+dropped), so the function compiles once. A progress bar appears when there are many chunks, only at
+a terminal and never under CI (emojax.runs.progress.interactive).
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
+
+from emojax.runs.progress import interactive
 
 Array = Any
 PROGRESS_MIN_CHUNKS = 8
@@ -45,7 +46,7 @@ def fit_chunk(n: int, chunk: int) -> int:
 
 
 def progress(iterable: Sequence[Any] | range, total: int, desc: str) -> Any:
-    quiet = bool(os.environ.get("CI")) or total < PROGRESS_MIN_CHUNKS
+    quiet = not interactive() or total < PROGRESS_MIN_CHUNKS
     return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False)
 
 
