@@ -88,7 +88,8 @@ def load_official(data_dir: Path, neutral_sentences: bool) -> tuple[list[Labelle
                 rows.append(LabelledText(record["event_valences"][valence][emotion], emotion, match,
                                          emotion if match else NONE, record["skeleton_id"], "unprompted"))
     if neutral_sentences:
-        rows += [LabelledText(text, "", 0, NONE, scenario, "neutral") for text, scenario in sev_sentences(files["neutral"])]
+        rows += [LabelledText(text, "", 0, NONE, scenario, "neutral")
+                 for text, scenario in sev_sentences(files["neutral"])]
     hashes = {str(path.relative_to(data_dir)): sha256(path) for path in files.values()}
     return rows, hashes, dropped
 

@@ -7,7 +7,7 @@ The judge (emojax.judge.offline) is a 7-way softmax regression over hashed n-gra
   - the SEV scenario and event sentences as extra "none" texts (--neutral_sentences),
   - the default model's replies rated by careful reading (emojax's own prompting, steering and circuit
     modulation): labelled with the target when they match, else with the emotion they mainly express, else
-    "none".
+    "none"; weighted (--rated_weight) so that they weigh as much as the official replies together.
 Its one tuned number, the offset of the match rule, is chosen by an inner cross-validation inside each
 training fold (experiments.judge_cv); the shipped offset is the one the outer held-out predictions favour.
 
@@ -33,11 +33,12 @@ from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
 from emojax.judge.features import FeatureSpec, SparseRows, featurize
 from emojax.judge.fit import fit_logistic, fit_softmax_regression
 from emojax.judge.fluency import DEFAULT_RULE, RULE_FEATURES, FluencyRule, measures, rule_features
-from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, FORMAT_VERSION, OfflineJudge, log_softmax, match_rule
+from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, FORMAT_VERSION, OfflineJudge, log_softmax
 from emojax.judge.perplexity import perplexities
 from emojax.runs.atomic import write_json, write_npz
+from emojax.weights.cache import resolve_cache_dir
 from experiments import judge_cv
-from experiments.judge_data import NONE, LabelledText, load_official, load_rated
+from experiments.judge_data import NONE, LabelledText, load_official, load_rated, sev_sentences
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_VERSION = "2.0"
@@ -67,6 +68,8 @@ flags.DEFINE_integer("max_steps", 200, "L-BFGS steps per fit.")
 flags.DEFINE_bool("neutral_sentences", True, "Add the sev.jsonl scenario/event sentences as 'none' texts.")
 flags.DEFINE_float("neutral_weight", 0.3, "Sample weight of each neutral sentence (they outnumber the real "
                    "non-matches, and at full weight make the judge reject weakly emotional replies).")
+flags.DEFINE_float("rated_weight", None, "Sample weight of each rated reply; default: official replies / rated "
+                   "replies of the fitted texts, so that the two references weigh the same.")
 flags.DEFINE_float("fluency_l2", 1e-3, "L2 penalty of the fluency rule's logistic regression (standardised features).")
 
 
@@ -74,10 +77,20 @@ flags.DEFINE_float("fluency_l2", 1e-3, "L2 penalty of the fluency rule's logisti
 # The judge
 
 
+def rated_weight(rows: Sequence[LabelledText]) -> float:
+    """--rated_weight, else official replies / rated replies among `rows`: both references weigh the same."""
+    if FLAGS.rated_weight is not None:
+        return FLAGS.rated_weight
+    rated = sum(r.source == "rated" for r in rows)
+    official = sum(r.source in ("prompted", "unprompted") for r in rows)
+    return official / rated if rated else 1.0
+
+
 def fit(features: SparseRows, rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
     labels = np.array([CLASSES.index(r.label) for r in rows])
     weight = np.where(labels == CLASSES.index(NONE), FLAGS.none_weight, 1.0)
     weight[[r.source == "neutral" for r in rows]] = FLAGS.neutral_weight
+    weight[[r.source == "rated" for r in rows]] *= rated_weight(rows)
     w, b = fit_softmax_regression(features, labels, n_classes=len(CLASSES), n_buckets=FLAGS.n_buckets,
                                   l2=FLAGS.l2, sample_weight=weight, max_steps=FLAGS.max_steps)
     return w.astype(np.float16), b  # shipped as float16, so every figure uses the rounded weights
@@ -147,7 +160,8 @@ def judge_figures(logp: np.ndarray, rows: Sequence[LabelledText], row_offset: np
         "binary_unprompted": judge_cv.binary_figures(truth[source == "unprompted"], match[source == "unprompted"]),
         "binary_unprompted_per_emotion": {
             e: judge_cv.binary_figures(truth[(source == "unprompted") & (target == i)],
-                                       match[(source == "unprompted") & (target == i)]) for i, e in enumerate(EMOTIONS)},
+                                       match[(source == "unprompted") & (target == i)])
+            for i, e in enumerate(EMOTIONS)},
     }
     if neutral.any():
         figures["neutral_sentences_false_match_rate"] = false_match_rates(logp[neutral], row_offset[neutral])
@@ -159,10 +173,7 @@ def judge_figures(logp: np.ndarray, rows: Sequence[LabelledText], row_offset: np
 
 
 def default_perplexity_cache(labels_sha: str, model_hash: str) -> Path:
-    import os
-
-    root = Path(os.environ.get("EMOJAX_CACHE_DIR") or Path.home() / ".cache" / "emojax")
-    return root / "judge" / f"rated-perplexity-{labels_sha[:16]}-{model_hash[:16]}.json"
+    return resolve_cache_dir() / "judge" / f"rated-perplexity-{labels_sha[:16]}-{model_hash[:16]}.json"
 
 
 def rated_perplexities(rated: Sequence[LabelledText], labels_sha: str) -> tuple[np.ndarray, dict[str, str]]:
@@ -208,8 +219,6 @@ def cross_validated_fluent(features: np.ndarray, fluent: np.ndarray, folds: np.n
 
 def unseen_neutral_false_matches(judge: OfflineJudge) -> dict[str, Any]:
     """Match rates, per target, of the bundled SEV sentences (never used in training)."""
-    from experiments.judge_data import sev_sentences
-
     texts = [text for split in BUNDLED_SPLITS for text, _ in sev_sentences(BUNDLED_DIR / f"{split}.jsonl")]
     logp = judge.log_probs(texts)
     return {"texts": f"{len(texts)} scenario and event sentences of emojax's bundled SEV splits",
@@ -251,6 +260,7 @@ def main(argv: Sequence[str]) -> None:
         "format": FORMAT_VERSION, "version": MODEL_VERSION, "classes": list(CLASSES), "features": spec.to_json(),
         "training_command": command,
         "hyperparameters": {"l2": FLAGS.l2, "none_weight": FLAGS.none_weight, "max_steps": FLAGS.max_steps,
+                            "rated_weight": round(rated_weight(rows), 4),
                             "neutral_sentences": FLAGS.neutral_sentences, "neutral_weight": FLAGS.neutral_weight,
                             "offset": offset, "offset_grid": [min(judge_cv.OFFSET_GRID), max(judge_cv.OFFSET_GRID)]},
         "data": {"files": all_hashes, "texts": len(rows), "rated_texts": len(rated),
