@@ -34,6 +34,8 @@ BENCHMARKS: dict[str, str] = {
     "head_scan_all_positions": "experiments.bench_scans:bench_head_scan_all_positions",
     "neuron_scan": "experiments.bench_scans:bench_neuron_scan",
     "sublayer_scan": "experiments.bench_scans:bench_sublayer_scan",
+    "judge_offline": "experiments.bench_judge:bench_judge_offline",
+    "fluency_pass": "experiments.bench_judge:bench_fluency_pass",
 }
 # Benchmarks whose HF baseline runs on the CPU only (the hooked scans feed it host tensors).
 CPU_BASELINE_ONLY = ("head_scan", "head_scan_all_positions", "neuron_scan", "sublayer_scan")

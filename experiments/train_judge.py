@@ -1,25 +1,25 @@
-"""Train the offline emotion judge on gpt-4o-mini verdicts and write its artefact with held-out figures.
+"""Train the offline emotion judge and the fluency rule; write their artefacts with held-out figures.
 
-    python -m experiments.train_judge [--data_dir=../shared/data/official] [--out=emojax/judge/artifacts]
+    python -m experiments.train_judge [--data_dir=../shared/data/official] [--labels_dir=../shared/data/labels]
 
-Training data (Llama-3.2-3B-Instruct replies, labelled by gpt-4o-mini with the §4.3 prompt):
-  prompting_sev/accepted.jsonl   prompted replies judged to match their target emotion
-  prompting_sev/rejected.jsonl   prompted replies judged not to match (judge API errors are dropped:
-                                 their label is unknown)
-  steering_half/labeled_results.jsonl   replies written with no emotion instruction, with verdicts
-  sev.jsonl                      (with --neutral_sentences) the scenario and event sentences, which
-                                 are written without emotion words: extra "none" texts, so that the
-                                 content of a reply (a failed exam, a delayed train) is not read as
-                                 its tone
-Matches are labelled with their target emotion and non-matches with the class "none", and a 7-way
-softmax regression is fitted (emojax.judge.fit). The held-out figures come from cross-validation by
-scenario (skeleton_id): every reply of a scenario is in the same fold, and no number is tuned on a
-held-out fold. The shipped model is then refitted on all the data.
+The judge (emojax.judge.offline) is a 7-way softmax regression over hashed n-grams, fitted on
+  - Llama-3.2-3B-Instruct replies labelled by gpt-4o-mini (prompted, and written with no emotion instruction),
+  - the SEV scenario and event sentences as extra "none" texts (--neutral_sentences),
+  - the default model's replies rated by careful reading (emojax's own prompting, steering and circuit
+    modulation): labelled with the target when they match, else with the emotion they mainly express, else
+    "none"; weighted (--rated_weight) so that they weigh as much as the official replies together.
+Its one tuned number, the offset of the match rule, is chosen by an inner cross-validation inside each
+training fold (experiments.judge_cv); the shipped offset is the one the outer held-out predictions favour.
+
+The fluency rule (emojax.judge.fluency) is a logistic regression over the rated replies' perplexity under
+the default model given their own prompts (one forward, cached), distinct-1, distinct-2 and repetition,
+against the rated `fluent`. No number of it is tuned.
+
+Every figure comes from 5-fold cross-validation by scenario (skeleton_id) over all texts together; the
+shipped models are then refitted on all the data.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -30,224 +30,261 @@ import numpy as np
 from absl import app, flags, logging
 
 from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
-from emojax.judge.features import FeatureSpec, featurize
-from emojax.judge.fit import fit_softmax_regression
-from emojax.judge.offline import (CLASSES, DEFAULT_ARTIFACT, FORMAT_VERSION, OfflineJudge, log_softmax,
-                                  match_rule)
+from emojax.judge.features import FeatureSpec, SparseRows, featurize
+from emojax.judge.fit import fit_logistic, fit_softmax_regression
+from emojax.judge.fluency import DEFAULT_RULE, RULE_FEATURES, FluencyRule, measures, rule_features
+from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, FORMAT_VERSION, OfflineJudge, log_softmax
+from emojax.judge.perplexity import perplexities
 from emojax.runs.atomic import write_json, write_npz
+from emojax.weights.cache import resolve_cache_dir
+from experiments import judge_cv
+from experiments.judge_data import NONE, LabelledText, load_official, load_rated, sev_sentences
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_VERSION = "1.0"
+MODEL_VERSION = "2.0"
 # Log-probabilities of these texts are stored with the artefact; tests recompute them, so any change
 # to the feature hashing or the inference code that would silently alter verdicts is caught.
 PROBE_TEXTS = ("Ugh, this is revolting and I can't stand the smell.",
                "Oh no, what if everything goes wrong tomorrow?",
                "The meeting has been moved to Thursday at noon.")
-NONE = len(EMOTIONS)  # index of the "none" class
-# gpt-4o-mini failures recorded in the official rejected file: not verdicts about the text.
-JUDGE_ERROR_PREFIXES = ("json-decode-error", "invalid-json")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", str(REPO_ROOT.parent / "shared" / "data" / "official"),
                     "Folder with sev.jsonl and llama32_3b/{prompting_sev,steering_half}.")
-flags.DEFINE_string("out", str(DEFAULT_ARTIFACT.parent), "Folder for offline_judge.npz/.json.")
+flags.DEFINE_string("labels_dir", str(REPO_ROOT.parent / "shared" / "data" / "labels"),
+                    "Folder with smollm2_train_replies.jsonl (the default model's rated replies).")
+flags.DEFINE_string("out", str(DEFAULT_ARTIFACT.parent), "Folder for offline_judge.npz/.json and fluency_rule.json.")
+flags.DEFINE_string("model", "smollm2-135m-instruct", "The model that wrote the rated replies (their perplexity).")
+flags.DEFINE_string("perplexity_cache", None, "JSON file caching the rated replies' perplexities "
+                    "(default: <cache dir>/judge/rated-perplexity-<labels>-<model>.json).")
+flags.DEFINE_integer("batch_size", 48, "Rows per forward of the perplexity pass.")
 flags.DEFINE_integer("n_buckets", 2**17, "Hash buckets (a power of two).")
-flags.DEFINE_float("l2", 1e-4, "L2 penalty on the weights (features have unit norm).")
-flags.DEFINE_float("none_weight", 1.5, "Sample weight of 'none' (non-match) texts relative to matches.")
-flags.DEFINE_integer("folds", 5, "Cross-validation folds, split by scenario.")
+flags.DEFINE_float("l2", 1e-4, "L2 penalty on the judge's weights (features have unit norm).")
+flags.DEFINE_float("none_weight", 1.0, "Sample weight of 'none' texts relative to the others.")
+flags.DEFINE_integer("folds", 5, "Outer cross-validation folds, split by scenario.")
+flags.DEFINE_integer("inner_folds", 3, "Inner folds (inside each outer training part) that choose the offset.")
 flags.DEFINE_integer("seed", 0, "Seed of the scenario-to-fold assignment.")
 flags.DEFINE_integer("max_steps", 200, "L-BFGS steps per fit.")
 flags.DEFINE_bool("neutral_sentences", True, "Add the sev.jsonl scenario/event sentences as 'none' texts.")
 flags.DEFINE_float("neutral_weight", 0.3, "Sample weight of each neutral sentence (they outnumber the real "
                    "non-matches, and at full weight make the judge reject weakly emotional replies).")
+flags.DEFINE_float("rated_weight", None, "Sample weight of each rated reply; default: official replies / rated "
+                   "replies of the fitted texts, so that the two references weigh the same.")
+flags.DEFINE_float("fluency_l2", 1e-3, "L2 penalty of the fluency rule's logistic regression (standardised features).")
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelledText:
-    text: str
-    target: str  # "" for a neutral sentence, which has no target
-    match: int
-    scenario: str  # skeleton_id: the cross-validation group
-    source: str  # "prompted", "unprompted" or "neutral"
+# ---------------------------------------------------------------------------------------------
+# The judge
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def rated_weight(rows: Sequence[LabelledText]) -> float:
+    """--rated_weight, else official replies / rated replies among `rows`: both references weigh the same."""
+    if FLAGS.rated_weight is not None:
+        return FLAGS.rated_weight
+    rated = sum(r.source == "rated" for r in rows)
+    official = sum(r.source in ("prompted", "unprompted") for r in rows)
+    return official / rated if rated else 1.0
 
 
-def load_labelled(data_dir: Path) -> tuple[list[LabelledText], dict[str, str], int]:
-    """(labelled texts, sha256 of each input file, number of judge-error rows dropped)."""
-    base = data_dir / "llama32_3b"
-    files = {"accepted": base / "prompting_sev" / "accepted.jsonl",
-             "rejected": base / "prompting_sev" / "rejected.jsonl",
-             "unprompted": base / "steering_half" / "labeled_results.jsonl"}
-    for name, path in files.items():
-        if not path.is_file():
-            raise FileNotFoundError(f"--data_dir={data_dir}: missing {name} file {path}")
-    rows, dropped = [], 0
-    for kind in ("accepted", "rejected"):
-        for i, record in enumerate(_jsonl(files[kind])):
-            judge = record["judge"]
-            if str(judge.get("reason", "")).startswith(JUDGE_ERROR_PREFIXES):
-                dropped += 1
-                continue
-            if judge["match"] != (kind == "accepted"):
-                raise ValueError(f"{files[kind]} line {i + 1}: judge.match={judge['match']} in the {kind} file")
-            rows.append(LabelledText(record["gen_text"], record["emotion"], int(judge["match"]),
-                                     record["skeleton_id"], "prompted"))
-    for record in _jsonl(files["unprompted"]):
-        for valence, verdicts in record["valence_labels"].items():
-            for emotion, verdict in verdicts.items():
-                rows.append(LabelledText(record["event_valences"][valence][emotion], emotion,
-                                         int(verdict["match"]), record["skeleton_id"], "unprompted"))
-    if FLAGS.neutral_sentences:
-        files["neutral"] = data_dir / "sev.jsonl"
-        rows += [LabelledText(text, "", 0, scenario, "neutral") for text, scenario in sev_sentences(files["neutral"])]
-    hashes = {str(path.relative_to(data_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
-              for path in files.values()}
-    return rows, hashes, dropped
-
-
-def sev_sentences(path: Path) -> list[tuple[str, str]]:
-    """(sentence, skeleton_id) for every scenario and event of an SEV file."""
-    out = []
-    for record in _jsonl(path):
-        out.append((record["scenario"], record["skeleton_id"]))
-        out += [(record["event"][v], record["skeleton_id"]) for v in ("positive", "neutral", "negative")]
-    return out
-
-
-def scenario_folds(scenarios: Sequence[str], k: int, seed: int) -> np.ndarray:
-    """Fold index of each row; all rows of one scenario share a fold."""
-    unique = sorted(set(scenarios))
-    np.random.default_rng(seed).shuffle(unique)
-    fold_of = {s: i % k for i, s in enumerate(unique)}
-    return np.array([fold_of[s] for s in scenarios])
-
-
-def fit(features, rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.array([EMOTIONS.index(r.target) if r.match else NONE for r in rows])
-    weight = np.where(labels == NONE, FLAGS.none_weight, 1.0)
+def fit(features: SparseRows, rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.array([CLASSES.index(r.label) for r in rows])
+    weight = np.where(labels == CLASSES.index(NONE), FLAGS.none_weight, 1.0)
     weight[[r.source == "neutral" for r in rows]] = FLAGS.neutral_weight
+    weight[[r.source == "rated" for r in rows]] *= rated_weight(rows)
     w, b = fit_softmax_regression(features, labels, n_classes=len(CLASSES), n_buckets=FLAGS.n_buckets,
                                   l2=FLAGS.l2, sample_weight=weight, max_steps=FLAGS.max_steps)
     return w.astype(np.float16), b  # shipped as float16, so every figure uses the rounded weights
 
 
-def cross_validated_log_probs(features, rows: Sequence[LabelledText]) -> np.ndarray:
-    folds = scenario_folds([r.scenario for r in rows], FLAGS.folds, FLAGS.seed)
+def fit_predict(features: SparseRows, rows: Sequence[LabelledText], train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    start = time.perf_counter()
+    w, b = fit(features.take(train), [rows[i] for i in train])
+    logging.info("fit on %d texts, %d predicted: %.0f s", len(train), len(test), time.perf_counter() - start)
+    return log_softmax(features.take(test).dot(w.astype(np.float32)) + b)
+
+
+def nested_cross_validation(features: SparseRows, rows: Sequence[LabelledText], folds: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(held-out log-probs [n, 7], the offset applied to each row, the offset chosen in each fold)."""
     logp = np.zeros((len(rows), len(CLASSES)), np.float32)
+    row_offset = np.zeros(len(rows), np.float32)
+    chosen = []
     for k in range(FLAGS.folds):
         train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        start = time.perf_counter()
-        w, b = fit(features.take(train), [rows[i] for i in train])
-        logp[test] = log_softmax(features.take(test).dot(w.astype(np.float32)) + b)
-        logging.info("fold %d/%d: %d train, %d held out, %.0f s", k + 1, FLAGS.folds, len(train),
-                     len(test), time.perf_counter() - start)
-    return logp
+        train_rows = [rows[i] for i in train]
+        inner = judge_cv.scenario_folds([r.scenario for r in train_rows], FLAGS.inner_folds, FLAGS.seed + 1 + k)
+        inner_logp = judge_cv.cross_validated(lambda tr, te: fit_predict(features, rows, train[tr], train[te]), inner)
+        offset = judge_cv.best_offset(inner_logp, train_rows)
+        logp[test] = fit_predict(features, rows, train, test)
+        row_offset[test] = offset
+        chosen.append(offset)
+        logging.info("fold %d/%d: offset %.1f chosen by the inner folds", k + 1, FLAGS.folds, offset)
+    return logp, row_offset, chosen
 
 
-def cohen_kappa(truth: np.ndarray, pred: np.ndarray) -> float:
-    observed = float(np.mean(truth == pred))
-    p_t, p_p = truth.mean(), pred.mean()
-    chance = float(p_t * p_p + (1 - p_t) * (1 - p_p))
-    return 0.0 if chance == 1.0 else (observed - chance) / (1 - chance)
+def row_matches(logp: np.ndarray, rows: Sequence[LabelledText], row_offset: np.ndarray) -> np.ndarray:
+    """The match rule, each row with its own fold's offset."""
+    out = np.zeros(len(rows), np.int64)
+    for offset in np.unique(row_offset):
+        mask = row_offset == offset
+        out[mask] = judge_cv.matches(logp[mask], [r for r, m in zip(rows, mask) if m], float(offset))
+    return out
 
 
-def binary_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    return {"n": int(len(truth)), "agreement": round(float(np.mean(truth == pred)), 4),
-            "kappa": round(cohen_kappa(truth, pred), 4),
-            "reference_non_matches": int(np.sum(truth == 0)), "predicted_non_matches": int(np.sum(pred == 0)),
-            "both_non_match": int(np.sum((truth == 0) & (pred == 0)))}
-
-
-def false_match_rates(logp: np.ndarray) -> dict[str, float]:
+def false_match_rates(logp: np.ndarray, offset: np.ndarray) -> dict[str, float]:
     """Fraction of texts that the match rule accepts for each target emotion in turn."""
-    zero = np.zeros(len(EMOTIONS), np.float32)
-    return {e: round(float(match_rule(logp, np.full(len(logp), i), zero).mean()), 4)
-            for i, e in enumerate(EMOTIONS)}
+    rates = {}
+    for i, e in enumerate(EMOTIONS):
+        own = logp[:, i] + offset
+        others = np.delete(logp, i, axis=1).max(axis=1)
+        rates[e] = round(float(np.mean(own > others)), 4)
+    return rates
 
 
-def held_out_figures(logp: np.ndarray, rows: Sequence[LabelledText]) -> dict[str, Any]:
-    neutral = np.array([r.source == "neutral" for r in rows])
-    figures = {"neutral_sentences_false_match_rate": false_match_rates(logp[neutral])} if neutral.any() else {}
-    logp, rows = logp[~neutral], [r for r in rows if r.source != "neutral"]
-    target = np.array([EMOTIONS.index(r.target) for r in rows])
-    truth = np.array([r.match for r in rows])
+def judge_figures(logp: np.ndarray, rows: Sequence[LabelledText], row_offset: np.ndarray,
+                  match: np.ndarray) -> dict[str, Any]:
     source = np.array([r.source for r in rows])
-    pred = match_rule(logp, target, np.zeros(len(EMOTIONS), np.float32))
+    truth = np.array([r.match for r in rows])
+    target = judge_cv.target_indices(rows)
+    neutral = source == "neutral"
     six_way = logp[:, : len(EMOTIONS)].argmax(axis=1)
     accepted = (source == "prompted") & (truth == 1)
     confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), int)
     np.add.at(confusion, (target[accepted], six_way[accepted]), 1)
-    figures.update({
-        "protocol": f"{FLAGS.folds}-fold cross-validation by scenario (skeleton_id), seed {FLAGS.seed}",
+    figures = {
         "six_way_accuracy_prompted_accepted": round(float(np.mean(six_way[accepted] == target[accepted])), 4),
         "six_way_confusion_prompted_accepted": {"rows": "reference emotion", "columns": "predicted emotion",
                                                 "order": list(EMOTIONS), "counts": confusion.tolist()},
-        "binary_prompted_accepted_and_rejected": binary_figures(truth[source == "prompted"],
-                                                                pred[source == "prompted"]),
-        "binary_unprompted": binary_figures(truth[source == "unprompted"], pred[source == "unprompted"]),
+        "binary_prompted_accepted_and_rejected": judge_cv.binary_figures(truth[source == "prompted"],
+                                                                         match[source == "prompted"]),
+        "binary_unprompted": judge_cv.binary_figures(truth[source == "unprompted"], match[source == "unprompted"]),
         "binary_unprompted_per_emotion": {
-            e: binary_figures(truth[(source == "unprompted") & (target == i)],
-                              pred[(source == "unprompted") & (target == i)]) for i, e in enumerate(EMOTIONS)},
-    })
+            e: judge_cv.binary_figures(truth[(source == "unprompted") & (target == i)],
+                                       match[(source == "unprompted") & (target == i)])
+            for i, e in enumerate(EMOTIONS)},
+    }
+    if neutral.any():
+        figures["neutral_sentences_false_match_rate"] = false_match_rates(logp[neutral], row_offset[neutral])
     return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# The fluency rule
+
+
+def default_perplexity_cache(labels_sha: str, model_hash: str) -> Path:
+    return resolve_cache_dir() / "judge" / f"rated-perplexity-{labels_sha[:16]}-{model_hash[:16]}.json"
+
+
+def rated_perplexities(rated: Sequence[LabelledText], labels_sha: str) -> tuple[np.ndarray, dict[str, str]]:
+    """Perplexity of every rated reply under FLAGS.model given its prompt, from the cache when it is there."""
+    from emojax.loading import load_model
+
+    model = load_model(FLAGS.model)
+    cache = Path(FLAGS.perplexity_cache) if FLAGS.perplexity_cache else default_perplexity_cache(labels_sha,
+                                                                                                model.source_hash)
+    about = {"model": model.name, "model_hash": model.source_hash}
+    if cache.is_file():
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if stored.get("labels_sha256") == labels_sha and stored.get("model_hash") == model.source_hash:
+            logging.info("rated perplexities from %s", cache)
+            return np.array([np.nan if p is None else p for p in stored["perplexity"]], np.float64), about
+    logging.info("perplexity of %d rated replies under %s (one forward per %d rows)", len(rated), model.name,
+                 FLAGS.batch_size)
+    values = perplexities(model, [r.prompt for r in rated], [r.text for r in rated], batch_size=FLAGS.batch_size)
+    write_json(cache, {"labels_sha256": labels_sha, **about,
+                       "perplexity": [None if not np.isfinite(p) else float(p) for p in values]})
+    return values, about
+
+
+def fit_rule(features: np.ndarray, fluent: np.ndarray) -> FluencyRule:
+    usable = np.isfinite(features).all(axis=1)
+    x, y = features[usable], fluent[usable]
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    w, b = fit_logistic((x - mean) / scale, y, l2=FLAGS.fluency_l2)
+    return FluencyRule(tuple(mean.tolist()), tuple(scale.tolist()), tuple(w.tolist()), b)
+
+
+def cross_validated_fluent(features: np.ndarray, fluent: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(fluent), np.int64)
+    for k in sorted(set(folds.tolist())):
+        train, test = folds != k, folds == k
+        out[test] = fit_rule(features[train], fluent[train]).fluent_of_features(features[test])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def unseen_neutral_false_matches(judge: OfflineJudge) -> dict[str, Any]:
     """Match rates, per target, of the bundled SEV sentences (never used in training)."""
     texts = [text for split in BUNDLED_SPLITS for text, _ in sev_sentences(BUNDLED_DIR / f"{split}.jsonl")]
+    logp = judge.log_probs(texts)
     return {"texts": f"{len(texts)} scenario and event sentences of emojax's bundled SEV splits",
-            "false_match_rate": false_match_rates(judge.log_probs(texts))}
-
-
-def throughput(judge: OfflineJudge, rows: Sequence[LabelledText]) -> dict[str, Any]:
-    texts, targets = [r.text for r in rows], [r.target for r in rows]
-    judge(texts[:50], targets[:50])  # warm-up
-    wall, cpu = time.perf_counter(), time.process_time()
-    judge(texts, targets)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"texts": len(texts), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-            "texts_per_wall_s": round(len(texts) / wall), "texts_per_cpu_s": round(len(texts) / cpu)}
+            "false_match_rate": false_match_rates(logp, judge.target_offset[0])}
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    data_dir, out = Path(FLAGS.data_dir), Path(FLAGS.out)
-    rows, hashes, dropped = load_labelled(data_dir)
+    data_dir, labels_dir, out = Path(FLAGS.data_dir), Path(FLAGS.labels_dir), Path(FLAGS.out)
+    official, hashes, dropped = load_official(data_dir, FLAGS.neutral_sentences)
+    rated, rated_hashes = load_rated(labels_dir)
+    rows = official + rated
     spec = FeatureSpec(n_buckets=FLAGS.n_buckets)
-    logging.info("%d labelled texts (%d judge-error rows dropped); hashing features", len(rows), dropped)
+    logging.info("%d labelled texts (%d rated; %d judge-error rows dropped); hashing features", len(rows),
+                 len(rated), dropped)
     features = featurize([r.text for r in rows], spec)
+    folds = judge_cv.scenario_folds([r.scenario for r in rows], FLAGS.folds, FLAGS.seed)
+    protocol = (f"{FLAGS.folds}-fold cross-validation by scenario (skeleton_id), seed {FLAGS.seed}; the match "
+                f"offset chosen in each training part by {FLAGS.inner_folds} inner folds")
 
-    held_out = held_out_figures(cross_validated_log_probs(features, rows), rows)
+    logp, row_offset, chosen = nested_cross_validation(features, rows, folds)
+    match = row_matches(logp, rows, row_offset)
+    held_out = {"protocol": protocol, "offset_per_fold": chosen, **judge_figures(logp, rows, row_offset, match)}
+
+    is_rated = np.array([r.source == "rated" for r in rows])
+    labels_sha = next(iter(rated_hashes.values()))
+    ppl, model_about = rated_perplexities(rated, labels_sha)
+    rule_x = rule_features(measures(ppl, [r.text for r in rated]))
+    truth_fluent = np.array([r.fluent for r in rated])
+    held_fluent = cross_validated_fluent(rule_x, truth_fluent, folds[is_rated])
+    held_out["rated"] = judge_cv.fluency_figures(rated, match[is_rated], held_fluent)
     logging.info("held out: %s", json.dumps(held_out, indent=1))
 
+    offset = judge_cv.best_offset(logp, rows)
     weights, bias = fit(features, rows)
+    command = " ".join(["python -m experiments.train_judge", *sys.argv[1:]])
+    all_hashes = {**hashes, **rated_hashes}
     meta = {
-        "format": FORMAT_VERSION, "version": MODEL_VERSION, "classes": list(CLASSES),
-        "features": spec.to_json(),
-        "training_command": " ".join(["python -m experiments.train_judge", *sys.argv[1:]]),
+        "format": FORMAT_VERSION, "version": MODEL_VERSION, "classes": list(CLASSES), "features": spec.to_json(),
+        "training_command": command,
         "hyperparameters": {"l2": FLAGS.l2, "none_weight": FLAGS.none_weight, "max_steps": FLAGS.max_steps,
-                            "neutral_sentences": FLAGS.neutral_sentences, "neutral_weight": FLAGS.neutral_weight},
-        "data": {"files": hashes, "texts": len(rows), "judge_error_rows_dropped": dropped,
-                 "labels": "gpt-4o-mini verdicts with the method.md §4.3 prompt"},
+                            "rated_weight": round(rated_weight(rows), 4),
+                            "neutral_sentences": FLAGS.neutral_sentences, "neutral_weight": FLAGS.neutral_weight,
+                            "offset": offset, "offset_grid": [min(judge_cv.OFFSET_GRID), max(judge_cv.OFFSET_GRID)]},
+        "data": {"files": all_hashes, "texts": len(rows), "rated_texts": len(rated),
+                 "judge_error_rows_dropped": dropped,
+                 "labels": "gpt-4o-mini verdicts with the method.md §4.3 prompt (official); careful reading (rated)"},
         "held_out": held_out,
     }
     artifact = out / DEFAULT_ARTIFACT.name
     write_npz(artifact, {"weights": weights, "bias": bias.astype(np.float32),
-                         "target_offset": np.zeros(len(EMOTIONS), np.float32)}, meta)
+                         "target_offset": np.full(len(EMOTIONS), offset, np.float32)}, meta)
     judge = OfflineJudge(artifact)
     meta["unseen_neutral_sentences"] = unseen_neutral_false_matches(judge)
-    meta["throughput"] = throughput(judge, [r for r in rows if r.source == "prompted"])
-    meta["throughput"]["note"] = "features + inference on the prompted replies, one process"
     meta["artifact_sha256"] = judge.sha256
-    meta["probe"] = {"texts": list(PROBE_TEXTS),
-                     "log_probs": np.round(judge.log_probs(PROBE_TEXTS), 5).tolist()}
+    meta["probe"] = {"texts": list(PROBE_TEXTS), "log_probs": np.round(judge.log_probs(PROBE_TEXTS), 5).tolist()}
     write_json(artifact.with_suffix(".json"), meta)
-    logging.info("wrote %s (%.1f MB) and %s", artifact, artifact.stat().st_size / 2**20,
-                 artifact.with_suffix(".json"))
+
+    rule = fit_rule(rule_x, truth_fluent)
+    rule_meta = {"training_command": command, **model_about, "l2": FLAGS.fluency_l2,
+                 "data": {"files": rated_hashes, "replies": len(rated)},
+                 "held_out": {"protocol": protocol, **{c: f["fluent"] for c, f in held_out["rated"].items()}}}
+    rule = FluencyRule(rule.mean, rule.scale, rule.weights, rule.bias, meta=rule_meta)
+    write_json(out / DEFAULT_RULE.name, rule.to_json())
+    logging.info("wrote %s (%.1f MB), %s and %s (features %s)", artifact, artifact.stat().st_size / 2**20,
+                 artifact.with_suffix(".json"), out / DEFAULT_RULE.name, ", ".join(RULE_FEATURES))
 
 
 if __name__ == "__main__":

@@ -107,8 +107,10 @@ def test_artifact_is_small_and_documented(judge):
     assert sidecar["training_command"].startswith("python -m experiments.train_judge")
     held_out = sidecar["held_out"]
     for key in ("six_way_accuracy_prompted_accepted", "binary_prompted_accepted_and_rejected",
-                "binary_unprompted"):
+                "binary_unprompted", "offset_per_fold"):
         assert key in held_out
+    for condition in ("prompting", "steering", "circuit", "overall"):
+        assert set(held_out["rated"][condition]) == {"fluent", "match", "fluent_match"}
     description = judge.describe()
     assert description["artifact_sha256"] == judge.sha256 and description["version"]
     assert judge.identity.startswith("offline:")
@@ -133,6 +135,21 @@ def test_verdicts_shapes_and_clear_cases(judge):
     # The same texts judged against the wrong emotion do not match.
     wrong = judge(texts[:3], ["happiness", "disgust", "happiness"])
     assert wrong.match.tolist() == [0, 0, 0]
+
+
+def test_the_judge_is_deterministic(judge):
+    """A fresh load, a repeated call and any batch composition give the same verdicts and scores."""
+    texts = ["Ugh, that is absolutely revolting.", "The train left on time.", "I can't believe it, wow!",
+             "I'm sorry for any confusion. I'm here to help.", "Sisters, I am sad for you, dear ones."]
+    targets = ["disgust", "anger", "surprise", "sadness", "sadness"]
+    first = judge(texts, targets)
+    for other in (judge(texts, targets), OfflineJudge()(texts, targets)):
+        np.testing.assert_array_equal(other.match, first.match)
+        np.testing.assert_array_equal(other.scores, first.scores)
+        assert other.reasons == first.reasons
+    alone = [judge([t], [e]) for t, e in zip(texts, targets)]
+    assert [int(a.match[0]) for a in alone] == first.match.tolist()
+    np.testing.assert_allclose(np.concatenate([a.scores for a in alone]), first.scores, rtol=1e-6)
 
 
 def test_bad_inputs_are_rejected(judge):

@@ -141,6 +141,8 @@ def test_modulation_stage_writes_judged_records(ctx):
     assert records[0]["meta"]["condition"] == "circuit"
     assert records[0]["meta"]["scales"]["anger"] == pytest.approx(0.8)
     assert records[0]["meta"]["decoding"]["repetition_penalty"] == 1.1
+    assert all(r["judge"]["fluent_match"] == (r["judge"]["match"] and r["judge"]["fluent"]) for r in records)
+    assert all(set(r["fluency"]) == {"perplexity", "distinct_1", "distinct_2", "repetition"} for r in records)
     accuracy = json.loads((out / "accuracy.json").read_text())
     assert accuracy["per_emotion"]["fear"]["matched"] == 0
     assert summary["accuracy_fraction"] == pytest.approx(5 / 6)
@@ -157,6 +159,9 @@ def test_baseline_generates_once_per_group_and_judges_every_target(ctx):
         texts = {r["gen_text"] for r in records[start:start + 6]}
         assert len(texts) == 1
         assert [r["emotion"] for r in records[start:start + 6]] == list(EMOTIONS)
+        assert len({json.dumps(r["fluency"]) for r in records[start:start + 6]}) == 1   # one reply, one rating
+        assert all(r["judge"]["fluent_match"] == (r["judge"]["match"] and r["judge"]["fluent"])
+                   for r in records[start:start + 6])
     assert summary["per_emotion"]["fear"] == 0.0
 
 

@@ -83,6 +83,7 @@ def test_steer_stage_with_train_sweep(tmp_path) -> None:
     assert summary["directions_rule"] == choice["directions_rule"] == "all"   # 2 records: too few groups
     records = read_jsonl(out / "records.jsonl")
     assert [r["key"] for r in records] == [i.key for i in items(ctx.test)]
+    assert all({"match", "fluent", "fluent_match"} <= set(r["judge"]) and "perplexity" in r["fluency"] for r in records)
     meta = records[0]["meta"]
     assert meta["condition"] == "steering" and meta["positions"] == "P_last"
     assert meta["steer_layers"] == [ctx.hparams.steer_layers[0], ctx.hparams.steer_layers[-1]]

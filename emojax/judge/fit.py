@@ -95,3 +95,33 @@ def fit_softmax_regression(
         if float(grad_norm) < grad_tol:
             break
     return np.asarray(params["w"]), np.asarray(params["b"])
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float, steps: int = 50,
+                 tol: float = 1e-10) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression (mean log-loss + l2 * ||w||^2, bias unpenalised) by Newton's method.
+
+    A handful of dense features (the fluency rule): exact, deterministic and instant. Returns (w [d], b).
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels, np.float64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"fit_logistic: features {x.shape} and labels {y.shape} do not pair up")
+    if not np.isfinite(x).all():
+        raise ValueError("fit_logistic: features must be finite")
+    if not set(np.unique(y).tolist()) <= {0.0, 1.0}:
+        raise ValueError("fit_logistic: labels must be 0 or 1")
+    n, d = x.shape
+    design = np.hstack([x, np.ones((n, 1))])
+    penalty = np.full(d + 1, 2.0 * l2)
+    penalty[-1] = 0.0
+    theta = np.zeros(d + 1)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        grad = design.T @ (p - y) / n + penalty * theta
+        hessian = (design * (p * (1 - p))[:, None]).T @ design / n + np.diag(penalty) + 1e-12 * np.eye(d + 1)
+        step = np.linalg.solve(hessian, grad)
+        theta -= step
+        if float(np.abs(step).max()) < tol:
+            break
+    return theta[:d], float(theta[d])

@@ -3,7 +3,8 @@
 Reads the accuracy tables and records of `elicit_test` (prompting, S1), `steer_test` (steering, S3)
 and `modulate_test` (circuit modulation, S7), plus the neutral baseline's false-match rate when it
 ran, and writes `compare/`:
-    comparison.json   accuracy per method: overall, per emotion, per valence (percent and counts)
+    comparison.json   accuracy per method: overall, per emotion, per valence (percent and counts), judged
+                      and fluent (judged a match and fluent)
     comparison.md     the same as a Markdown table, with example replies of one scenario per emotion
     accuracy.png      grouped bars per category
 A method whose stage did not run is listed as missing rather than failing the comparison.
@@ -15,6 +16,7 @@ from typing import Any, Mapping, Sequence
 from emojax.data import EMOTIONS, VALENCES
 from emojax.runs import hash_path, read_jsonl, write_json, write_text
 from emojax.stages import figures, upstream
+from emojax.stages.accuracy import fluent_text, judged_text
 from emojax.stages.context import StageContext
 from emojax.stages.judged import finished_summary, judge_identity, mark_finished
 
@@ -23,6 +25,7 @@ METHODS = {"prompting": "elicit_test", "steering": "steer_test", "circuit": "mod
 BASELINE = ("neutral baseline (false match)", "baseline_test")
 CATEGORIES = ("overall",) + EMOTIONS + VALENCES
 EXAMPLE_CHARS = 240
+_FLUENT = {1: "yes", 0: "no"}
 
 
 def flatten(tables: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -38,18 +41,15 @@ def comparison_table(tables: Mapping[str, Mapping[str, Any] | None]) -> dict[str
     return {method: None if t is None else flatten(t) for method, t in tables.items()}
 
 
-def _cell_text(cell: Mapping[str, Any] | None) -> str:
-    if cell is None or cell["accuracy"] is None:
-        return "—"
-    return f"{cell['accuracy']:.2f} ({cell['matched']}/{cell['total']})"
-
-
 def markdown_table(table: Mapping[str, Mapping[str, Any] | None]) -> str:
-    lines = ["| method | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
+    """One row of judged and one of fluent accuracy (match and fluent) per method, with their counts."""
+    lines = ["| method | accuracy | " + " | ".join(CATEGORIES) + " |", "|---|---|" + "---|" * len(CATEGORIES)]
     for method, cells in table.items():
-        texts = ["not run"] + [""] * (len(CATEGORIES) - 1) if cells is None else \
-            [_cell_text(cells[c]) for c in CATEGORIES]
-        lines.append(f"| {method} | " + " | ".join(texts) + " |")
+        if cells is None:
+            lines.append(f"| {method} | not run | " + " | ".join([""] * len(CATEGORIES)) + " |")
+            continue
+        lines.append(f"| {method} | judged | " + " | ".join(judged_text(cells[c]) for c in CATEGORIES) + " |")
+        lines.append(f"| {method} | fluent | " + " | ".join(fluent_text(cells[c]) for c in CATEGORIES) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -68,7 +68,9 @@ def example_replies(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[
                     "key": record["key"], "emotion": emotion, "scenario": record["scenario"],
                     "event": record["event"],
                     "replies": {m: {"text": keyed[record["key"]]["gen_text"],
-                                    "match": keyed[record["key"]]["judge"]["match"]} for m, keyed in by_key.items()}})
+                                    "match": keyed[record["key"]]["judge"]["match"],
+                                    "fluent": keyed[record["key"]]["judge"].get("fluent")}
+                                for m, keyed in by_key.items()}})
                 break
     return examples
 
@@ -83,9 +85,9 @@ def examples_markdown(examples: Sequence[Mapping[str, Any]]) -> str:
     lines = []
     for ex in examples:
         lines += [f"**{ex['emotion']}** — `{ex['key']}`: {_quote(ex['scenario'])} / {_quote(ex['event'])}", "",
-                  "| method | judged | reply |", "|---|---|---|"]
-        lines += [f"| {m} | {'match' if r['match'] else 'no match'} | {_quote(r['text'])} |"
-                  for m, r in ex["replies"].items()]
+                  "| method | judged | fluent | reply |", "|---|---|---|---|"]
+        lines += [f"| {m} | {'match' if r['match'] else 'no match'} | {_FLUENT.get(r.get('fluent'), '—')} | "
+                  f"{_quote(r['text'])} |" for m, r in ex["replies"].items()]
         lines.append("")
     return "\n".join(lines)
 

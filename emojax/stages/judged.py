@@ -9,6 +9,9 @@ module holds that loop once:
   is filled up to the same number of rows, so one compilation serves the whole stage; chunks are a
   `ChunkedJob`, so a killed stage resumes at the chunk it was in;
 - `judge_in_chunks`: the judge in resumable chunks (an HTTP judge is slow);
+- `fluency_in_chunks`: perplexity of every reply under the unmodified model given its prompt (one
+  forward per chunk), distinct-n, repetition and the fitted `fluent` rule (emojax.judge.fluency); a
+  record's `fluent_match` is its judge's match AND fluent;
 - `write_judged_outputs`: records.jsonl, accepted.jsonl, rejected.jsonl, accuracy.json, accuracy.md;
 - `finished_summary` / `mark_finished`: a stage whose done.json carries the same fingerprint is
   skipped; a changed fingerprint recomputes it in fresh job directories.
@@ -16,6 +19,7 @@ module holds that loop once:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -28,6 +32,8 @@ from absl import logging
 from emojax.data import Item, SevRecord
 from emojax.generate import generate
 from emojax.interventions import Intervention
+from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
+from emojax.judge.perplexity import batch_perplexities, reply_batch
 from emojax.prompts import tokenize_prompts
 from emojax.runs import ChunkedJob, RunDir, read_json, write_json, write_jsonl, write_text
 from emojax.runs.manifest import jsonable
@@ -192,11 +198,44 @@ def verdicts(result: Any, n: int) -> list[dict[str, Any]]:
             for m, r, e in zip(match, reasons, errors)]
 
 
+@functools.cache
+def fluency_rule() -> FluencyRule:
+    """The shipped fluency rule (emojax/judge/artifacts/fluency_rule.json), read once."""
+    return FluencyRule.load()
+
+
+def fluency_in_chunks(ctx: Any, directory: Path, prompts: Sequence[Any], texts: Sequence[str], *,
+                      job: str = "fluency") -> list[dict[str, Any]]:
+    """Fluency measures and verdict {perplexity, distinct_1, distinct_2, repetition, fluent} of every reply.
+
+    Perplexity is that of the unmodified model (ctx.model) given the reply's own prompt: one forward per
+    chunk of `ctx.preset.batch_size` rows, every chunk at one shape. An empty reply has perplexity None and
+    is not fluent."""
+    rule = fluency_rule()
+    batch = reply_batch(ctx.model.tokenizer, prompts, texts, date_string=ctx.settings.date_string,
+                        pad_multiple=PAD_MULTIPLE)
+    n = len(texts)
+    size = min(ctx.preset.batch_size, n)
+    spec = {"model": model_hash(ctx), "rule": rule.identity, "rows": size,
+            "replies": hashlib.sha256(batch.tokens.tobytes() + batch.mask.tobytes()).hexdigest()}
+
+    def compute(start: int, stop: int) -> list[dict[str, Any]]:
+        rows = np.minimum(np.arange(start, start + size), n - 1)
+        found = measures(batch_perplexities(ctx.model.params, ctx.model.config, batch, rows)[: stop - start],
+                         texts[start:stop])
+        return [{**as_json(m), "fluent": int(f)} for m, f in zip(found, rule.fluent(found))]
+
+    chunked = ChunkedJob(directory, f"{job}-{digest(spec)}", n, size, spec)
+    return chunked.run(compute, desc=f"{directory.name} {job}")
+
+
 def item_record(item: Item, generation: Mapping[str, Any], verdict: Mapping[str, Any],
-                meta: Mapping[str, Any]) -> dict[str, Any]:
-    """A generated and judged record in the method.md §3.3 schema."""
+                meta: Mapping[str, Any], fluency: Mapping[str, Any]) -> dict[str, Any]:
+    """A generated and judged record in the method.md §3.3 schema, with the reply's fluency: `judge`
+    gains fluent and fluent_match (= match and fluent), `fluency` holds the measures."""
     if generation["key"] != item.key:
         raise ValueError(f"generation record {generation['key']!r} does not belong to item {item.key!r}")
+    fluent = int(fluency["fluent"])
     input_len = int(generation["input_len"])
     return {
         "key": item.key, "skeleton_id": item.skeleton_id, "theme": item.record.theme,
@@ -204,7 +243,8 @@ def item_record(item: Item, generation: Mapping[str, Any], verdict: Mapping[str,
         "event": item.event, "gen_text": generation["gen_text"],
         "meta": {**meta, "input_len": input_len, "last_input_idx": input_len - 1,
                  "new_tokens": int(generation["new_tokens"]), "finished": bool(generation["finished"])},
-        "judge": dict(verdict),
+        "judge": {**verdict, "fluent": fluent, "fluent_match": int(verdict["match"] == 1 and fluent == 1)},
+        "fluency": {k: fluency[k] for k in MEASURES},
     }
 
 
@@ -218,14 +258,15 @@ def run_judged_generation(ctx: Any, directory: Path, items: Sequence[Item], prom
                           decoding: Decoding, *, fingerprint: Any, row_iv: RowIntervention | None = None,
                           meta: Mapping[str, Any] | None = None, job: str = "generate"
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Generate, judge and tabulate: (§3.3 records, accuracy tables) of `items`."""
+    """Generate, judge, rate fluency and tabulate: (§3.3 records, accuracy tables) of `items`."""
     keys = [item.key for item in items]
     generations = generate_in_chunks(ctx, directory, keys, prompts, decoding, fingerprint=fingerprint,
                                      row_iv=row_iv, job=job)
-    judged = judge_in_chunks(ctx, directory, [g["gen_text"] for g in generations],
-                             [item.emotion for item in items], job=f"{job}_judge")
+    texts = [g["gen_text"] for g in generations]
+    judged = judge_in_chunks(ctx, directory, texts, [item.emotion for item in items], job=f"{job}_judge")
+    fluency = fluency_in_chunks(ctx, directory, prompts, texts, job=f"{job}_fluency")
     shared = record_meta(ctx, decoding, **dict(meta or {}))
-    records = [item_record(item, g, v, shared) for item, g, v in zip(items, generations, judged)]
+    records = [item_record(item, g, v, shared, f) for item, g, v, f in zip(items, generations, judged, fluency)]
     return records, accuracy_tables(records)
 
 

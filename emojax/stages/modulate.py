@@ -31,8 +31,8 @@ from emojax.runs import InputError, hash_path, write_json
 from emojax.stages import figures, upstream
 from emojax.stages.accuracy import accuracy_tables, overall_fraction
 from emojax.stages.context import StageContext
-from emojax.stages.judged import (decoding_for, digest, finished_summary, generate_in_chunks, item_record,
-                                  judge_identity, judge_in_chunks, mark_finished, model_hash, record_meta,
+from emojax.stages.judged import (decoding_for, digest, finished_summary, fluency_in_chunks, generate_in_chunks,
+                                  item_record, judge_identity, judge_in_chunks, mark_finished, model_hash, record_meta,
                                   records_digest, run_judged_generation, write_judged_outputs)
 
 STAGE = "modulate_test"
@@ -137,13 +137,15 @@ def run_baseline(ctx: StageContext) -> dict[str, Any]:
     groups = all_groups(ctx.test)
     decoding = decoding_for("baseline", ctx.preset.max_new_tokens, ctx.settings.harmonised)
     # The six emotions of a group share the neutral prompt: generate once, judge against every target.
-    generations = generate_in_chunks(ctx, out, [g.key for g in groups], [neutral_messages(g.items[0]) for g in groups],
-                                     decoding, fingerprint=stamp)
+    prompts = [neutral_messages(g.items[0]) for g in groups]
+    generations = generate_in_chunks(ctx, out, [g.key for g in groups], prompts, decoding, fingerprint=stamp)
+    fluency = fluency_in_chunks(ctx, out, prompts, [g["gen_text"] for g in generations])
     items = [item for g in groups for item in g.items]
     per_item = [{**generation, "key": item.key} for g, generation in zip(groups, generations) for item in g.items]
+    per_item_fluency = [f for g, f in zip(groups, fluency) for _ in g.items]
     verdicts = judge_in_chunks(ctx, out, [g["gen_text"] for g in per_item], [i.emotion for i in items])
     meta = record_meta(ctx, decoding, condition="baseline")
-    records = [item_record(i, g, v, meta) for i, g, v in zip(items, per_item, verdicts)]
+    records = [item_record(i, g, v, meta, f) for i, g, v, f in zip(items, per_item, verdicts, per_item_fluency)]
     tables = accuracy_tables(records)
     write_judged_outputs(out, records, tables, "Neutral baseline judged against each target: false-match rate")
     summary = {"stage": BASELINE_STAGE, "generations": len(groups), "judged": len(records),

@@ -1,10 +1,10 @@
 """The run's report: `summary.json` (headline numbers) and `report.md` (tables and every plot written).
 
 summary.json holds accuracy {prompting, steering, circuit} as overall fractions on the evaluated
-split, overlap {neurons, heads} (mean Jaccard over the 15 emotion pairs), timings {stage: wall
-seconds} and cpu_timings (process CPU seconds), the model, the datasets, the preset, the directions
-rule and the judge. report.md shows the same numbers next to the paper's, then each stage's tables
-and PNG plots, whichever the stages wrote.
+split, fluent_accuracy the same for replies judged a match AND fluent, overlap {neurons, heads} (mean
+Jaccard over the 15 emotion pairs), timings {stage: wall seconds} and cpu_timings (process CPU
+seconds), the model, the datasets, the preset, the directions rule and the judge. report.md shows the
+same numbers next to the paper's, then each stage's tables and PNG plots, whichever the stages wrote.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from emojax.runs import read_json, write_json, write_text
 from emojax.stages import upstream
-from emojax.stages.accuracy import overall_fraction
+from emojax.stages.accuracy import overall_fluent_fraction, overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import judge_identity, model_hash
 
@@ -57,16 +57,18 @@ def _dataset(ctx: StageContext) -> dict[str, Any]:
 
 
 def build_summary(ctx: StageContext, timings: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    accuracy = {}
+    accuracy, fluent_accuracy = {}, {}
     for method, stage in ACCURACY_STAGES.items():
         tables = upstream.accuracy(ctx, stage)
         accuracy[method] = None if tables is None else overall_fraction(tables)
+        fluent_accuracy[method] = None if tables is None else overall_fluent_fraction(tables)
     overlap_path = ctx.run.path / "circuit" / "overlap.json"
     overlap = read_json(overlap_path) if overlap_path.is_file() else None
     capture = ctx.run.path / "capture" / "done.json"
     baseline = upstream.accuracy(ctx, "baseline_test")
     return {
         "accuracy": accuracy,
+        "fluent_accuracy": fluent_accuracy,
         "overlap": {kind: None if overlap is None else overlap[kind]["jaccard_mean"] for kind in ("neurons", "heads")},
         "overlap_coefficient": {kind: None if overlap is None else overlap[kind]["overlap_coefficient_mean"]
                                 for kind in ("neurons", "heads")},
@@ -95,9 +97,10 @@ def _num(value: float | None) -> str:
 
 
 def headline_markdown(summary: Mapping[str, Any]) -> str:
-    acc, paper = summary["accuracy"], summary["paper"]
-    lines = ["| method | this run (%) | paper (%) |", "|---|---|---|"]
-    lines += [f"| {m} | {_pct(acc[m])} | {_pct(paper['accuracy'][m])} |" for m in ("prompting", "steering", "circuit")]
+    acc, fluent, paper = summary["accuracy"], summary["fluent_accuracy"], summary["paper"]
+    lines = ["| method | this run (%) | this run, fluent (%) | paper (%) |", "|---|---|---|---|"]
+    lines += [f"| {m} | {_pct(acc[m])} | {_pct(fluent[m])} | {_pct(paper['accuracy'][m])} |"
+              for m in ("prompting", "steering", "circuit")]
     lines += ["", "| circuit overlap (mean Jaccard) | this run | paper |", "|---|---|---|"]
     lines += [f"| {k} | {_num(summary['overlap'][k])} | {_num(paper['overlap'][k])} |" for k in ("neurons", "heads")]
     if summary.get("baseline_false_match") is not None:

@@ -1,0 +1,107 @@
+"""Perplexity of replies under the unmodified model given their own prompts: one jitted forward, no generation.
+
+Each row is the chat-rendered prompt followed by the reply's tokens, left-padded so that every reply ends
+in the last column. One forward (`logits="none"`, the post-norm `final` state at every position) gives
+the states that predict the reply; the LM head is applied to the last `reply_width` of them only, so the
+pass costs one plain prefill of the same tokens plus the head over the reply columns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emojax.model import forward, lm_head
+from emojax.prompts import DEFAULT_DATE_STRING, Messages, tokenize_prompts
+from emojax.taps import TapSpec
+
+FINAL_STATES = TapSpec(points=("final",), at="all")
+PAD_MULTIPLE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplyBatch:
+    """Prompt + reply rows, left-padded to one width; row i's reply fills its last `reply_lengths[i]` columns.
+
+    tokens [N, W] int32, mask [N, W] bool (real tokens), reply_lengths [N] int32, reply_width R <= W - 1:
+    the reply columns every row's reply fits in.
+    """
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    reply_lengths: np.ndarray
+    reply_width: int
+
+    @property
+    def reply_mask(self) -> np.ndarray:
+        """[N, R] True on the reply tokens among the last R columns."""
+        columns = np.arange(self.reply_width)[None, :]
+        return columns >= self.reply_width - self.reply_lengths[:, None]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def reply_batch(tokenizer: Any, prompts: Sequence[Messages], replies: Sequence[str], *,
+                date_string: str = DEFAULT_DATE_STRING, pad_multiple: int = PAD_MULTIPLE) -> ReplyBatch:
+    """Tokenise prompts (emojax.prompts: chat template, generation prompt) and replies (no special tokens)."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"reply_batch: {len(prompts)} prompts for {len(replies)} replies")
+    prompt_batch = tokenize_prompts(tokenizer, prompts, date_string=date_string)
+    prompt_rows = [row[keep] for row, keep in zip(prompt_batch.tokens, prompt_batch.mask)]
+    reply_rows = [list(ids) for ids in tokenizer(list(replies), add_special_tokens=False)["input_ids"]]
+    reply_lengths = np.array([len(ids) for ids in reply_rows], np.int32)
+    reply_width = _round_up(max(int(reply_lengths.max()), 1), pad_multiple)
+    width = _round_up(max(len(p) + len(r) for p, r in zip(prompt_rows, reply_rows)), pad_multiple)
+    width = max(width, _round_up(reply_width + 1, pad_multiple))  # a state precedes every reply column
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = np.full((len(replies), width), pad_id, np.int32)
+    mask = np.zeros((len(replies), width), bool)
+    for i, (prompt, reply) in enumerate(zip(prompt_rows, reply_rows)):
+        row = np.concatenate([prompt, np.asarray(reply, np.int32)])
+        tokens[i, width - len(row):] = row
+        mask[i, width - len(row):] = True
+    return ReplyBatch(tokens, mask, reply_lengths, reply_width)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "reply_width"))
+def reply_nll(params: dict[str, Any], tokens: jax.Array, mask: jax.Array, reply_mask: jax.Array, *,
+              config: Any, reply_width: int) -> jax.Array:
+    """[B] summed negative log-likelihood of the reply tokens (the `reply_mask` [B, R] of the last R columns)."""
+    out = forward(params, tokens, config=config, mask=mask, taps=FINAL_STATES, logits="none")
+    states = out.taps["final"][:, -reply_width - 1:-1]  # the state before each reply column predicts it
+    logits = jnp.einsum("btd,dv->btv", states, lm_head(params), preferred_element_type=jnp.float32)
+    targets = tokens[:, -reply_width:]
+    chosen = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    token_nll = jax.nn.logsumexp(logits, axis=-1) - chosen
+    return jnp.sum(jnp.where(reply_mask, token_nll, 0.0), axis=1)
+
+
+def batch_perplexities(params: dict[str, Any], config: Any, batch: ReplyBatch, rows: np.ndarray) -> np.ndarray:
+    """Perplexity of the replies of `rows` (float64 [len(rows)]; NaN for an empty reply)."""
+    if int(batch.tokens.max(initial=0)) >= config.vocab_size:
+        raise ValueError(f"perplexity: token id {int(batch.tokens.max())} is outside the model's vocabulary of "
+                         f"{config.vocab_size}; the tokenizer does not belong to this model")
+    nll = reply_nll(params, jnp.asarray(batch.tokens[rows]), jnp.asarray(batch.mask[rows]),
+                    jnp.asarray(batch.reply_mask[rows]), config=config, reply_width=batch.reply_width)
+    lengths = batch.reply_lengths[rows].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(lengths > 0, np.exp(np.asarray(nll, np.float64) / lengths), np.nan)
+
+
+def perplexities(model: Any, prompts: Sequence[Messages], replies: Sequence[str], *, batch_size: int,
+                 date_string: str = DEFAULT_DATE_STRING) -> np.ndarray:
+    """Perplexity of each reply given its prompt, in batches of one shape (the last one filled up)."""
+    batch = reply_batch(model.tokenizer, prompts, replies, date_string=date_string)
+    n = len(replies)
+    size = max(1, min(batch_size, n))
+    pieces = []
+    for start in range(0, n, size):
+        rows = np.minimum(np.arange(start, start + size), n - 1)
+        pieces.append(batch_perplexities(model.params, model.config, batch, rows)[: min(size, n - start)])
+    return np.concatenate(pieces) if pieces else np.zeros(0)

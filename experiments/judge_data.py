@@ -1,0 +1,131 @@
+"""The labelled texts the offline judge and the fluency rule are fitted and validated on.
+
+Two sources, both in ../shared/data:
+
+official/   Llama-3.2-3B-Instruct replies labelled by gpt-4o-mini with the §4.3 prompt:
+  llama32_3b/prompting_sev/accepted.jsonl, rejected.jsonl   prompted replies (judge API errors dropped:
+                                                            their label is unknown)
+  llama32_3b/steering_half/labeled_results.jsonl            replies written with no emotion instruction
+  sev.jsonl                                                 scenario and event sentences: extra "none" texts,
+                                                            so that a reply's content is not read as its tone
+labels/smollm2_train_replies.jsonl   replies of the default model (prompting, steering, circuit modulation)
+  rated by careful reading: match, fluent and the dominant emotion (its README says how).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from emojax.data.sev import EMOTIONS
+from emojax.prompts import NEUTRAL_SYSTEM, Messages, chat, emotion_system, user_message
+
+# gpt-4o-mini failures recorded in the official rejected file: not verdicts about the text.
+JUDGE_ERROR_PREFIXES = ("json-decode-error", "invalid-json")
+RATED_FILE = "smollm2_train_replies.jsonl"
+CONDITIONS = ("prompting", "steering", "circuit")
+NONE = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledText:
+    """One text with its reference verdict.
+
+    source: "prompted" / "unprompted" (Llama, gpt-4o-mini), "neutral" (an SEV sentence, no target) or
+    "rated" (the default model's reply, careful reading). `label` is the class the classifier learns:
+    the target when it matches, else the emotion the text mainly expresses, else "none".
+    """
+
+    text: str
+    target: str  # "" for a neutral sentence
+    match: int
+    label: str
+    scenario: str  # skeleton_id: the cross-validation group
+    source: str
+    condition: str = ""  # rated replies: prompting, steering or circuit
+    fluent: int = -1  # rated replies: 0/1; -1 where nobody rated fluency
+    prompt: Messages | None = None  # rated replies: the prompt they were written to
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_official(data_dir: Path, neutral_sentences: bool) -> tuple[list[LabelledText], dict[str, str], int]:
+    """(Llama texts and, optionally, SEV sentences; sha256 of each file; judge-error rows dropped)."""
+    base = data_dir / "llama32_3b"
+    files = {"accepted": base / "prompting_sev" / "accepted.jsonl",
+             "rejected": base / "prompting_sev" / "rejected.jsonl",
+             "unprompted": base / "steering_half" / "labeled_results.jsonl"}
+    if neutral_sentences:
+        files["neutral"] = data_dir / "sev.jsonl"
+    for name, path in files.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"--data_dir={data_dir}: missing {name} file {path}")
+    rows, dropped = [], 0
+    for kind in ("accepted", "rejected"):
+        for i, record in enumerate(_jsonl(files[kind])):
+            judge = record["judge"]
+            if str(judge.get("reason", "")).startswith(JUDGE_ERROR_PREFIXES):
+                dropped += 1
+                continue
+            if judge["match"] != (kind == "accepted"):
+                raise ValueError(f"{files[kind]} line {i + 1}: judge.match={judge['match']} in the {kind} file")
+            match = int(judge["match"])
+            rows.append(LabelledText(record["gen_text"], record["emotion"], match,
+                                     record["emotion"] if match else NONE, record["skeleton_id"], "prompted"))
+    for record in _jsonl(files["unprompted"]):
+        for valence, verdicts in record["valence_labels"].items():
+            for emotion, verdict in verdicts.items():
+                match = int(verdict["match"])
+                rows.append(LabelledText(record["event_valences"][valence][emotion], emotion, match,
+                                         emotion if match else NONE, record["skeleton_id"], "unprompted"))
+    if neutral_sentences:
+        rows += [LabelledText(text, "", 0, NONE, scenario, "neutral")
+                 for text, scenario in sev_sentences(files["neutral"])]
+    hashes = {str(path.relative_to(data_dir)): sha256(path) for path in files.values()}
+    return rows, hashes, dropped
+
+
+def sev_sentences(path: Path) -> list[tuple[str, str]]:
+    """(sentence, skeleton_id) for every scenario and event of an SEV file."""
+    out = []
+    for record in _jsonl(path):
+        out.append((record["scenario"], record["skeleton_id"]))
+        out += [(record["event"][v], record["skeleton_id"]) for v in ("positive", "neutral", "negative")]
+    return out
+
+
+def rated_prompt(condition: str, emotion: str, scenario: str, event: str) -> Messages:
+    """The prompt a rated reply was written to: the emotion prompt (prompting) or the neutral prompt."""
+    system = emotion_system(emotion) if condition == "prompting" else NEUTRAL_SYSTEM
+    return chat(system, user_message(scenario, event))
+
+
+def load_rated(labels_dir: Path) -> tuple[list[LabelledText], dict[str, str]]:
+    """The default model's rated replies, with the prompts they answered; (rows, {file: sha256})."""
+    path = labels_dir / RATED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--labels_dir={labels_dir}: missing {path}")
+    rows = []
+    for i, record in enumerate(_jsonl(path)):
+        label = record["label"]
+        where = f"{path} line {i + 1}"
+        if record["condition"] not in CONDITIONS or record["emotion"] not in EMOTIONS:
+            raise ValueError(f"{where}: condition {record['condition']!r} / emotion {record['emotion']!r} unknown")
+        if label["match"] not in (0, 1) or label["fluent"] not in (0, 1) or label["dominant"] not in (*EMOTIONS, NONE):
+            raise ValueError(f"{where}: bad label {label}")
+        match, dominant = int(label["match"]), label["dominant"]
+        learnt = record["emotion"] if match else (dominant if dominant != record["emotion"] else NONE)
+        rows.append(LabelledText(record["text"], record["emotion"], match, learnt, record["skeleton_id"], "rated",
+                                 record["condition"], int(label["fluent"]),
+                                 rated_prompt(record["condition"], record["emotion"], record["scenario"],
+                                              record["event"])))
+    return rows, {f"labels/{RATED_FILE}": sha256(path)}
