@@ -31,9 +31,9 @@ from emojax.config import ModelConfig
 from emojax.decode_step import decode_step, decode_weights
 from emojax.decoding import (DecodingSettings, choose_tokens, mark_seen, process_logits,
                              seen_tokens)
-from emojax.interventions import SHARED_RANK, Intervention
+from emojax.interventions import SHARED_RANK, Intervention, check_fits
 from emojax.kv_cache import KVCache
-from emojax.model import forward
+from emojax.model import check_token_ids, forward
 from emojax.params import cast_params
 
 Array = Any
@@ -174,11 +174,14 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
     (`decode_step.decode_weights`) beside the model's own, so plan for twice the weight memory.
     """
     tokens, mask = _prompt_batch(model, prompts)
+    check_token_ids(tokens, model.config.vocab_size, "generate")
     n_prompts = tokens.shape[0]
     params = model.params if dtype is None else cast_params(model.params, dtype)
     compute_dtype = params["embed"].dtype
     if iv is not None:
         _check_rows(iv, n_prompts)
+        check_fits(iv, model.config, n_prompts)
+        _check_finite(iv)
         iv = jax.tree_util.tree_map(
             lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, iv)
     size = n_prompts if batch_size is None else max(1, min(batch_size, n_prompts))
@@ -239,6 +242,16 @@ def _per_row_fields(iv: Intervention) -> dict[str, int]:
     fields.update({name: 0 for name in _MASK_FIELDS
                    if getattr(iv, name) is not None and jnp.ndim(getattr(iv, name)) == 2})
     return fields
+
+
+def _check_finite(iv: Intervention) -> None:
+    """A nan or inf edit makes every logit nan, and greedy decoding then emits empty replies that
+    look like verdicts; one check per call (a single transfer), none per step."""
+    fields = {name: getattr(iv, name) for name in SHARED_RANK}
+    finite = jax.device_get({name: jnp.all(jnp.isfinite(value)) for name, value in fields.items()})
+    bad = [name for name, ok in finite.items() if not ok]
+    if bad:
+        raise ValueError(f"generate: iv holds nan or inf in Intervention.{', '.join(bad)}")
 
 
 def _check_rows(iv: Intervention, n_prompts: int) -> None:
