@@ -96,3 +96,14 @@ def test_a_non_finite_steering_vector_is_refused_by_generate():
     iv = Intervention.identity(CONFIG, resid_where="from_last").add_resid(1, 1, jnp.asarray(vector), rms_scaled=True)
     with pytest.raises(ValueError, match=r"generate: iv holds nan or inf in Intervention.resid_add_rms"):
         generate(model, (_tokens(), np.ones((2, 5), bool)), max_new_tokens=2, iv=iv)
+
+
+def test_generate_flags_rows_whose_logits_were_not_finite():
+    model = tiny_loaded_model()
+    embed = np.array(model.params["embed"])
+    embed[7] = np.nan  # the head is tied: the logit of id 7 is nan in every row
+    broken = dataclasses.replace(model, params={**model.params, "embed": jnp.asarray(embed)})
+    tokens = np.array([[3, 8, 4], [3, 5, 4]], np.int32)
+    out = generate(broken, (tokens, np.ones(tokens.shape, bool)), max_new_tokens=3)
+    assert out.nonfinite.tolist() == [True, True]
+    assert not generate(model, (tokens, np.ones(tokens.shape, bool)), max_new_tokens=3).nonfinite.any()

@@ -93,7 +93,9 @@ CASES = [
     ("experiments.elicit", ["--model=missing.gguf"], r"--model=missing.gguf: 'missing.gguf' is neither a registered"),
     ("experiments.elicit", ["--judge=oracle"], r"--judge=oracle: unknown judge spec 'oracle'"),
     ("experiments.elicit", ["--judge=http:gpt-4o-mini"], r"--judge=http:gpt-4o-mini: \$OPENAI_API_KEY is not set"),
-    ("experiments.elicit", ["--mesh=0x1"], r"--mesh=0x1: --mesh='0x1': expected 'none', 'auto' or DATAxMODEL"),
+    ("experiments.elicit", ["--mesh=0x1"], r"error: --mesh='0x1': expected 'none', 'auto' or DATAxMODEL"),
+    ("experiments.elicit", ["--mesh=4096x1"], r"--mesh=4096x1 does not fit the \d+ device\(s\) present; use "
+                                              r"--mesh=auto"),
     ("experiments.elicit", ["--split=validation"], r"--split='validation': expected train, test, both"),
     ("experiments.steer", ["--alphas=1,nan"], r"--alphas=1,nan: expected positive numbers$"),
     ("experiments.sublayer", ["--alphas=0.5,-1"], r"--alphas=0.5,-1: expected positive numbers$"),

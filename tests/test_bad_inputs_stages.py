@@ -247,3 +247,14 @@ def test_a_changed_output_of_a_finished_stage_is_recomputed(tmp_path, caplog):
     assert len(judge.calls) == calls  # the judge chunks were reused
     assert any("accepted.jsonl changed since the stage finished; computing it again" in r.getMessage()
                for r in caplog.records)
+
+
+def test_replies_from_nan_logits_fail_the_stage_instead_of_being_judged(tmp_path, model):
+    broken = dataclasses.replace(model, params={**model.params, "embed": model.params["embed"] * np.nan})
+    judge = FakeJudge()
+    ctx = make_context(tmp_path, model=broken, judge=judge, train=split(1))
+    with pytest.raises(InputError, match=r"elicit_train: the logits became nan or inf while generating 12 of 12 "
+                                         r"replies \(first: .*\), which would be empty; check the intervention's "
+                                         r"values and the dtype \(float32\)"):
+        elicit.run(ctx, "train")
+    assert judge.calls == [] and not ctx.run.is_done("elicit_train")

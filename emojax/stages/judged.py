@@ -7,7 +7,8 @@ module holds that loop once:
 - `Decoding`: the per-condition settings of method.md §6;
 - `generate_in_chunks`: every prompt of a stage is tokenised once to one padded width, and every chunk
   is filled up to the same number of rows, so one compilation serves the whole stage; chunks are a
-  `ChunkedJob`, so a killed stage resumes at the chunk it was in;
+  `ChunkedJob`, so a killed stage resumes at the chunk it was in; replies generated from nan or inf
+  logits raise `NonFiniteReplies` instead of reaching the judge as empty texts;
 - `judge_in_chunks`: the judge in resumable chunks (an HTTP judge is slow); rows the judge failed on
   (an API error, an unparsable reply) are judged again, alone, on the next run, and more than
   `MAX_JUDGE_ERROR_FRACTION` of them fails the stage (`JudgeFailure`) instead of counting as verdicts;
@@ -48,6 +49,10 @@ RETRIED_NAME = "retried.jsonl"   # in a judge job's directory: verdicts of rows 
 
 class JudgeFailure(InputError):
     """The judge failed on too many replies of a stage; the stage is not marked done."""
+
+
+class NonFiniteReplies(InputError):
+    """Replies generated from nan or inf logits (empty, not verdicts); the stage is not marked done."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +198,11 @@ def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: 
         rows = np.minimum(np.arange(start, start + size), n - 1)
         out = generate(ctx.model, (batch.tokens[rows], batch.mask[rows]), iv=None if row_iv is None else row_iv(rows),
                        batch_size=size, dtype=dtype, mesh=ctx.mesh, **decoding.generate_kwargs())
+        bad = [keys[i] for j, i in enumerate(range(start, stop)) if out.nonfinite[j]]
+        if bad:
+            raise NonFiniteReplies(f"{_stage_label(ctx, directory)}: the logits became nan or inf while generating "
+                                   f"{len(bad)} of {stop - start} replies (first: {bad[0]}), which would be empty; "
+                                   f"check the intervention's values and the dtype ({decoding.dtype})")
         return [{"key": keys[i], "gen_text": out.texts[j], "input_len": int(batch.lengths[i]),
                  "new_tokens": int(out.lengths[j]), "finished": bool(out.finished[j])}
                 for j, i in enumerate(range(start, stop))]

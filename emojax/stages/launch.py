@@ -204,7 +204,11 @@ def context_from_flags(values: Any) -> StageContext:
     try:
         mesh = mesh_from_spec(values.mesh)
     except ValueError as err:
-        raise InputError(f"--mesh={values.mesh}: {err}") from None
+        if str(err).startswith("--mesh"):  # a malformed value, named already
+            raise InputError(str(err)) from None
+        count = jax.device_count()
+        raise InputError(f"--mesh={values.mesh} does not fit the {count} device(s) present; use --mesh=auto or a "
+                         f"DATAxMODEL grid whose product is {count}") from None
     return open_context(out=run_directory_of_host(values.out), model=values.model, train=values.train, test=values.test,
                         preset=values.preset, judge=values.judge,
                         settings=settings_from(values.flag_values_dict()), force_new=values.force_new_run,
