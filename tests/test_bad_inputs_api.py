@@ -73,7 +73,8 @@ def test_a_per_row_intervention_needs_one_row_per_prompt(params):
 def test_token_ids_outside_the_vocabulary_are_refused(params, bad_id):
     tokens = _tokens()
     tokens[1, 2] = bad_id
-    with pytest.raises(ValueError, match=rf"forward: tokens holds ids outside the vocabulary \[0, {CONFIG.vocab_size}\) "
+    vocab = CONFIG.vocab_size
+    with pytest.raises(ValueError, match=rf"forward: tokens holds ids outside the vocabulary \[0, {vocab}\) "
                                          rf"\(1 of them, e.g. {bad_id}\)"):
         forward(params, tokens, config=CONFIG)
     model = tiny_loaded_model()

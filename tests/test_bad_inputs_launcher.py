@@ -4,6 +4,7 @@ seconds (the child process's imports)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -19,8 +20,10 @@ KEY_ENV = "OPENAI_API_KEY"
 
 
 def _launch(module: str, out: Path, *flags: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `python -m module --out=out flags...`; the API key variable is set only when `env` sets it."""
     environment = subprocess_env(EMOJAX_CACHE_DIR=str(out.parent / "cache"), **env)
-    environment.pop(KEY_ENV, None) if KEY_ENV not in env else None
+    if KEY_ENV not in env:
+        environment.pop(KEY_ENV, None)
     return subprocess.run([sys.executable, "-m", module, f"--out={out}", *flags], capture_output=True, text=True,
                           env=environment, cwd=REPO_ROOT, timeout=300)
 
@@ -77,7 +80,7 @@ def _assert_one_line_refusal(result: subprocess.CompletedProcess, pattern: str) 
     assert "Traceback" not in result.stderr
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr[-3000:]
-    assert pytest.importorskip("re").search(pattern, errors[0]), errors[0]
+    assert re.search(pattern, errors[0]), errors[0]
     return errors[0]
 
 

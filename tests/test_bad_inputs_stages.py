@@ -130,7 +130,8 @@ def test_every_accepted_flag_value_resumes_with_the_same_command(tmp_path, argv)
 
 
 def test_non_finite_flags_never_reach_a_manifest(tmp_path):
-    with pytest.raises(InputError, match=r"--steer_alpha=NaN: expected a finite number; nan and inf cannot be recorded"):
+    with pytest.raises(InputError, match=r"--steer_alpha=NaN: expected a finite number; nan and inf cannot be "
+                                         r"recorded"):
         RunDir.open(tmp_path / "run", flags=_launcher_flags(["--steer_alpha=nan"]), log_to_file=False)
     with pytest.raises(InputError, match=r"--alphas=\[1.0, Infinity\] \(at 1\): expected a finite number"):
         RunDir.open(tmp_path / "run", flags={"alphas": [1.0, math.inf]}, log_to_file=False)
@@ -151,11 +152,11 @@ def test_a_stage_fingerprint_with_floats_lists_and_none_matches_itself(tmp_path)
 
 def _directions(nan_at: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
     c = TINY_CONFIG
+    shapes = {"dirs_attn": (6, c.n_layers, c.d_model), "dirs_mlp": (6, c.n_layers, c.d_model),
+              "delta_mlp": (6, c.n_layers, c.d_ff), "delta_attn": (6, c.n_layers, c.q_dim),
+              "sigma_attn": (c.n_layers,), "sigma_mlp": (c.n_layers,), "v_ref": (6, c.d_model)}
     rng = np.random.default_rng(0)
-    arrays = {"dirs_attn": rng.normal(size=(6, c.n_layers, c.d_model)), "dirs_mlp": rng.normal(size=(6, c.n_layers, c.d_model)),
-              "delta_mlp": rng.normal(size=(6, c.n_layers, c.d_ff)), "delta_attn": rng.normal(size=(6, c.n_layers, c.q_dim)),
-              "sigma_attn": np.ones(c.n_layers), "sigma_mlp": np.ones(c.n_layers), "v_ref": rng.normal(size=(6, c.d_model))}
-    arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+    arrays = {name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
     if nan_at is not None:
         arrays["dirs_mlp"][nan_at] = np.nan
     return arrays

@@ -110,8 +110,9 @@ class HttpJudge:
         try:
             self._complete(probe, max_tokens=1)
         except ApiError as err:
-            raise ValueError(f"a 1-token test request to {self.base_url}/chat/completions failed ({err}); check "
-                             f"the key in ${self.api_key_env}, the model name {self.model!r} and the base URL") from None
+            raise ValueError(f"a 1-token test request to {self.base_url}/chat/completions failed ({err}); "
+                             f"check the key in ${self.api_key_env}, the model name {self.model!r} and the base "
+                             "URL") from None
 
     def __call__(self, texts: Sequence[str], targets: Sequence[str]) -> JudgeResult:
         check_inputs(texts, targets)

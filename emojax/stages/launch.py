@@ -30,11 +30,11 @@ from emojax.distributed import initialize_distributed
 from emojax.judge import SPEC_HELP
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.parallel import mesh_from_spec, shard_params
-from emojax.weights.errors import WeightsError
 from emojax.runs import InputError, ModelIdentity, RunDir, define_run_flags
 from emojax.stages import preflight
 from emojax.stages.context import PRESETS, Preset, Settings, StageContext
 from emojax.stages.judged import judge_identity
+from emojax.weights.errors import WeightsError
 
 _CHOICES = {"directions_rule": ("accepted", "all"), "ratio_mode": ("fixed", "auto"),
             "budget": ("transferred", "literal")}
@@ -90,6 +90,10 @@ def list_flag(name: str, values: Sequence[str], convert: Callable[[str], Any], e
     return converted
 
 
+# What "known input error" means for `run_launcher`: each names the input and says what is wrong.
+KNOWN_ERRORS = (InputError, DatasetError, WeightsError, app.UsageError)
+
+
 def run_launcher(main: Callable[[list[str]], Any]) -> None:
     """`app.run(main)` for a launcher: a known input error (a bad flag, file, dataset, checkpoint or
     judge) is printed as one line and exits with status 2; its traceback only with --verbosity=1 or
@@ -131,10 +135,6 @@ def _define_setting(field: dataclasses.Field) -> None:
         absl_flags.DEFINE_float(name, default, help_text)
     else:
         absl_flags.DEFINE_string(name, default, help_text)
-
-
-# What "known input error" means for `run_launcher`: each names the input and says what is wrong.
-KNOWN_ERRORS = (InputError, DatasetError, WeightsError, app.UsageError)
 
 
 def settings_from(values: Mapping[str, Any]) -> Settings:
