@@ -30,9 +30,9 @@ from emojax.config import ModelConfig
 from emojax.decode_step import decode_step, decode_weights
 from emojax.decoding import (DecodingSettings, choose_tokens, mark_seen, process_logits,
                              seen_tokens)
-from emojax.interventions import SHARED_RANK, Intervention
+from emojax.interventions import SHARED_RANK, Intervention, check_fits
 from emojax.kv_cache import KVCache
-from emojax.model import forward
+from emojax.model import check_token_ids, forward
 from emojax.params import cast_params
 from emojax.runs.progress import interactive
 
@@ -45,11 +45,14 @@ _MASK_FIELDS = ("resid_mask", "neuron_mask", "head_mask")
 @struct.dataclass
 class GeneratedTokens:
     """tokens [B, N] new ids, PAD (-1) after the end; lengths [B] ids before the padding (an emitted
-    end-of-sequence id included); finished [B] whether the row emitted an end-of-sequence id."""
+    end-of-sequence id included); finished [B] whether the row emitted an end-of-sequence id;
+    nonfinite [B] whether any logit the row's ids were chosen from was nan or inf (its ids are then
+    meaningless: greedy decoding of nan logits picks id 0)."""
 
     tokens: Array
     lengths: Array
     finished: Array
+    nonfinite: Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Generation:
     lengths         [B] number of new ids before the -1 padding
     prompt_lengths  [B] real (non-padding) prompt tokens, T_p
     finished        [B] the row stopped on an end-of-sequence id rather than on max_new_tokens
+    nonfinite       [B] the row's logits were nan or inf at some step, so its reply means nothing
     """
 
     tokens: np.ndarray
@@ -68,6 +72,7 @@ class Generation:
     lengths: np.ndarray
     prompt_lengths: np.ndarray
     finished: np.ndarray
+    nonfinite: np.ndarray
 
 
 class _LoopState(NamedTuple):
@@ -75,6 +80,7 @@ class _LoopState(NamedTuple):
     buffer: Array      # [B, T + N] prompt then generated ids (PAD where not written)
     seen: Array        # [B, V] ids present in the sequence (for the repetition penalty)
     done: Array        # [B]
+    nonfinite: Array   # [B] a nan or inf logit was seen
     cache: KVCache
 
 
@@ -117,6 +123,8 @@ def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Interventi
     def emit(state: _LoopState, logits: Array) -> _LoopState:
         """Choose the next id of every unfinished row from the last position's logits [B, V]."""
         length = t + state.step
+        # One reduction over the logits the step computed anyway; no host sync.
+        nonfinite = state.nonfinite | ~(jnp.all(jnp.isfinite(logits), axis=-1) | state.done)
         logits = process_logits(logits, settings=settings, buffer=state.buffer, valid=valid,
                                 length=length, seen=state.seen, n_generated=state.step,
                                 eos_token_ids=config.eos_token_ids)
@@ -126,13 +134,14 @@ def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Interventi
             buffer=jax.lax.dynamic_update_slice(state.buffer, new[:, None], (0, length)),
             seen=mark_seen(state.seen, new),
             done=state.done | jnp.isin(new, eos),
+            nonfinite=nonfinite,
             cache=state.cache)
 
     cache = KVCache.empty(config, b, t + n, params["embed"].dtype)
     prefill = forward(params, tokens, config=config, mask=mask, cache=cache, iv=iv, logits="last",
                       unroll=unroll)
     seen = seen_tokens(buffer, valid, config.vocab_size)
-    start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool),
+    start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool), jnp.zeros((b,), bool),
                        prefill.cache.per_layer())
     state = emit(start, prefill.logits[:, -1])
 
@@ -150,7 +159,7 @@ def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Interventi
     state = jax.lax.while_loop(unfinished, step, state)
     new_tokens = state.buffer[:, t:]
     return GeneratedTokens(tokens=new_tokens, lengths=jnp.sum(new_tokens != PAD, axis=1),
-                           finished=jnp.any(jnp.isin(new_tokens, eos), axis=1))
+                           finished=jnp.any(jnp.isin(new_tokens, eos), axis=1), nonfinite=state.nonfinite)
 
 
 def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array], *,
@@ -174,11 +183,14 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
     (`decode_step.decode_weights`) beside the model's own, so plan for twice the weight memory.
     """
     tokens, mask = _prompt_batch(model, prompts)
+    check_token_ids(tokens, model.config.vocab_size, "generate")
     n_prompts = tokens.shape[0]
     params = model.params if dtype is None else cast_params(model.params, dtype)
     compute_dtype = params["embed"].dtype
     if iv is not None:
         _check_rows(iv, n_prompts)
+        check_fits(iv, model.config, n_prompts)
+        _check_finite(iv)
         iv = jax.tree_util.tree_map(
             lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, iv)
     size = n_prompts if batch_size is None else max(1, min(batch_size, n_prompts))
@@ -213,7 +225,8 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
         texts=None if tokenizer is None else chat.decode_replies(tokenizer, out.tokens),
         lengths=out.lengths,
         prompt_lengths=mask.sum(axis=1).astype(np.int32),
-        finished=out.finished)
+        finished=out.finished,
+        nonfinite=out.nonfinite)
 
 
 def _prompt_batch(model: Any, prompts: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +252,16 @@ def _per_row_fields(iv: Intervention) -> dict[str, int]:
     fields.update({name: 0 for name in _MASK_FIELDS
                    if getattr(iv, name) is not None and jnp.ndim(getattr(iv, name)) == 2})
     return fields
+
+
+def _check_finite(iv: Intervention) -> None:
+    """A nan or inf edit makes every logit nan, and greedy decoding then emits empty replies that
+    look like verdicts; one check per call (a single transfer), none per step."""
+    fields = {name: getattr(iv, name) for name in SHARED_RANK}
+    finite = jax.device_get({name: jnp.all(jnp.isfinite(value)) for name, value in fields.items()})
+    bad = [name for name, ok in finite.items() if not ok]
+    if bad:
+        raise ValueError(f"generate: iv holds nan or inf in Intervention.{', '.join(bad)}")
 
 
 def _check_rows(iv: Intervention, n_prompts: int) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from emojax.config import ModelConfig
@@ -92,22 +93,74 @@ class Intervention:
     def with_where(self, **where: str) -> "Intervention":
         return self.replace(**{f"{k}_where": v for k, v in where.items()})
 
+    # Indices are checked, not wrapped: -1 would silently mean the last head, and an index past the
+    # end would silently do nothing (JAX drops out-of-bounds updates).
     def zero_heads(self, layer_heads: Sequence[tuple[int, int]]) -> "Intervention":
         scale = self.head_scale
+        n_layers, n_heads = _shared_shape("zero_heads", "head_scale", scale, 2)
         for layer, head in layer_heads:
-            scale = scale.at[layer, head].set(0.0)
+            scale = scale.at[_index("zero_heads", "layer", layer, n_layers),
+                             _index("zero_heads", "head", head, n_heads)].set(0.0)
         return self.replace(head_scale=scale)
 
     def zero_neurons(self, layer_neurons: Sequence[tuple[int, int]]) -> "Intervention":
         scale = self.neuron_scale
+        n_layers, n_neurons = _shared_shape("zero_neurons", "neuron_scale", scale, 2)
         for layer, neuron in layer_neurons:
-            scale = scale.at[layer, neuron].set(0.0)
+            scale = scale.at[_index("zero_neurons", "layer", layer, n_layers),
+                             _index("zero_neurons", "neuron", neuron, n_neurons)].set(0.0)
         return self.replace(neuron_scale=scale)
 
     def add_resid(self, layer: int, site: int, vector: Array, rms_scaled: bool = False) -> "Intervention":
         """Add `vector` after the attention (site 0) or the MLP (site 1) of `layer`."""
         field = "resid_add_rms" if rms_scaled else "resid_add"
-        return self.replace(**{field: getattr(self, field).at[layer, site].add(vector)})
+        current = getattr(self, field)
+        n_layers, _, d_model = _shared_shape("add_resid", field, current, 3)
+        if jnp.shape(vector) != (d_model,):
+            raise ValueError(f"add_resid: vector has shape {jnp.shape(vector)}, expected ({d_model},)")
+        at = (_index("add_resid", "layer", layer, n_layers), _index("add_resid", "site", site, 2))
+        return self.replace(**{field: current.at[at].add(vector)})
+
+
+def _shared_shape(builder: str, field: str, value: Array, rank: int) -> tuple[int, ...]:
+    """The shape of a field the builders edit, which must be shared by all rows (no batch axis)."""
+    shape = jnp.shape(value)
+    if len(shape) != rank:
+        raise ValueError(f"{builder}: Intervention.{field} has shape {shape}; the builders edit interventions "
+                         f"shared by all rows ({rank} axes)")
+    return shape
+
+
+def _index(builder: str, what: str, value: Any, size: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{builder}: {what} index {value!r} is not an integer")
+    if not 0 <= int(value) < size:
+        raise ValueError(f"{builder}: {what} index {int(value)} is out of range (valid 0..{size - 1})")
+    return int(value)
+
+
+def field_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of each per-layer field when shared by all rows."""
+    L, D, F, H, Dh = config.n_layers, config.d_model, config.d_ff, config.n_heads, config.head_dim
+    return {"resid_add": (L, 2, D), "resid_add_rms": (L, 2, D), "neuron_scale": (L, F), "neuron_add": (L, F),
+            "head_scale": (L, H), "head_add": (L, H, Dh)}
+
+
+def check_fits(iv: Intervention, config: ModelConfig, batch: int) -> None:
+    """Every field has exactly the config's shape, shared ([L, ...]) or per row ([L, batch, ...]), and
+    every mask is [P] or [batch, P]: a field that would merely broadcast is refused, since it would
+    edit more (or other) components than the ones it names. Shapes only, so it runs under jit."""
+    for name, shared in field_shapes(config).items():
+        shape = tuple(jnp.shape(getattr(iv, name)))
+        per_row = shared[:1] + (batch,) + shared[1:]
+        if shape not in (shared, per_row):
+            raise ValueError(f"iv: Intervention.{name} has shape {shape}; model {config.name!r} needs {shared} "
+                             f"(shared by all rows) or {per_row} (one edit per row)")
+    for group in GROUPS:
+        mask = getattr(iv, f"{group}_mask")
+        if mask is not None and not (jnp.ndim(mask) == 1 or (jnp.ndim(mask) == 2 and jnp.shape(mask)[0] == batch)):
+            raise ValueError(f"iv: Intervention.{group}_mask has shape {jnp.shape(mask)}; expected [P] or "
+                             f"[{batch}, P] (one row per prompt)")
 
 
 def stack_variants(ivs: Sequence[Intervention]) -> Intervention:

@@ -42,7 +42,7 @@ REGISTRY: dict[str, _Registered] = {
 }
 
 _HF_METADATA_FILES = ("config.json", "generation_config.json", INDEX_FILE)
-_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                        "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 
 
@@ -96,12 +96,12 @@ def source_files(source: Path) -> list[Path]:
     """Every file whose content determines the loaded model."""
     if _is_gguf(source):
         return [source]
-    extra = [source / n for n in _HF_METADATA_FILES + _HF_TOKENIZER_FILES if (source / n).is_file()]
+    extra = [source / n for n in _HF_METADATA_FILES + HF_TOKENIZER_FILES if (source / n).is_file()]
     return weight_files(source) + extra
 
 
 def _hf_tokenizer(directory: Path) -> PreTrainedTokenizerBase | None:
-    if not any((directory / n).is_file() for n in _HF_TOKENIZER_FILES):
+    if not any((directory / n).is_file() for n in HF_TOKENIZER_FILES):
         logging.info("%s has no tokenizer files; loading the weights without a tokenizer", directory)
         return None
     return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)

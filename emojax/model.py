@@ -10,11 +10,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from emojax import taps as taps_lib
 from emojax.config import ModelConfig
-from emojax.interventions import Intervention, selectors
+from emojax.interventions import Intervention, check_fits, selectors
 from emojax.kv_cache import KVCache
 from emojax.rope import apply_rope, rope_tables
 
@@ -154,12 +155,44 @@ def _edit_resid(h: Array, iv: dict[str, Array], site: int, sel: Array) -> Array:
     return jnp.where(sel[..., None], h + add + rms(h) * add_rms, h)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "taps", "logits", "unroll"))
+def check_token_ids(tokens: Array, vocab_size: int, where: str) -> None:
+    """Refuse token ids outside [0, vocab_size) (a gather would silently clamp them to the last id).
+    Only concrete values can be checked: inside a caller's jit the caller's own boundary checks."""
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    values = np.asarray(tokens)
+    if values.size and (values.min() < 0 or values.max() >= vocab_size):
+        bad = values[(values < 0) | (values >= vocab_size)]
+        raise ValueError(f"{where}: tokens holds ids outside the vocabulary [0, {vocab_size}) "
+                         f"({bad.size} of them, e.g. {int(bad[0])})")
+
+
+def check_mask_shape(tokens: Array, mask: Array | None, where: str) -> None:
+    if mask is not None and jnp.shape(mask) != jnp.shape(tokens):
+        raise ValueError(f"{where}: mask has shape {jnp.shape(mask)}, but tokens has {jnp.shape(tokens)}; "
+                         "they must match")
+
+
 def forward(params: dict[str, Any], tokens: Array, *, config: ModelConfig, mask: Array | None = None,
             positions: Array | None = None, cache: KVCache | None = None,
             iv: Intervention | None = None, taps: taps_lib.TapSpec = taps_lib.TapSpec(),
             directions: dict[str, Array] | None = None, last_pos: Array | None = None,
             logits: str = "all", unroll: int = 1) -> Output:
+    """Run the model on a token batch (compiled; see `_forward`).
+
+    Refused with a ValueError naming the argument: token ids outside the vocabulary, a mask whose
+    shape differs from the tokens', an intervention whose shapes do not match the config."""
+    check_token_ids(tokens, config.vocab_size, "forward")
+    return _forward(params, tokens, config=config, mask=mask, positions=positions, cache=cache, iv=iv, taps=taps,
+                    directions=directions, last_pos=last_pos, logits=logits, unroll=unroll)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "taps", "logits", "unroll"))
+def _forward(params: dict[str, Any], tokens: Array, *, config: ModelConfig, mask: Array | None = None,
+             positions: Array | None = None, cache: KVCache | None = None,
+             iv: Intervention | None = None, taps: taps_lib.TapSpec = taps_lib.TapSpec(),
+             directions: dict[str, Array] | None = None, last_pos: Array | None = None,
+             logits: str = "all", unroll: int = 1) -> Output:
     """Run the model on a token batch.
 
     tokens [B, T] int; mask [B, T] bool marks real tokens (prompts are left-padded); positions
@@ -170,7 +203,12 @@ def forward(params: dict[str, Any], tokens: Array, *, config: ModelConfig, mask:
     """
     if logits not in LOGITS_MODES:
         raise ValueError(f"forward: logits={logits!r}; expected one of {LOGITS_MODES}")
+    if jnp.ndim(tokens) != 2:
+        raise ValueError(f"forward: tokens has shape {jnp.shape(tokens)}; expected [B, T]")
+    check_mask_shape(tokens, mask, "forward")
     b, t = tokens.shape
+    if iv is not None:
+        check_fits(iv, config, b)
     valid = jnp.ones((b, t), bool) if mask is None else jnp.asarray(mask, bool)
     start = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
     if positions is None:

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from emojax import console
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.params import random_params
+from emojax.stages.launch import run_launcher
 from experiments.bench_common import CONFIG_SHAPES, BenchContext, load_average, machine, shape_config
 
 BENCHMARKS: dict[str, str] = {
@@ -102,7 +102,6 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    console.configure(FLAGS)
     names = FLAGS.only or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -135,4 +134,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

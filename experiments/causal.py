@@ -8,10 +8,10 @@ Needs the capture and directions stages of the same run. Writes <out>/causal/.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from emojax.stages import causal
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_integer("prompts_per_emotion", None, "Prompts per emotion (default: the preset's causal_prompts; "
@@ -29,4 +29,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -6,10 +6,10 @@ Needs the components and sublayer stages of the same run. Writes <out>/circuit/.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from emojax.stages import circuit_stage
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 
 define_flags()
 flags.mark_flag_as_required("out")
@@ -25,4 +25,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

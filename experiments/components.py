@@ -7,10 +7,10 @@ Needs the capture and directions stages of the same run (`python -m experiments.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from emojax.stages import components
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 
 define_flags()
 flags.mark_flag_as_required("out")
@@ -26,4 +26,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import emojax
-from emojax import console
 from emojax.prompts import NEUTRAL_SYSTEM, chat, tokenize_prompts
+from emojax.stages.launch import run_launcher
 
 _MODEL = flags.DEFINE_string("model", emojax.DEFAULT_MODEL, "Registered name, HF checkpoint dir or .gguf file.")
 _PROMPT = flags.DEFINE_string(
@@ -21,7 +21,6 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 40, "New tokens to generate.")
 
 def main(argv: list[str]) -> None:
     del argv
-    console.configure(flags.FLAGS)
     model = emojax.load_model(_MODEL.value)
     messages = chat(NEUTRAL_SYSTEM, _PROMPT.value)
     reply = emojax.generate(model, [messages], max_new_tokens=_MAX_NEW.value, min_new_tokens=10,
@@ -38,4 +37,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -9,10 +9,10 @@ geometry.json, PNG plots). The rule that selected the items is recorded in both.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from emojax.stages import directions_stage
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 
 define_flags()
 flags.mark_flag_as_required("out")
@@ -29,4 +29,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import elicit
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_string("split", "both", "Which split to elicit: train, test, both, or the value of --train / --test.")
@@ -46,4 +46,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import modulate
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_bool("baseline", True, "Also generate the unmodified neutral baseline and its false-match rate.")
@@ -24,7 +24,9 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     no_extra_arguments(argv)
-    scales = list_flag("scales", FLAGS.scales, float, "numbers")
+    scales = list_flag("scales", FLAGS.scales, float, "positive numbers", positive=True)
+    if FLAGS.sweep_per_theme is not None and FLAGS.sweep_per_theme < 1:
+        raise app.UsageError(f"--sweep_per_theme={FLAGS.sweep_per_theme}: expected a positive count")
     ctx = context_from_flags(FLAGS)
     if FLAGS.scale_sweep:
         logging.info("scale sweep: %s", modulate.run_scale_sweep(ctx, scales, FLAGS.sweep_per_theme))
@@ -34,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

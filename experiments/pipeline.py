@@ -8,9 +8,9 @@ summary.json and report.md at its root.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
 
 define_flags()
@@ -35,4 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -19,6 +19,7 @@ from emojax.judge.fluency import DEFAULT_RULE, FluencyRule
 from emojax.judge.rating import rate, read_rows
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.runs import InputError, write_jsonl
+from emojax.stages.launch import run_launcher
 
 flags.DEFINE_string("input", None, "JSON-lines file of replies to rate.")
 flags.DEFINE_string("output", None, "JSON-lines file to write (replaced atomically).")
@@ -53,4 +54,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import steer
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_bool("alpha_sweep", False, "Sweep alpha on the train split and steer the test split with the best.")
@@ -23,7 +23,9 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     no_extra_arguments(argv)
-    alphas = None if FLAGS.alphas is None else list_flag("alphas", FLAGS.alphas, float, "numbers")
+    alphas = None
+    if FLAGS.alphas is not None:
+        alphas = list_flag("alphas", FLAGS.alphas, float, "positive numbers", positive=True)
     if FLAGS.sweep_per_theme is not None and FLAGS.sweep_per_theme < 1:
         raise app.UsageError(f"--sweep_per_theme={FLAGS.sweep_per_theme}: expected a positive count")
     ctx = context_from_flags(FLAGS)
@@ -35,4 +37,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

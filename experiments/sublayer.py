@@ -7,11 +7,11 @@ Needs the capture and directions stages of the same run (`python -m experiments.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from emojax.hparams import INFLUENCE_ALPHAS
 from emojax.stages import sublayer
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_list("alphas", [str(a) for a in INFLUENCE_ALPHAS], "Dose multipliers alpha (dose = alpha * sigma).")
@@ -21,9 +21,7 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     no_extra_arguments(argv)
-    alphas = list_flag("alphas", FLAGS.alphas, float, "numbers")
-    if not alphas or min(alphas) <= 0:
-        raise app.UsageError(f"--alphas={','.join(FLAGS.alphas)}: expected positive numbers")
+    alphas = list_flag("alphas", FLAGS.alphas, float, "positive numbers", positive=True)
     ctx = context_from_flags(FLAGS)
     summary = sublayer.run(ctx, alphas)
     logging.info("sublayer: %s", summary)
@@ -31,4 +29,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
 from emojax.judge.features import FeatureSpec, SparseRows, featurize
@@ -36,6 +36,7 @@ from emojax.judge.fluency import DEFAULT_RULE, RULE_FEATURES, FluencyRule, measu
 from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, FORMAT_VERSION, OfflineJudge, log_softmax
 from emojax.judge.perplexity import perplexities
 from emojax.runs.atomic import write_json, write_npz
+from emojax.stages.launch import run_launcher
 from emojax.weights.cache import resolve_cache_dir
 from experiments import judge_cv
 from experiments.judge_data import NONE, LabelledText, load_official, load_rated, sev_sentences
@@ -288,4 +289,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

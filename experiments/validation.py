@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from emojax.stages import validation
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments
+from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_list("layers", [], "Layers to validate; default: the original's layers 13 and 22 at the same "
@@ -28,13 +28,13 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     no_extra_arguments(argv)
     layers = list_flag("layers", FLAGS.layers, int, "layer indices") or None
-    lambdas = list_flag("lambdas", FLAGS.lambdas, float, "numbers")
-    if not lambdas or min(lambdas) <= 0:
-        raise app.UsageError(f"--lambdas={','.join(FLAGS.lambdas)}: expected positive numbers")
+    lambdas = list_flag("lambdas", FLAGS.lambdas, float, "positive numbers", positive=True)
+    if FLAGS.draws is not None and FLAGS.draws < 1:
+        raise app.UsageError(f"--draws={FLAGS.draws}: expected a positive count")
     summary = validation.run(context_from_flags(FLAGS), layers=layers, prompts_per_emotion=FLAGS.prompts_per_emotion,
                              draws=FLAGS.draws, lambdas=lambdas)
     logging.info("validation: %s", summary)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_launcher(main)

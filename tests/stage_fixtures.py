@@ -21,7 +21,7 @@ from emojax.runs.manifest import ModelIdentity
 from emojax.stages.context import Preset, Settings, StageContext
 from hf_fixtures import IM_END_ID, IM_START_ID, tiny_tokenizer, tiny_vocab
 
-# The model covers every id its tokenizer can produce: replies are tokenised again for their perplexity.
+# The vocabulary is the tokenizer's: every id it emits has an embedding row.
 TINY_CONFIG = ModelConfig(family="llama", vocab_size=len(tiny_vocab()), d_model=32, n_layers=4, n_heads=4,
                           n_kv_heads=2, head_dim=8, d_ff=48, rms_eps=1e-5, rope_theta=10000.0, tie_embeddings=True,
                           qkv_bias=False, max_position=1024, bos_token_id=IM_START_ID,

@@ -148,3 +148,21 @@ def test_rate_limiter_spaces_requests():
 def test_bad_targets_are_rejected(server, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="target 0"):
         _judge(server, tmp_path, monkeypatch)(["PLAIN text"], ["joy"])
+
+
+def test_check_makes_one_authenticated_request(server, tmp_path, monkeypatch):
+    judge = _judge(server, tmp_path, monkeypatch)
+    judge.check()
+    assert server.requests == {"OTHER": 1} and server.auth_headers == [f"Bearer {SECRET}"]
+
+
+def test_check_refuses_a_missing_key_and_a_malformed_url_without_a_request(server, tmp_path, monkeypatch):
+    judge = _judge(server, tmp_path, monkeypatch)
+    monkeypatch.delenv("EMOJAX_TEST_JUDGE_KEY")
+    with pytest.raises(ValueError, match=r"\$EMOJAX_TEST_JUDGE_KEY is not set; the judge http:judge-model reads"):
+        judge.check()
+    monkeypatch.setenv("EMOJAX_TEST_JUDGE_KEY", SECRET)
+    for url in ("localhost:8000/v1", "ftp://example.org/v1", "https://"):
+        with pytest.raises(ValueError, match="is not an http\\(s\\) URL"):
+            _judge(server, tmp_path, monkeypatch, base_url=url).check()
+    assert server.requests == {}

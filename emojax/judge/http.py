@@ -3,6 +3,9 @@
 This reproduces the paper's judge (`gpt-4o-mini`, temperature 0.1, 4 retries with 1.8^i s backoff,
 fence stripping, failures = match 0 and flagged). Only the standard library is used.
 
+`check()` is what a launcher runs before any generation: the key variable is set, the base URL is
+an http(s) URL, and one 1-token request with the key is answered.
+
 The API key is read from an environment variable at call time and goes into the Authorization
 header only: it is never stored on the object, logged, put in an error message, a cache or a
 description. Replies are cached on disk (emojax.judge.cache) by a hash of (model, prompt); transport
@@ -16,6 +19,7 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,6 +95,25 @@ class HttpJudge:
                 "model_versions": sorted(self.model_versions),
                 "cache": None if self.cache is None else str(self.cache.path)}
 
+    def check(self) -> None:
+        """Refuse, with a ValueError naming what to fix, a judge that could not judge: no key in its
+        environment variable, a malformed base URL, or a server that does not answer a 1-token
+        request made with the key (a refused key, an unknown model, no server)."""
+        if not os.environ.get(self.api_key_env):
+            raise ValueError(f"${self.api_key_env} is not set; the judge {self.identity} reads its API key from it "
+                             "(export it, or choose another --judge)")
+        url = urllib.parse.urlparse(self.base_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError(f"base URL {self.base_url!r} (from ${BASE_URL_ENV} or base_url) is not an http(s) URL "
+                             f"such as {DEFAULT_BASE_URL}")
+        probe = [{"role": "system", "content": "Reply with the digit 1."}, {"role": "user", "content": "1"}]
+        try:
+            self._complete(probe, max_tokens=1)
+        except ApiError as err:
+            raise ValueError(f"a 1-token test request to {self.base_url}/chat/completions failed ({err}); "
+                             f"check the key in ${self.api_key_env}, the model name {self.model!r} and the base "
+                             "URL") from None
+
     def __call__(self, texts: Sequence[str], targets: Sequence[str]) -> JudgeResult:
         check_inputs(texts, targets)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -123,10 +146,10 @@ class HttpJudge:
             with self._versions_lock:
                 self.model_versions.add(version)
 
-    def _complete(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
+    def _complete(self, messages: list[dict[str, str]], max_tokens: int | None = None) -> tuple[str, str | None]:
         """(reply text, server model version); retries transient failures with backoff."""
-        body = json.dumps({"model": self.model, "messages": messages,
-                           "temperature": self.temperature, "max_tokens": self.max_tokens}).encode()
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
+                           "max_tokens": self.max_tokens if max_tokens is None else max_tokens}).encode()
         last = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:

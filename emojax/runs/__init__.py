@@ -6,11 +6,12 @@ from emojax.runs.manifest import NON_SEMANTIC_FLAGS, ModelIdentity, hash_arrays,
 from emojax.runs.progress import Progress, interactive, track
 from emojax.runs.rundir import RunDir, RunMismatchError, define_run_flags, set_determinism
 from emojax.runs.validate import (EMOTIONS, InputError, check_array_file, check_circuit, check_emotions,
-                                  check_layer_index, read_json, read_jsonl, read_npz)
+                                  check_finite, check_layer_index, read_json, read_jsonl, read_npz)
 
 __all__ = [
     "EMOTIONS", "NON_SEMANTIC_FLAGS", "ChunkedJob", "InputError", "ModelIdentity", "Progress", "RunDir",
-    "RunMismatchError", "check_array_file", "check_circuit", "check_emotions", "check_layer_index",
+    "RunMismatchError", "check_array_file", "check_circuit", "check_emotions", "check_finite",
+    "check_layer_index",
     "define_run_flags", "hash_arrays", "hash_path", "interactive", "read_json", "read_jsonl", "read_npz",
     "set_determinism", "track", "write_bytes", "write_csv", "write_json", "write_jsonl", "write_npz",
     "write_text",

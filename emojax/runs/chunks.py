@@ -26,7 +26,7 @@ from absl import logging
 
 from emojax.console import say
 from emojax.runs.atomic import write_json, write_jsonl, write_npz
-from emojax.runs.manifest import hash_file, jsonable
+from emojax.runs.manifest import finite_jsonable, hash_file
 from emojax.runs.progress import Progress
 from emojax.runs.validate import InputError, read_json, read_jsonl, read_npz
 
@@ -46,7 +46,7 @@ class ChunkedJob:
             raise ValueError(f"job {name!r}: need n_items >= 0 and chunk_size >= 1, got {n_items}, {chunk_size}")
         self.name, self.n_items, self.chunk_size = name, n_items, chunk_size
         self.path = Path(directory) / name
-        self.fingerprint = jsonable(fingerprint)
+        self.fingerprint = finite_jsonable(fingerprint, f"job {name!r} fingerprint")
         self._index = self._open_index()
 
     @property

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from emojax.runs.atomic import to_jsonable
+from emojax.runs.validate import InputError, non_finite_paths
 
 # Flags that never change a result: where outputs go and how progress is shown. Launchers add their
 # own (only flags that provably cannot change any number belong here; batch size does not, as it can
@@ -83,6 +84,16 @@ def hash_arrays(tree: Any) -> str:
 def jsonable(value: Any) -> Any:
     """`value` as plain JSON data (tuples become lists, numpy values Python numbers, others str)."""
     return json.loads(json.dumps(value, default=_fallback))
+
+
+def finite_jsonable(value: Any, what: str) -> Any:
+    """`jsonable(value)`, refusing nan and inf: JSON has no such numbers, and nan != nan would keep a
+    run's identity or a stage's fingerprint from comparing equal to itself. `what` names the value."""
+    plain = jsonable(value)
+    bad = non_finite_paths(plain)
+    if bad:
+        raise InputError(f"{what} {bad[0]} is not a finite number; nan and inf cannot be recorded")
+    return plain
 
 
 def _fallback(value: Any) -> Any:
@@ -191,8 +202,14 @@ def environment() -> dict[str, Any]:
 def identity(flags: Any, model: ModelIdentity | None, inputs: Mapping[str, str | os.PathLike] | None,
              non_semantic: tuple[str, ...] = NON_SEMANTIC_FLAGS) -> dict[str, Any]:
     """The part of a manifest that must match for a run to be resumed."""
+    recorded = flags_dict(flags) if flags is not None else {}
+    bad = non_finite_paths(recorded)
+    if bad:
+        name, _, rest = bad[0].partition(".")
+        raise InputError(f"--{name}={_brief(recorded[name])}{f' (at {rest})' if rest else ''}: expected a finite "
+                         "number; nan and inf cannot be recorded in a run's manifest")
     return {
-        "flags": flags_dict(flags) if flags is not None else {},
+        "flags": recorded,
         "non_semantic_flags": sorted(non_semantic),
         "model": model.to_dict() if model is not None else None,
         "inputs": {name: {"path": str(Path(p).resolve()), "sha256": hash_path(p)}

@@ -7,6 +7,7 @@ a jitted function or a silently wrong result. Every failure raises `InputError`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -89,7 +90,7 @@ def check_array_file(path: str | os.PathLike, expected_shapes: Mapping[str, Shap
 
     `expected_shapes` maps array names to shapes; None in a shape matches any size. When
     `model_hash` is given, the file's metadata must carry the same `model_hash` (artefacts are
-    written with `write_npz(path, arrays, meta={"model_hash": ...})`).
+    written with `write_npz(path, arrays, meta={"model_hash": ...})`). Float arrays must be finite.
     """
     arrays, meta = read_npz(path)
     if model_hash is not None:
@@ -107,7 +108,31 @@ def check_array_file(path: str | os.PathLike, expected_shapes: Mapping[str, Shap
         if not _shape_matches(arrays[name].shape, expected):
             raise InputError(f"{path}: array {name!r} has shape {arrays[name].shape}, expected "
                              f"{_format_expected(expected)}")
+        check_finite(arrays[name], f"{path}: array {name!r}")
     return arrays
+
+
+def check_finite(array: Any, what: str) -> None:
+    """A float array holds no nan or inf; the error names `what` and the first bad index."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{what} holds {int(bad.sum())} non-finite values (nan or inf; the first at index "
+                         f"{first}); recompute it with the stage that wrote it")
+
+
+def non_finite_paths(value: Any, prefix: str = "") -> list[str]:
+    """Where JSON-like data (dicts, lists, numbers) holds nan or inf, as "key.0.inner" paths."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [prefix]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite_paths(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in non_finite_paths(v, f"{prefix}.{i}" if prefix else str(i))]
+    return []
 
 
 def _circuit_layers(circuit: Any) -> list[tuple[Any, Any, Any]]:
@@ -144,6 +169,9 @@ def check_circuit(circuit: Any, config: Any, source: str = "circuit", model_hash
     if model_hash is not None and isinstance(circuit, Mapping) and circuit.get("model_hash") not in (None, model_hash):
         raise InputError(f"{source}: made with model {str(circuit['model_hash'])[:12]}, not the current model "
                          f"{model_hash[:12]}")
+    bad = non_finite_paths(circuit) if isinstance(circuit, Mapping) else []
+    if bad:
+        raise InputError(f"{source}: {bad[0]} is not a finite number (nan or inf); recompute the circuit")
     if isinstance(circuit, Mapping) and "emotion" in circuit and circuit["emotion"] not in EMOTIONS:
         raise InputError(f"{source}: unknown emotion {_short(circuit['emotion'])}")
     try:

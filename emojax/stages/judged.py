@@ -7,14 +7,18 @@ module holds that loop once:
 - `Decoding`: the per-condition settings of method.md §6;
 - `generate_in_chunks`: every prompt of a stage is tokenised once to one padded width, and every chunk
   is filled up to the same number of rows, so one compilation serves the whole stage; chunks are a
-  `ChunkedJob`, so a killed stage resumes at the chunk it was in;
-- `judge_in_chunks`: the judge in resumable chunks (an HTTP judge is slow);
+  `ChunkedJob`, so a killed stage resumes at the chunk it was in; replies generated from nan or inf
+  logits raise `NonFiniteReplies` instead of reaching the judge as empty texts;
+- `judge_in_chunks`: the judge in resumable chunks (an HTTP judge is slow); rows the judge failed on
+  (an API error, an unparsable reply) are judged again, alone, on the next run, and more than
+  `MAX_JUDGE_ERROR_FRACTION` of them fails the stage (`JudgeFailure`) instead of counting as verdicts;
 - `fluency_in_chunks`: perplexity of every reply under the unmodified model given its prompt (one
   forward per chunk), distinct-n, repetition and the fitted `fluent` rule (emojax.judge.fluency); a
   record's `fluent_match` is its judge's match AND fluent;
 - `write_judged_outputs`: records.jsonl, accepted.jsonl, rejected.jsonl, accuracy.json, accuracy.md;
-- `finished_summary` / `mark_finished`: a stage whose done.json carries the same fingerprint is
-  skipped; a changed fingerprint recomputes it in fresh job directories.
+- `finished_summary` / `mark_finished`: a stage whose done.json carries the same fingerprint, and
+  whose outputs still have the sha256 done.json recorded, is skipped; a changed fingerprint recomputes
+  it in fresh job directories, and a changed output recomputes it (reusing its finished chunks).
 """
 from __future__ import annotations
 
@@ -35,13 +39,26 @@ from emojax.interventions import Intervention
 from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
 from emojax.prompts import tokenize_prompts
-from emojax.runs import ChunkedJob, RunDir, read_json, write_json, write_jsonl, write_text
-from emojax.runs.manifest import jsonable
+from emojax.runs import ChunkedJob, InputError, RunDir, read_json, read_jsonl, write_json, write_jsonl, write_text
+from emojax.runs.chunks import INDEX_NAME
+from emojax.runs.manifest import finite_jsonable, hash_file, jsonable
 from emojax.stages.accuracy import accuracy_markdown, accuracy_tables
 
 PAD_MULTIPLE = 16          # prompt widths rounded up to this, so similar splits share a shape
 JUDGE_CHUNK = 256
 DONE_NAME = "done.json"
+# A stage fails rather than finishes when the judge failed on more than this fraction of its replies:
+# such rows would count as non-matches and make accuracies silently too low.
+MAX_JUDGE_ERROR_FRACTION = 0.05
+RETRIED_NAME = "retried.jsonl"   # in a judge job's directory: verdicts of rows judged again
+
+
+class JudgeFailure(InputError):
+    """The judge failed on too many replies of a stage; the stage is not marked done."""
+
+
+class NonFiniteReplies(InputError):
+    """Replies generated from nan or inf logits (empty, not verdicts); the stage is not marked done."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +102,7 @@ def decoding_for(condition: str, max_new_tokens: int, harmonised: bool = False) 
 
 def digest(value: Any) -> str:
     """Short content hash of any JSON-able value (fingerprints, job names)."""
-    text = json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(finite_jsonable(value, "fingerprint"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -113,20 +130,45 @@ def judge_identity(judge: Any) -> str:
 
 
 def finished_summary(run: RunDir, stage: str, fingerprint: Any) -> dict[str, Any] | None:
-    """The stored summary when `stage` finished with this fingerprint; None when it must run."""
+    """The stored summary when `stage` finished with this fingerprint and its outputs are as it left
+    them; None when it must run."""
     path = run.path / stage / DONE_NAME
     if not path.is_file():
         return None
     done = read_json(path)
-    if done.get("fingerprint") == jsonable(fingerprint):
-        logging.info("stage %s: finished earlier with the same inputs; skipped", stage)
-        return done["summary"]
-    logging.warning("stage %s: finished earlier with different inputs; computing it again", stage)
-    return None
+    if done.get("fingerprint") != finite_jsonable(fingerprint, f"stage {stage} fingerprint"):
+        logging.warning("stage %s: finished earlier with different inputs; computing it again", stage)
+        return None
+    changed = changed_outputs(run.path / stage, done.get("outputs", {}))
+    if changed:
+        logging.warning("stage %s: %s changed since the stage finished; computing it again", stage,
+                        ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else ""))
+        return None
+    logging.info("stage %s: finished earlier with the same inputs; skipped", stage)
+    return done["summary"]
 
 
 def mark_finished(run: RunDir, stage: str, fingerprint: Any, summary: Mapping[str, Any]) -> None:
-    run.mark_done(stage, {"fingerprint": jsonable(fingerprint), "summary": jsonable(dict(summary))})
+    run.mark_done(stage, {"fingerprint": finite_jsonable(fingerprint, f"stage {stage} fingerprint"),
+                          "outputs": output_hashes(run.path / stage), "summary": jsonable(dict(summary))})
+
+
+def output_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every output file of a stage, by path relative to its directory. done.json,
+    temporaries and chunk-job directories (which check their own chunks) are left out."""
+    jobs = {index.parent for index in directory.rglob(INDEX_NAME)}
+    hashes = {}
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if file.name == DONE_NAME or file.name.endswith(".tmp") or jobs.intersection(file.parents):
+            continue
+        hashes[file.relative_to(directory).as_posix()] = hash_file(file)
+    return hashes
+
+
+def changed_outputs(directory: Path, recorded: Mapping[str, str]) -> list[str]:
+    """The recorded outputs that are missing or whose bytes differ from those done.json recorded."""
+    return [name for name, sha in recorded.items()
+            if not (directory / name).is_file() or hash_file(directory / name) != sha]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +204,11 @@ def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: 
         rows = np.minimum(np.arange(start, start + size), n - 1)
         out = generate(ctx.model, (batch.tokens[rows], batch.mask[rows]), iv=None if row_iv is None else row_iv(rows),
                        batch_size=size, dtype=dtype, mesh=ctx.mesh, **decoding.generate_kwargs())
+        bad = [keys[i] for j, i in enumerate(range(start, stop)) if out.nonfinite[j]]
+        if bad:
+            raise NonFiniteReplies(f"{_stage_label(ctx, directory)}: the logits became nan or inf while generating "
+                                   f"{len(bad)} of {stop - start} replies (first: {bad[0]}), which would be empty; "
+                                   f"check the intervention's values and the dtype ({decoding.dtype})")
         return [{"key": keys[i], "gen_text": out.texts[j], "input_len": int(batch.lengths[i]),
                  "new_tokens": int(out.lengths[j]), "finished": bool(out.finished[j])}
                 for j, i in enumerate(range(start, stop))]
@@ -172,15 +219,68 @@ def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: 
 
 def judge_in_chunks(ctx: Any, directory: Path, texts: Sequence[str], targets: Sequence[str], *,
                     job: str = "judge") -> list[dict[str, Any]]:
-    """The judge's verdict {match, reason, error} on every (text, target emotion), resumable by chunk."""
+    """The judge's verdict {match, reason, error} on every (text, target emotion), resumable by chunk.
+
+    Rows the judge failed on in an earlier run are judged again, alone; more than
+    MAX_JUDGE_ERROR_FRACTION failed rows raise `JudgeFailure` (their verdicts stay on disk, so the
+    next run judges only those rows again)."""
     spec = {"judge": judge_identity(ctx.judge), "texts": digest([list(texts), list(targets)])}
+    fresh: set[int] = set()  # rows judged by this process: a failure there is not retried at once
 
     def compute(start: int, stop: int) -> list[dict[str, Any]]:
+        fresh.update(range(start, stop))
         result = ctx.judge(list(texts[start:stop]), list(targets[start:stop]))
         return verdicts(result, stop - start)
 
     chunked = ChunkedJob(directory, f"{job}-{digest(spec)}", len(texts), JUDGE_CHUNK, spec)
-    return chunked.run(compute, desc=f"{directory.name} {job}")
+    judged = chunked.run(compute, desc=f"{directory.name} {job}")
+    judged = _retry_failed(ctx, chunked.path / RETRIED_NAME, texts, targets, judged, fresh)
+    _check_judge_errors(_stage_label(ctx, directory), texts, judged)
+    return judged
+
+
+def judge_failed(text: str, verdict: Mapping[str, Any]) -> bool:
+    """The judge could not give a verdict on a non-empty reply (an empty reply is a non-match)."""
+    return verdict["error"] is not None and bool(text.strip())
+
+
+def _retry_failed(ctx: Any, path: Path, texts: Sequence[str], targets: Sequence[str],
+                  judged: list[dict[str, Any]], fresh: set[int]) -> list[dict[str, Any]]:
+    """`judged` with the verdicts of rows judged again (kept in `path`); rows that failed in an earlier
+    run are judged again now, JUDGE_CHUNK at a time."""
+    retried = {int(r["row"]): r["verdict"] for r in read_jsonl(path)} if path.is_file() else {}
+    current = [retried.get(i, v) for i, v in enumerate(judged)]
+    rows = [i for i, v in enumerate(current) if i not in fresh and judge_failed(texts[i], v)]
+    if rows:
+        logging.info("%s: judging again the %d replies the judge failed on", path.parent.parent.name, len(rows))
+    for start in range(0, len(rows), JUDGE_CHUNK):
+        batch = rows[start:start + JUDGE_CHUNK]
+        result = ctx.judge([texts[i] for i in batch], [targets[i] for i in batch])
+        retried.update(zip(batch, verdicts(result, len(batch))))
+        write_jsonl(path, [{"row": i, "verdict": retried[i]} for i in sorted(retried)])
+    return [retried.get(i, v) for i, v in enumerate(judged)]
+
+
+def _check_judge_errors(stage: str, texts: Sequence[str], judged: Sequence[Mapping[str, Any]]) -> None:
+    failed = [i for i, v in enumerate(judged) if judge_failed(texts[i], v)]
+    if not failed:
+        return
+    share = len(failed) / len(texts)
+    first = judged[failed[0]]["error"]
+    if share > MAX_JUDGE_ERROR_FRACTION:
+        raise JudgeFailure(f"{stage}: the judge failed on {len(failed)} of {len(texts)} replies ({share:.0%}, more "
+                           f"than the {MAX_JUDGE_ERROR_FRACTION:.0%} allowed; first error: {first}); the stage is "
+                           "not marked done: fix the judge and run the same command again, which judges only "
+                           "those replies again")
+    logging.warning("%s: the judge failed on %d of %d replies (%s); they count as non-matches", stage,
+                    len(failed), len(texts), first)
+
+
+def _stage_label(ctx: Any, directory: Path) -> str:
+    try:
+        return directory.relative_to(ctx.run.path).as_posix()
+    except ValueError:
+        return directory.name
 
 
 def verdicts(result: Any, n: int) -> list[dict[str, Any]]:

@@ -4,8 +4,10 @@
                                       one flag per Settings field (method choices, method.md §11)
     no_extra_arguments(argv)          refuse positional arguments
     list_flag("alphas", FLAGS.alphas, float, "numbers")   parse a list flag, naming it on bad input
-    ctx = context_from_flags(FLAGS)   load the model, the splits (subsampled by the preset), the judge,
-                                      and open (or resume) the run directory
+    ctx = context_from_flags(FLAGS)   check the whole configuration, then load the model, the splits
+                                      (subsampled by the preset), the judge, and open (or resume) the
+                                      run directory
+    run_launcher(main)                `app.run(main)`, with known input errors as one line and exit 2
 
 `open_context` does the same from plain arguments, for library use and tests (a judge object may be
 passed instead of a spec).
@@ -13,7 +15,9 @@ passed instead of a spec).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+import math
+import sys
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import jax
 from absl import app
@@ -22,14 +26,16 @@ from absl import logging
 from jax.sharding import Mesh
 
 from emojax import console
-from emojax.data import load_dataset, resolve_dataset, subsample
+from emojax.data import DatasetError, load_dataset, resolve_dataset, subsample
 from emojax.distributed import initialize_distributed
-from emojax.judge import SPEC_HELP, make_judge
+from emojax.judge import SPEC_HELP
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.parallel import mesh_from_spec, shard_params
-from emojax.runs import ModelIdentity, RunDir, define_run_flags
+from emojax.runs import InputError, ModelIdentity, RunDir, define_run_flags
+from emojax.stages import preflight
 from emojax.stages.context import PRESETS, Preset, Settings, StageContext
 from emojax.stages.judged import judge_identity
+from emojax.weights.errors import WeightsError
 
 _CHOICES = {"directions_rule": ("accepted", "all"), "ratio_mode": ("fixed", "auto"),
             "budget": ("transferred", "literal")}
@@ -72,12 +78,53 @@ def no_extra_arguments(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
 
-def list_flag(name: str, values: Sequence[str], convert: Callable[[str], Any], expected: str) -> list[Any]:
-    """The values of list flag --name converted one by one; a bad value is a usage error naming the flag."""
+def list_flag(name: str, values: Sequence[str], convert: Callable[[str], Any], expected: str,
+              positive: bool = False) -> list[Any]:
+    """The values of list flag --name converted one by one; a bad value (nan and inf included, and
+    with `positive` any value <= 0 or an empty list) is a usage error naming the flag."""
     try:
-        return [convert(v) for v in values]
+        converted = [convert(v) for v in values]
     except ValueError:
+        converted = None
+    if converted is None or any(isinstance(v, float) and not math.isfinite(v) for v in converted) or \
+            (positive and (not converted or min(converted) <= 0)):
         raise app.UsageError(f"--{name}={','.join(values)}: expected {expected}") from None
+    return converted
+
+
+# What "known input error" means for `run_launcher`: each names the input and says what is wrong.
+KNOWN_ERRORS = (InputError, DatasetError, WeightsError, app.UsageError)
+
+
+def run_launcher(main: Callable[[list[str]], Any]) -> None:
+    """`app.run(main)` for a launcher: a known input error (a bad flag, file, dataset, checkpoint or
+    judge) is printed as one line and exits with status 2; its traceback only with --verbosity=1 or
+    higher. Any other error keeps its traceback. The terminal shows console lines unless a logging
+flag asks for the full log (emojax.console)."""
+    def guarded(argv: list[str]) -> Any:
+        console.configure(absl_flags.FLAGS)
+        try:
+            return main(argv)
+        except KNOWN_ERRORS as err:
+            if absl_flags.FLAGS.verbosity >= 1:
+                raise
+            _exit_with(err)
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a flag it refuses reported like every other input error."""
+    try:
+        return absl_flags.FLAGS(argv)
+    except absl_flags.Error as err:
+        _exit_with(err)
+
+
+def _exit_with(err: BaseException) -> NoReturn:
+    message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
 
 
 def _define_setting(field: dataclasses.Field) -> None:
@@ -103,34 +150,46 @@ def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:
                  test: str = "bundled:test", preset: str | Preset = "quick", judge: Any = "offline",
                  settings: Settings | None = None, force_new: bool = False,
                  cache_dir: str | None = None, mesh: Mesh | None = None) -> StageContext:
-    """Load everything a stage needs and open the run directory.
+    """Check the configuration, load everything a stage needs and open the run directory.
 
     `model`: a name/path for `load_model`, or an already loaded model; `preset`: a name of PRESETS or
     a Preset; `judge`: a spec for `make_judge` or a judge callable. These arguments are the run's
     identity; `mesh` is not part of it (a run resumes on any mesh with the same results).
     """
     if isinstance(preset, str) and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise InputError(f"--preset={preset!r}: expected one of {sorted(PRESETS)}")
     chosen = PRESETS[preset] if isinstance(preset, str) else preset
     settings = settings or Settings()
+    # Everything that can be checked without the model is, before the model loads.
+    preflight.check_settings(settings)
+    splits, sources = {}, {}
+    for split, spec, per_theme in (("train", train, chosen.train_per_theme), ("test", test, chosen.test_per_theme)):
+        records = load_dataset(spec)
+        sources[split] = resolve_dataset(spec)
+        splits[split] = records if per_theme is None else subsample(records, per_theme)
+        logging.info("%s split %s: %d records (of %d)", split, spec, len(splits[split]), len(records))
+    if isinstance(model, str):
+        preflight.check_model_source(model)
+    if isinstance(judge, str):
+        judge_fn = preflight.make_checked_judge(judge)
+    else:
+        judge_fn = judge
+        preflight.check_judge(judge_fn)
     loaded = load_model(model, cache_dir=cache_dir) if isinstance(model, str) else model
+    preflight.check_tokenizer(loaded)
+    for split in ("train", "test"):
+        preflight.check_prompt_lengths(loaded, splits[split], str(sources[split]), chosen.max_new_tokens,
+                                       settings.date_string)
     if mesh is not None:
         loaded = dataclasses.replace(loaded, params=shard_params(loaded.params, mesh, loaded.config))
         logging.info("mesh %s: weights placed by their logical axes", dict(mesh.shape))
-    splits = {}
-    for split, spec, per_theme in (("train", train, chosen.train_per_theme), ("test", test, chosen.test_per_theme)):
-        records = load_dataset(spec)
-        splits[split] = records if per_theme is None else subsample(records, per_theme)
-        logging.info("%s split %s: %d records (of %d)", split, spec, len(splits[split]), len(records))
     identity = ModelIdentity(name=loaded.name, source=str(loaded.source), content_hash=loaded.source_hash,
                              config=dataclasses.asdict(loaded.config))
-    judge_fn = make_judge(judge) if isinstance(judge, str) else judge
     # The run's identity is these values only, so every launcher (the pipeline or a single stage) can
     # resume the same run directory; stage-specific options go into that stage's own fingerprint.
     flags = {"model": loaded.name, "train": str(train), "test": str(test), "preset": dataclasses.asdict(chosen),
              "judge": judge if isinstance(judge, str) else judge_identity(judge), **dataclasses.asdict(settings)}
-    run = RunDir.open(out, flags=flags, model=identity,
-                      inputs={"train": resolve_dataset(train), "test": resolve_dataset(test)}, force_new=force_new)
+    run = RunDir.open(out, flags=flags, model=identity, inputs=sources, force_new=force_new)
     return StageContext(model=loaded, run=run, train=splits["train"], test=splits["test"], judge=judge_fn,
                         preset=chosen, settings=settings, mesh=mesh)
 
@@ -145,9 +204,16 @@ def run_directory_of_host(out: str) -> str:
 def context_from_flags(values: Any) -> StageContext:
     """The StageContext of an absl launcher (`values` is FLAGS after parsing). Joins the JAX
     distributed runtime first when the environment describes several hosts (a no-op on one)."""
-    console.configure(values)
     initialize_distributed()
+    try:
+        mesh = mesh_from_spec(values.mesh)
+    except ValueError as err:
+        if str(err).startswith("--mesh"):  # a malformed value, named already
+            raise InputError(str(err)) from None
+        count = jax.device_count()
+        raise InputError(f"--mesh={values.mesh} does not fit the {count} device(s) present; use --mesh=auto or a "
+                         f"DATAxMODEL grid whose product is {count}") from None
     return open_context(out=run_directory_of_host(values.out), model=values.model, train=values.train, test=values.test,
                         preset=values.preset, judge=values.judge,
                         settings=settings_from(values.flag_values_dict()), force_new=values.force_new_run,
-                        cache_dir=values.cache_dir, mesh=mesh_from_spec(values.mesh))
+                        cache_dir=values.cache_dir, mesh=mesh)
