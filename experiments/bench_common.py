@@ -149,6 +149,19 @@ def forward_flops(config: ModelConfig, batch: int, seq: int, logits: str = "all"
 
 # --- the model under test and its PyTorch twin ------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class BenchSizes:
+    """Workload sizes a run may shrink (for a quick check); None keeps each benchmark's own default."""
+
+    scan_prompts: int | None = None  # prompts of head_scan, sublayer_scan and neuron_scan
+    neuron_layers: tuple[int, ...] | None = None  # layers emojax's neuron scan runs (extrapolated to all)
+    peer_sample: int = 16  # scan variants each peer runs (at least one chunk), scaled to the full scan
+    peer_batch_rows: int = 768  # batch rows of a batched full-forward peer (variants x prompts)
+    prefix_batch_rows: int = 4096  # batch rows of a one-token suffix pass (variants x prompts)
+    generate_batch: int | None = None  # prompts of generate and generate_steered
+    generate_tokens: int | None = None  # new tokens of generate and generate_steered
+
+
 @dataclasses.dataclass
 class BenchContext:
     """The model every benchmark of one invocation uses, and shared lazily computed figures."""
@@ -161,6 +174,15 @@ class BenchContext:
     repeats: int
     baseline: bool  # run the HF PyTorch baseline
     baseline_device: str = "cpu"  # torch device of the baseline
+    peers: tuple[str, ...] = ("hf_hooks",)  # the baselines run beside emojax (experiments/peers.py)
+    sizes: BenchSizes = BenchSizes()
+    _shared: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, build: Callable[[], Any]) -> Any:
+        """`build()` once per context under `key` (a peer's own copy of the weights)."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]
 
     @functools.cached_property
     def matmul_peak_gflops(self) -> float:
