@@ -121,7 +121,7 @@ def time_scan(ctx: BenchContext, emojax_run: Callable[[], Any], emojax_effects: 
               job: ScanJob, edits: Sequence[Edit], repeats: int,
               candidates: Sequence[int] | None = None) -> tuple[list[float], Any, dict[str, dict[str, Any]]]:
     """Run emojax's scan and every peer's sampled scan (`ctx.peers`) in turns, `repeats` times,
-    after one untimed warm-up of each peer.
+    after an untimed warm-up of each peer (its setup and one variant; emojax compiles before).
 
     `edits` are all the scan's variants; peers sample theirs from `candidates` (default: all),
     the variants whose emojax effects `emojax_effects(out)` [len(edits), B] holds. Returns
@@ -132,9 +132,9 @@ def time_scan(ctx: BenchContext, emojax_run: Callable[[], Any], emojax_effects: 
     candidates = list(range(len(edits))) if candidates is None else list(candidates)
     pool = [edits[i] for i in candidates]
     picked = {n: [candidates[j] for j in p.sample(pool, ctx.sizes.peer_sample)] for n, p in peers.items()}
-    for name, peer in peers.items():
+    for name, peer in peers.items():  # warm-up: the setup and one variant, untimed
         peer.setup(job)
-        peer.effects([edits[i] for i in picked[name][:peer.chunk]])
+        peer.effects([edits[picked[name][0]]])
     emojax_runs, out = [], None
     parts: dict[str, dict[str, list[float]]] = {n: {"setup": [], "sample": []} for n in peers}
     rss: dict[str, float] = {}
