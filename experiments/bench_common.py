@@ -110,9 +110,37 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n ** 3 / time_call(lambda: matmul(a, b), repeats).median_s / 1e9
 
 
+_peak_before_resets_mb = 0.0  # `rss_during` resets the kernel's peak; the highest one seen before is kept
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _peak_before_resets_mb)
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024  # kB
+
+
+def rss_during(fn: Callable[[], Any]) -> tuple[Any, dict[str, float | None]]:
+    """fn()'s result, and the process's resident memory before it and at its peak while it ran
+    (Linux: the peak is reset through /proc/self/clear_refs first; None where that is not possible)."""
+    global _peak_before_resets_mb
+    before = _status_mb("VmRSS")
+    _peak_before_resets_mb = peak_rss_mb()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident size to the current one
+        reset = True
+    except OSError:
+        reset = False
+    out = fn()
+    return out, {"rss_before_mb": before, "peak_rss_mb": _status_mb("VmHWM") if reset else None}
 
 
 def machine() -> dict[str, Any]:

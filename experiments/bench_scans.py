@@ -110,9 +110,9 @@ def _head_scan(ctx: BenchContext, positions: str, n_prompts: int) -> dict[str, A
     warmup_s = _compile(lambda: run([cfg.n_layers - 1]))
     edits = head_edits(cfg, all_positions=positions == "all")
     flatten = lambda effect: np.asarray(effect).reshape(len(edits), -1)
-    runs, last, peers = time_scan(ctx, run, flatten, ScanJob(tokens, mask, readout), edits,
-                                  min(ctx.repeats, MAX_REPEATS))
-    figures = {"emojax_warmup_s": warmup_s, "emojax_runs_s": runs, "prompts": n_prompts,
+    runs, last, memory, peers = time_scan(ctx, run, flatten, ScanJob(tokens, mask, readout), edits,
+                                          min(ctx.repeats, MAX_REPEATS))
+    figures = {"emojax_warmup_s": warmup_s, "emojax_runs_s": runs, **memory, "prompts": n_prompts,
                "prompt_tokens": int(tokens.shape[1]), "positions": positions, "variants": len(edits)}
     return _result(float(np.median(runs)), figures, peers, flatten(last))
 
@@ -163,11 +163,11 @@ def bench_neuron_scan(ctx: BenchContext, n_prompts: int | None = None,
         full[candidates] = np.asarray(effect).reshape(len(candidates), -1)
         return full
 
-    runs, last, peers = time_scan(ctx, run, spread_out, ScanJob(tokens, mask, readout), edits, 1, candidates)
+    runs, last, memory, peers = time_scan(ctx, run, spread_out, ScanJob(tokens, mask, readout), edits, 1, candidates)
     measured = runs[0]
     suffix_layers = lambda ls: sum(cfg.n_layers - l for l in ls)  # layers l+1..L-1 plus the read-out
     figures = {"emojax_measured_s": measured, "emojax_layers_scanned": len(scanned),
-               "emojax_extrapolated": len(scanned) < cfg.n_layers, "emojax_warmup_s": warmup_s,
+               "emojax_extrapolated": len(scanned) < cfg.n_layers, "emojax_warmup_s": warmup_s, **memory,
                "prompts": n_prompts, "prompt_tokens": int(tokens.shape[1]), "variants": len(edits)}
     emojax_s = measured * suffix_layers(range(cfg.n_layers)) / suffix_layers(scanned)
     return _result(emojax_s, figures, peers, spread_out(last))
@@ -202,8 +202,8 @@ def bench_sublayer_scan(ctx: BenchContext, n_prompts: int | None = None) -> dict
                   vector=(alpha * sigma[site, layer] * directions[site, layer]).astype(np.float32))
              for site in range(2) for layer in range(cfg.n_layers) for alpha in ALPHAS]
     effects = lambda influence: np.asarray(influence.perturbed - influence.base).reshape(len(edits), -1)
-    runs, last, peers = time_scan(ctx, run, effects, ScanJob(tokens, mask, readout), edits,
-                                  min(ctx.repeats, MAX_REPEATS))
-    figures = {"emojax_warmup_s": warmup_s, "emojax_runs_s": runs, "prompts": n_prompts,
+    runs, last, memory, peers = time_scan(ctx, run, effects, ScanJob(tokens, mask, readout), edits,
+                                          min(ctx.repeats, MAX_REPEATS))
+    figures = {"emojax_warmup_s": warmup_s, "emojax_runs_s": runs, **memory, "prompts": n_prompts,
                "prompt_tokens": int(tokens.shape[1]), "alphas": list(ALPHAS), "variants": len(edits)}
     return _result(float(np.median(runs)), figures, peers, effects(last))

@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.params import random_params
 from experiments.bench_common import CONFIG_SHAPES, BenchContext, BenchSizes, load_average, machine, shape_config
-from experiments.peers import PEER_NAMES, parse_peers
+from experiments.peers import PEER_NAMES, missing_packages, parse_peers
 
 BENCHMARKS: dict[str, str] = {
     "prefill": "experiments.bench_prefill:bench_prefill",
@@ -139,9 +139,13 @@ def main(argv: list[str]) -> None:
     if FLAGS.repeats < 1:
         raise app.UsageError(f"--repeats={FLAGS.repeats}: expected at least 1")
     try:
-        parse_peers(FLAGS.peers)
+        peers = parse_peers(FLAGS.peers)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
+    missing = missing_packages(peers) if FLAGS.baseline else {}
+    if missing:
+        raise app.UsageError(f"--peers: {sorted(missing)} need {sorted(set(missing.values()))}; install the bench "
+                             f"extra (pip install -e '.[bench]') or leave them out")
     cpu_only = [n for n in names if n in CPU_BASELINE_ONLY]
     if FLAGS.baseline and FLAGS.baseline_device != "cpu" and cpu_only:
         raise app.UsageError(f"--baseline_device={FLAGS.baseline_device}: the baseline of {cpu_only} runs on CPU "

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from experiments.bench_common import BenchContext, peak_rss_mb
+from experiments.bench_common import BenchContext, rss_during
 from experiments.peer_common import Edit, ScanJob
 
 SCAN_PEERS: dict[str, str] = {
@@ -50,6 +50,17 @@ def parse_peers(spec: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"--peers: unknown peer(s) {unknown}; known: {list(PEER_NAMES)}, 'all' or 'none'")
     return names
+
+
+# The packages of the `bench` extra each peer needs beyond torch and transformers.
+PEER_PACKAGES = {"nnsight": "nnsight", "transformer_lens": "transformer_lens"}
+
+
+def missing_packages(names: Sequence[str]) -> dict[str, str]:
+    """{peer: package} for the peers among `names` whose package is not installed."""
+    import importlib.util
+
+    return {n: PEER_PACKAGES[n] for n in names if n in PEER_PACKAGES and importlib.util.find_spec(PEER_PACKAGES[n]) is None}
 
 
 def load_peer(path: str) -> Any:
@@ -119,15 +130,17 @@ def scan_peers(ctx: BenchContext, names: Sequence[str], job: ScanJob,
 
 def time_scan(ctx: BenchContext, emojax_run: Callable[[], Any], emojax_effects: Callable[[Any], np.ndarray],
               job: ScanJob, edits: Sequence[Edit], repeats: int,
-              candidates: Sequence[int] | None = None) -> tuple[list[float], Any, dict[str, dict[str, Any]]]:
+              candidates: Sequence[int] | None = None) -> tuple[list[float], Any, dict[str, Any],
+                                                                dict[str, dict[str, Any]]]:
     """Run emojax's scan and every peer's sampled scan (`ctx.peers`) in turns, `repeats` times,
     after an untimed warm-up of each peer (its setup and one variant; emojax compiles before).
 
     `edits` are all the scan's variants; peers sample theirs from `candidates` (default: all),
     the variants whose emojax effects `emojax_effects(out)` [len(edits), B] holds. Returns
-    (emojax run times, emojax's last output, {peer: figures}); a peer's `seconds` is its setup
+    (emojax run times, emojax's last output, emojax's memory, {peer: figures}); a peer's `seconds` is its setup
     plus its sample's time scaled by cost(edits) / cost(sample), and `max_abs_diff` compares its
-    sampled effects with emojax's."""
+    sampled effects with emojax's; `peak_rss_mb` is the process's peak resident memory during its
+    last run (all models loaded, so compare it with `rss_before_mb`)."""
     peers, skipped = scan_peers(ctx, ctx.peers, job, edits)
     candidates = list(range(len(edits))) if candidates is None else list(candidates)
     pool = [edits[i] for i in candidates]
@@ -137,20 +150,25 @@ def time_scan(ctx: BenchContext, emojax_run: Callable[[], Any], emojax_effects: 
         peer.effects([edits[picked[name][0]]])
     emojax_runs, out = [], None
     parts: dict[str, dict[str, list[float]]] = {n: {"setup": [], "sample": []} for n in peers}
-    rss: dict[str, float] = {}
+    rss: dict[str, dict[str, float | None]] = {}
     last: dict[str, np.ndarray] = {}
     for _ in range(repeats):
         start = time.perf_counter()
-        out = emojax_run()
+        out, emojax_rss = rss_during(emojax_run)
         emojax_runs.append(time.perf_counter() - start)
         for name, peer in peers.items():
-            start = time.perf_counter()
-            peer.setup(job)
-            middle = time.perf_counter()
-            last[name] = peer.effects([edits[i] for i in picked[name]])
-            parts[name]["setup"].append(middle - start)
-            parts[name]["sample"].append(time.perf_counter() - middle)
-            rss[name] = peak_rss_mb()
+            times: list[float] = [time.perf_counter()]
+
+            def run_peer() -> np.ndarray:
+                peer.setup(job)
+                times.append(time.perf_counter())
+                effects = peer.effects([edits[i] for i in picked[name]])
+                times.append(time.perf_counter())
+                return effects
+
+            last[name], rss[name] = rss_during(run_peer)
+            parts[name]["setup"].append(times[1] - times[0])
+            parts[name]["sample"].append(times[2] - times[1])
     ours = emojax_effects(out)
     figures: dict[str, dict[str, Any]] = {}
     for name, peer in peers.items():
@@ -161,8 +179,8 @@ def time_scan(ctx: BenchContext, emojax_run: Callable[[], Any], emojax_effects: 
             "max_abs_diff": float(np.abs(ours[picked[name]] - last[name]).max()),
             "setup_s": setup_s, "sample_s": sample_s, "sampled": len(sampled),
             "extrapolated": len(sampled) < len(edits), "chunk_variants": peer.chunk,
-            "peak_rss_mb_after": rss[name], "description": peer.description(),
+            **rss[name], "description": peer.description(),
         }
     for name, reason in skipped.items():
         figures[name] = {"seconds": None, "max_abs_diff": None, "skipped": reason}
-    return emojax_runs, out, figures
+    return emojax_runs, out, {f"emojax_{k}": v for k, v in emojax_rss.items()}, figures
