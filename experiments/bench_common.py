@@ -110,9 +110,37 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n ** 3 / time_call(lambda: matmul(a, b), repeats).median_s / 1e9
 
 
+_peak_before_resets_mb = 0.0  # `rss_during` resets the kernel's peak; the highest one seen before is kept
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _peak_before_resets_mb)
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024  # kB
+
+
+def rss_during(fn: Callable[[], Any]) -> tuple[Any, dict[str, float | None]]:
+    """fn()'s result, and the process's resident memory before it and at its peak while it ran
+    (Linux: the peak is reset through /proc/self/clear_refs first; None where that is not possible)."""
+    global _peak_before_resets_mb
+    before = _status_mb("VmRSS")
+    _peak_before_resets_mb = peak_rss_mb()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident size to the current one
+        reset = True
+    except OSError:
+        reset = False
+    out = fn()
+    return out, {"rss_before_mb": before, "peak_rss_mb": _status_mb("VmHWM") if reset else None}
 
 
 def machine() -> dict[str, Any]:
@@ -149,6 +177,19 @@ def forward_flops(config: ModelConfig, batch: int, seq: int, logits: str = "all"
 
 # --- the model under test and its PyTorch twin ------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class BenchSizes:
+    """Workload sizes a run may shrink (for a quick check); None keeps each benchmark's own default."""
+
+    scan_prompts: int | None = None  # prompts of head_scan, sublayer_scan and neuron_scan
+    neuron_layers: tuple[int, ...] | None = None  # layers emojax's neuron scan runs (extrapolated to all)
+    peer_sample: int = 16  # scan variants each peer runs (at least one chunk), scaled to the full scan
+    peer_batch_rows: int = 768  # batch rows of a batched full-forward peer (variants x prompts)
+    prefix_batch_rows: int = 4096  # batch rows of a one-token suffix pass (variants x prompts)
+    generate_batch: int | None = None  # prompts of generate and generate_steered
+    generate_tokens: int | None = None  # new tokens of generate and generate_steered
+
+
 @dataclasses.dataclass
 class BenchContext:
     """The model every benchmark of one invocation uses, and shared lazily computed figures."""
@@ -161,6 +202,15 @@ class BenchContext:
     repeats: int
     baseline: bool  # run the HF PyTorch baseline
     baseline_device: str = "cpu"  # torch device of the baseline
+    peers: tuple[str, ...] = ("hf_hooks",)  # the baselines run beside emojax (experiments/peers.py)
+    sizes: BenchSizes = BenchSizes()
+    _shared: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, build: Callable[[], Any]) -> Any:
+        """`build()` once per context under `key` (a peer's own copy of the weights)."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]
 
     @functools.cached_property
     def matmul_peak_gflops(self) -> float:

@@ -15,13 +15,13 @@ import numpy as np
 
 from emojax.interventions import Intervention
 from experiments.bench_common import BenchContext, peak_rss_mb, time_interleaved
-from experiments.bench_generate import BATCH, bench_prompts, circuit_style_edits, emojax_generation
+from experiments.bench_generate import bench_prompts, circuit_style_edits, emojax_generation
 
 
-def _variants(ctx: BenchContext) -> dict[str, Any]:
+def _variants(ctx: BenchContext, rows: int) -> dict[str, Any]:
     c = ctx.config
-    circuit = circuit_style_edits(c, BATCH)  # neurons on P_last, heads on P_all, residual group off
-    steer_add = np.random.default_rng(0).normal(0, 0.1, (c.n_layers, BATCH, 2, c.d_model))
+    circuit = circuit_style_edits(c, rows)  # neurons on P_last, heads on P_all, residual group off
+    steer_add = np.random.default_rng(0).normal(0, 0.1, (c.n_layers, rows, 2, c.d_model))
     steering = Intervention.identity(c, resid_where="from_last", neuron_where="none", head_where="none").replace(
         resid_add_rms=jnp.asarray(steer_add, jnp.float32))
     return {"plain": None,
@@ -33,11 +33,11 @@ def _variants(ctx: BenchContext) -> dict[str, Any]:
 
 def bench_generate_edit_cost(ctx: BenchContext) -> dict[str, Any]:
     tokens, mask = bench_prompts(ctx)
-    runs = {name: emojax_generation(ctx, tokens, mask, iv) for name, iv in _variants(ctx).items()}
+    runs = {name: emojax_generation(ctx, tokens, mask, iv) for name, iv in _variants(ctx, tokens.shape[0]).items()}
     timings = time_interleaved(runs, ctx.repeats)
     plain = timings.pop("plain")
     result: dict[str, Any] = {"emojax_s": plain.median_s, "baseline_s": None, "speedup": None,
-                              "batch": BATCH, "plain_runs_s": list(plain.runs_s)}
+                              "batch": int(tokens.shape[0]), "plain_runs_s": list(plain.runs_s)}
     for name, timing in timings.items():
         result[f"{name}_s"] = timing.median_s
         result[f"{name}_speedup"] = plain.median_s / timing.median_s

@@ -3,11 +3,13 @@
     python -m experiments.benchmark --only=prefill,prefill_last --json=bench.json
     python -m experiments.benchmark --only=prefill --random_config=llama-3.2-3b --dtype=bfloat16 --nobaseline
     python -m experiments.benchmark --only=prefill,generate --random_config=smollm2-135m --baseline_device=cuda
+    python -m experiments.benchmark --only=head_scan,sublayer_scan --peers=all --json=peers.json
 
 Each benchmark is `module:function` in BENCHMARKS, imported only when asked for; a name whose module
 is not present is skipped. Results go to --json as
 {name: {"emojax_s", "baseline_s", "speedup", ..., "run": {model, dtype, machine, load average}}}
-and are printed as a Markdown table.
+and are printed as a Markdown table. The scans and `generate_steered` also run the peers named by
+--peers (experiments/peers.py) and write `peers: {name: {"seconds", "max_abs_diff", ...}}`.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from absl import app, flags, logging
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.params import random_params
 from emojax.stages.launch import run_launcher
-from experiments.bench_common import CONFIG_SHAPES, BenchContext, load_average, machine, shape_config
+from experiments.bench_common import CONFIG_SHAPES, BenchContext, BenchSizes, load_average, machine, shape_config
+from experiments.peers import PEER_NAMES, missing_packages, parse_peers
 
 BENCHMARKS: dict[str, str] = {
     "prefill": "experiments.bench_prefill:bench_prefill",
@@ -51,6 +54,18 @@ flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Parameter dtype of the em
 flags.DEFINE_bool("baseline", True, "Also time HF PyTorch (float32) on the same weights.")
 flags.DEFINE_enum("baseline_device", "cpu", ["cpu", "cuda"],
                   "Device of the HF PyTorch baseline (prefill and generate; the scans' baseline is CPU only).")
+flags.DEFINE_string("peers", "hf_hooks", f"Peers run beside emojax in the scans and generate_steered: 'all', "
+                    f"'none' or a comma list of {', '.join(PEER_NAMES)} (--nobaseline runs none).")
+flags.DEFINE_integer("scan_prompts", None, "Prompts of the scans (default: each scan's own, 48 or 8).")
+flags.DEFINE_list("neuron_layers", None, "Layers emojax's neuron_scan runs, extrapolated to all (default: all).")
+flags.DEFINE_integer("peer_sample", BenchSizes.peer_sample,
+                     "Scan variants each peer runs (at least one batch), scaled to the full scan.")
+flags.DEFINE_integer("peer_batch_rows", BenchSizes.peer_batch_rows,
+                     "Batch rows (variants x prompts) of a batched full-forward peer.")
+flags.DEFINE_integer("prefix_batch_rows", BenchSizes.prefix_batch_rows,
+                     "Batch rows (variants x prompts) of hf_prefix's one-token passes.")
+flags.DEFINE_integer("generate_batch", None, "Prompts of generate and generate_steered (default 32).")
+flags.DEFINE_integer("generate_tokens", None, "New tokens of generate and generate_steered (default 64).")
 FLAGS = flags.FLAGS
 
 
@@ -66,15 +81,24 @@ def resolve(name: str) -> Callable[[BenchContext], dict[str, Any]] | None:
     return getattr(module, function)
 
 
+def make_sizes() -> BenchSizes:
+    layers = None if FLAGS.neuron_layers is None else tuple(int(l) for l in FLAGS.neuron_layers)
+    return BenchSizes(scan_prompts=FLAGS.scan_prompts, neuron_layers=layers, peer_sample=FLAGS.peer_sample,
+                      peer_batch_rows=FLAGS.peer_batch_rows, prefix_batch_rows=FLAGS.prefix_batch_rows,
+                      generate_batch=FLAGS.generate_batch, generate_tokens=FLAGS.generate_tokens)
+
+
 def make_context() -> BenchContext:
     dtype = DTYPES[FLAGS.dtype]
+    peers = parse_peers(FLAGS.peers) if FLAGS.baseline else ()
     if FLAGS.random_config:
         config = shape_config(FLAGS.random_config)
-        return BenchContext(FLAGS.random_config + " (random weights)", config, random_params(config, dtype=dtype),
-                            None, dtype, FLAGS.repeats, FLAGS.baseline, FLAGS.baseline_device)
-    loaded = load_model(FLAGS.model, dtype=dtype)
-    return BenchContext(loaded.name, loaded.config, loaded.params, loaded.tokenizer, dtype, FLAGS.repeats,
-                        FLAGS.baseline, FLAGS.baseline_device)
+        name, params, tokenizer = FLAGS.random_config + " (random weights)", random_params(config, dtype=dtype), None
+    else:
+        loaded = load_model(FLAGS.model, dtype=dtype)
+        name, config, params, tokenizer = loaded.name, loaded.config, loaded.params, loaded.tokenizer
+    return BenchContext(name, config, params, tokenizer, dtype, FLAGS.repeats, FLAGS.baseline,
+                        FLAGS.baseline_device, peers=peers, sizes=make_sizes())
 
 
 def _fmt(value: Any) -> str:
@@ -89,13 +113,22 @@ _MAIN_KEYS = ("emojax_s", "baseline_s", "speedup")
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    """One row per benchmark: the three main figures, then every other number it reported."""
+    """One row per benchmark: the three main figures, then every other number it reported; then one
+    row per (benchmark, peer)."""
     lines = ["| benchmark | emojax s | baseline s | speedup | details |", "|---|---|---|---|---|"]
     for name, r in results.items():
         details = ", ".join(f"{k} {_fmt(v)}" for k, v in r.items()
                             if k not in _MAIN_KEYS and isinstance(v, (int, float)))
         lines.append(f"| {name} | {_fmt(r.get('emojax_s'))} | {_fmt(r.get('baseline_s'))} | "
                      f"{_fmt(r.get('speedup'))} | {details} |")
+    peer_rows = [(name, peer, f) for name, r in results.items() for peer, f in r.get("peers", {}).items()]
+    if peer_rows:
+        lines += ["", "| benchmark | peer | seconds | peer / emojax | max abs diff | notes |", "|---|---|---|---|---|---|"]
+        for name, peer, f in peer_rows:
+            note = f.get("skipped") or ("extrapolated from " + str(f["sampled"]) if f.get("extrapolated") else "")
+            agreement = f.get("max_abs_diff", f.get("same_tokens"))
+            lines.append(f"| {name} | {peer} | {_fmt(f.get('seconds'))} | {_fmt(f.get('ratio_to_emojax'))} | "
+                         f"{_fmt(agreement)} | {note} |")
     return "\n".join(lines)
 
 
@@ -108,6 +141,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--only: unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
     if FLAGS.repeats < 1:
         raise app.UsageError(f"--repeats={FLAGS.repeats}: expected at least 1")
+    try:
+        peers = parse_peers(FLAGS.peers)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
+    missing = missing_packages(peers) if FLAGS.baseline else {}
+    if missing:
+        raise app.UsageError(f"--peers: {sorted(missing)} need {sorted(set(missing.values()))}; install the bench "
+                             f"extra (pip install -e '.[bench]') or leave them out")
     cpu_only = [n for n in names if n in CPU_BASELINE_ONLY]
     if FLAGS.baseline and FLAGS.baseline_device != "cpu" and cpu_only:
         raise app.UsageError(f"--baseline_device={FLAGS.baseline_device}: the baseline of {cpu_only} runs on CPU "
