@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,9 +17,9 @@ from emojax.interventions import Intervention
 from emojax.model import forward
 from emojax.prompts import neutral_messages, tokenize_prompts
 from emojax.runs import read_jsonl, write_json, write_npz
-from emojax.stages import modulate
+from emojax.stages import modulate, steer, tuning, upstream
 from emojax.stages.judged import mark_finished, model_hash
-from stage_fixtures import TINY_PRESET, FakeJudge, make_context, split
+from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, make_context, split
 
 
 def random_circuits(config, seed=0):
@@ -160,16 +161,53 @@ def test_baseline_generates_once_per_group_and_judges_every_target(ctx):
     assert summary["per_emotion"]["fear"] == 0.0
 
 
-def test_scale_sweep_runs_on_train_and_reports_the_best_scale(ctx):
-    summary = modulate.run_scale_sweep(ctx, scales=(0.5, 2.0))
+class Untouchable(Sequence):
+    """A split that fails the moment anything reads it."""
+
+    def __getitem__(self, index):
+        raise AssertionError("the test split was read")
+
+    def __len__(self):
+        raise AssertionError("the test split was read")
+
+
+def test_tuning_never_reads_the_test_split(ctx, monkeypatch):
+    fake_fluency(monkeypatch)
+    train_only = dataclasses.replace(ctx, test=Untouchable(),
+                                     preset=dataclasses.replace(ctx.preset, tune_groups=1, tune_extensions=1))
+    circuit = modulate.run_scale_sweep(train_only)
+    steering = steer.run_sweep(train_only, upstream.directions(train_only)["dirs_mlp"])
+    for summary in (circuit, steering):
+        assert summary["split"] == "train" and summary["items"] == 6
+        assert summary["groups"] == [groups(ctx.train)[0].key]
+    assert not (ctx.run.path / modulate.STAGE).exists() and not (ctx.run.path / steer.STAGE).exists()
+
+
+def test_modulation_uses_the_lambda_tuned_on_train(ctx, monkeypatch):
+    fake_fluency(monkeypatch)
+    ctx = dataclasses.replace(ctx, preset=dataclasses.replace(ctx.preset, tune_groups=2, tune_extensions=1))
+    summary = modulate.run(ctx, scale_sweep=True)
     sweep = json.loads((ctx.run.path / modulate.SWEEP_STAGE / "sweep.json").read_text())
-    assert sweep["split"] == "train" and sweep["scales"] == [0.5, 2.0]
-    assert set(sweep["best_scale"]) == {"overall", *EMOTIONS}
-    assert summary["best_scale"]["overall"] in (0.5, 2.0)
-    assert not (ctx.run.path / modulate.STAGE).exists()  # the test split is never touched
+    assert sweep["split"] == "train" and sweep["method"] == "circuit" and sweep["reference"] == 1.0
+    assert sweep["grid"][:3] == [0.5, 1.0, 2.0] or sweep["grid"][1:4] == [0.5, 1.0, 2.0]
+    assert summary["lambda"] == sweep["best"] and "tuned on the train split" in summary["lambda_source"]
+    assert summary["scales"]["anger"] == pytest.approx(0.8 * sweep["best"])
+    assert summary["scales"]["fear"] == pytest.approx(sweep["best"])
+    records = read_jsonl(ctx.run.path / modulate.STAGE / "records.jsonl")
+    assert records[0]["meta"]["scales"] == summary["scales"]
+    for scale in sweep["grid"]:
+        swept = read_jsonl(ctx.run.path / modulate.SWEEP_STAGE / f"lambda_{scale:g}" / "records.jsonl")
+        assert {r["skeleton_id"] for r in swept} <= {r.skeleton_id for r in ctx.train}
 
 
-def test_best_scale_prefers_the_reference_on_ties():
-    assert modulate.best_scale([0.5, 1.0, 2.0], [50.0, 80.0, 80.0], 1.0) == 1.0
-    assert modulate.best_scale([0.5, 2.0], [80.0, 80.0], 1.0) == 0.5
-    assert modulate.best_scale([0.5, 2.0], [None, 10.0], 1.0) == 2.0
+def test_per_emotion_lambdas_come_from_each_emotions_curve(ctx, monkeypatch):
+    fake_fluency(monkeypatch)
+    ctx.settings.per_emotion_dose = True
+    ctx = dataclasses.replace(ctx, preset=dataclasses.replace(ctx.preset, tune_groups=1, tune_extensions=0))
+    summary = modulate.run(ctx, scale_sweep=True)
+    sweep = json.loads((ctx.run.path / modulate.SWEEP_STAGE / "sweep.json").read_text())
+    assert summary["lambda"] == sweep["per_emotion_best"]
+    assert summary["scales"]["anger"] == pytest.approx(0.8 * sweep["per_emotion_best"]["anger"])
+    for e in EMOTIONS:
+        curve = dict(zip(sweep["grid"], sweep["curves"]["fluent_accuracy"][e]))
+        assert sweep["per_emotion_best"][e] == tuning.choose(curve, 1.0)

@@ -231,10 +231,10 @@ def run_tuning(ctx: StageContext, method: Method, stamp: Mapping[str, Any], rule
 def chosen_doses(summary: Mapping[str, Any] | None, fixed: float, per_emotion: bool) -> np.ndarray:
     """The dose per emotion [6]: the tuned one(s) when the tuning ran, else `fixed` for every emotion."""
     if summary is None:
-        return np.full(len(EMOTIONS), fixed, np.float32)
+        return np.full(len(EMOTIONS), fixed, np.float64)
     if per_emotion:
-        return np.asarray([summary["per_emotion_best"][e] for e in EMOTIONS], np.float32)
-    return np.full(len(EMOTIONS), summary["best"], np.float32)
+        return np.asarray([summary["per_emotion_best"][e] for e in EMOTIONS], np.float64)
+    return np.full(len(EMOTIONS), summary["best"], np.float64)
 
 
 def dose_record(doses: Iterable[float], per_emotion: bool) -> float | dict[str, float]:
