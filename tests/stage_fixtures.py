@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from emojax.config import ModelConfig
-from emojax.data import EMOTIONS, load_dataset
+from emojax.data import EMOTIONS, VALENCES, load_dataset
 from emojax.loading import LoadedModel
 from emojax.params import random_params
 from emojax.runs import RunDir
@@ -71,12 +71,39 @@ def emotion_index(keys: Sequence[str]) -> np.ndarray:
     return np.array([EMOTIONS.index(k.split("__")[2]) for k in keys])
 
 
+def _with_fluency_counts(tables, records):
+    """Accuracy-table cells with the contract's fluency counts (fluent, fluent_matched, fluent_accuracy)."""
+    def fill(cell, rows):
+        fluent_matched = sum(r["judge"]["fluent_match"] for r in rows)
+        cell.update(fluent=sum(r["judge"]["fluent"] for r in rows), fluent_matched=fluent_matched,
+                    fluent_accuracy=round(100 * fluent_matched / len(rows), 2) if rows else None)
+
+    fill(tables["overall"], records)
+    for e in EMOTIONS:
+        fill(tables["per_emotion"][e], [r for r in records if r["emotion"] == e])
+        for v in VALENCES:
+            fill(tables["per_emotion_valence"][e][v], [r for r in records if r["emotion"] == e and r["valence"] == v])
+    for v in VALENCES:
+        fill(tables["per_valence"][v], [r for r in records if r["valence"] == v])
+    return tables
+
+
 def fake_fluency(monkeypatch, fluent=lambda text: len(text) % 3 != 0) -> None:
     """Judged records carry the fluency fields (`judge.fluent`, `judge.fluent_match`) decided by
-    `fluent(text)`, so stage tests control them without the fluency model."""
-    from emojax.stages import judged, modulate
+    `fluent(text)`, so stage tests control them without the fluency model; accuracy tables carry
+    the matching counts."""
+    from emojax.stages import judged, modulate, random_circuits, tuning
 
     original = judged.item_record
+    original_tables = judged.accuracy_tables
+
+    def tables_with_counts(records):
+        records = list(records)
+        tables = original_tables(records)
+        return tables if "fluent_matched" in tables["overall"] else _with_fluency_counts(tables, records)
+
+    for module in (judged, modulate, random_circuits, tuning):
+        monkeypatch.setattr(module, "accuracy_tables", tables_with_counts)
 
     def with_fluency(*args, **kwargs):
         record = original(*args, **kwargs)

@@ -73,7 +73,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(modulate.STAGE, lambda ctx, o: modulate.run(ctx, scale_sweep=o.scale_sweep)),
     Stage(modulate.BASELINE_STAGE, lambda ctx, o: modulate.run_baseline(ctx)),
     Stage(random_circuits.STAGE, lambda ctx, o: random_circuits.run(ctx), enabled=lambda o: o.random_circuits),
-    Stage(other_ranking.STAGE, lambda ctx, o: other_ranking.run(ctx)),
+    Stage(other_ranking.STAGE, lambda ctx, o: other_ranking.run(ctx), enabled=lambda o: o.causal),
     Stage(compare.STAGE, lambda ctx, o: compare.run(ctx)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES) + ("report",)
