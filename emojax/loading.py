@@ -17,6 +17,7 @@ from absl import logging
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from emojax.config import ModelConfig, config_from_hf
+from emojax.console import say
 from emojax.params import Params
 from emojax.weights import cache
 from emojax.weights.gguf_loader import gguf_config_dict, load_gguf, metadata, open_gguf, tensor_names
@@ -135,14 +136,15 @@ def load_model(name_or_path: str | Path, *, dtype: Any = jnp.float32, cache_dir:
     entry = cache.read_entry(entry_path) if use_cache else None
     from_cache = entry is not None
     if entry is None:
-        logging.info("Converting %s (%d files)", source, len(files))
+        say("converting %s to emojax weights (first use; later runs load the cached copy) ...", source)
         converted = _convert(source)
         entry = dataclasses.replace(converted, params=_cast(converted.params, dtype))
         if use_cache:
             cache.write_entry(entry_path, entry)
-            logging.info("Cached the converted model at %s", entry_path)
+        say("converted %s in %.1f s%s", name, time.perf_counter() - start,
+            f"; cached at {entry_path}" if use_cache else "")
     config = config_from_hf(entry.raw_config, source=str(source)).replace(name=name)
-    logging.info("Loaded %s from %s in %.2f s", name, entry_path if from_cache else source,
-                 time.perf_counter() - start)
+    if from_cache:
+        say("model %s loaded from the cache in %.1f s", name, time.perf_counter() - start)
     return LoadedModel(params=_cast(entry.params, dtype), config=config, tokenizer=entry.tokenizer, name=name,
                        source=source, source_hash=source_hash, from_cache=from_cache)

@@ -1,0 +1,5 @@
+"""absl launchers of emojax: one per stage, the pipeline, the benchmarks, the judge trainer."""
+import os
+
+# transformers advises at import that PyTorch is absent; emojax only uses its tokenizers and configs.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

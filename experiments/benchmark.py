@@ -19,6 +19,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from absl import app, flags, logging
 
+from emojax import console
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.params import random_params
 from experiments.bench_common import CONFIG_SHAPES, BenchContext, load_average, machine, shape_config
@@ -99,6 +100,7 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    console.configure(FLAGS)
     names = FLAGS.only or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

@@ -18,7 +18,10 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     no_extra_arguments(argv)
-    logging.info("circuit: %s", circuit_stage.run(context_from_flags(FLAGS)))
+    ctx = context_from_flags(FLAGS)
+    summary = circuit_stage.run(ctx)
+    logging.info("circuit: %s", summary)
+    print(f"circuit -> {ctx.run.path / circuit_stage.STAGE}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     no_extra_arguments(argv)
-    logging.info("components: %s", components.run(context_from_flags(FLAGS)))
+    ctx = context_from_flags(FLAGS)
+    summary = components.run(ctx)
+    logging.info("components: %s", summary)
+    print(f"components -> {ctx.run.path / components.STAGE}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 from absl import app, flags
 
 import emojax
+from emojax import console
 from emojax.prompts import NEUTRAL_SYSTEM, chat, tokenize_prompts
 
 _MODEL = flags.DEFINE_string("model", emojax.DEFAULT_MODEL, "Registered name, HF checkpoint dir or .gguf file.")
@@ -20,6 +21,7 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 40, "New tokens to generate.")
 
 def main(argv: list[str]) -> None:
     del argv
+    console.configure(flags.FLAGS)
     model = emojax.load_model(_MODEL.value)
     messages = chat(NEUTRAL_SYSTEM, _PROMPT.value)
     reply = emojax.generate(model, [messages], max_new_tokens=_MAX_NEW.value, min_new_tokens=10,

@@ -24,7 +24,10 @@ def main(argv: list[str]) -> None:
     alphas = list_flag("alphas", FLAGS.alphas, float, "numbers")
     if not alphas or min(alphas) <= 0:
         raise app.UsageError(f"--alphas={','.join(FLAGS.alphas)}: expected positive numbers")
-    logging.info("sublayer: %s", sublayer.run(context_from_flags(FLAGS), alphas))
+    ctx = context_from_flags(FLAGS)
+    summary = sublayer.run(ctx, alphas)
+    logging.info("sublayer: %s", summary)
+    print(f"sublayer -> {ctx.run.path / sublayer.STAGE}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ class _Tty(io.StringIO):
 @pytest.fixture
 def logged(monkeypatch):
     lines: list[str] = []
-    monkeypatch.setattr(progress_lib.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    def record(fmt: str, *args: object) -> None:
+        lines.append((fmt % args).strip())
+    monkeypatch.setattr(progress_lib.logging, "info", record)   # the closing line
+    monkeypatch.setattr(progress_lib, "say", record)            # the periodic console lines
     return lines
 
 
@@ -56,7 +59,9 @@ def test_bar_at_a_terminal(monkeypatch, logged):
     monkeypatch.delenv("CI", raising=False)
     with Progress(4, desc="scan", unit="variant", initial=1) as progress:
         progress.update(3)
-    assert "scan" in stderr.getvalue() and "4/4" in stderr.getvalue()
+    drawn = stderr.getvalue()
+    assert "scan" in drawn and "1/4" in drawn
+    assert drawn.endswith("\r") and drawn.split("\r")[-2].strip() == ""  # the bar is blanked when it closes
     assert logged == []
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from absl import logging
 
+from emojax.console import say
 from emojax.runs.atomic import write_json, write_jsonl, write_npz
 from emojax.runs.manifest import hash_file, jsonable
 from emojax.runs.progress import Progress
@@ -126,7 +127,7 @@ class ChunkedJob:
         todo = [c for c in range(self.n_chunks) if not self.is_done(c)]
         done_items = self.n_items - sum(stop - start for start, stop in map(self.bounds, todo))
         if done_items:
-            logging.info("job %s: resuming, %d of %d items already done", self.name, done_items, self.n_items)
+            say("  %s: resuming, %d of %d items already done", desc or self.name, done_items, self.n_items)
         with Progress(self.n_items, desc or self.name, unit="item", initial=done_items) as progress:
             for chunk in todo:
                 start, stop = self.bounds(chunk)

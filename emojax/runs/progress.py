@@ -1,8 +1,9 @@
 """Progress reporting for long loops: a tqdm bar with ETA at a terminal, log lines elsewhere.
 
 Under CI (the `CI` environment variable is set) or when stderr is not a terminal (batch jobs, log
-files, pytest), a bar would fill logs with carriage returns, so the same progress is reported as an
-absl log line at most every `log_every_s` seconds, plus one when the loop ends.
+files, pytest), a bar would fill logs with carriage returns, so the same progress is reported as a
+console line (emojax.console) at most every `log_every_s` seconds, plus an absl INFO line when the
+loop ends. At a terminal the bar disappears when its loop ends: the stage's own line follows.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 from typing import Iterable, Iterator, TypeVar
 
 from absl import logging
+
+from emojax.console import say
 
 T = TypeVar("T")
 DEFAULT_LOG_EVERY_S = 30.0
@@ -48,14 +51,16 @@ class Progress:
         if interactive() if bar is None else bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True,
+                             leave=False)
 
     def update(self, n: int = 1) -> None:
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
         elif time.monotonic() - self._last_log >= self._log_every_s:
-            self._log()
+            self._last_log = time.monotonic()
+            say("  %s", self.status_line())
 
     def status_line(self) -> str:
         elapsed = time.monotonic() - self._start
@@ -69,16 +74,12 @@ class Progress:
             parts.append(f"ETA {format_seconds(elapsed / fresh * (self.total - self.done))}")
         return " ".join(parts)
 
-    def _log(self) -> None:
-        self._last_log = time.monotonic()
-        logging.info("%s", self.status_line())
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         else:
-            self._log()
+            logging.info("%s", self.status_line())
 
     def __enter__(self) -> "Progress":
         return self

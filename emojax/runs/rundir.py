@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
+from emojax.console import say
 from emojax.runs import manifest as manifest_lib
 from emojax.runs.atomic import write_json, write_jsonl
 from emojax.runs.manifest import NON_SEMANTIC_FLAGS, ModelIdentity
@@ -43,6 +44,7 @@ def define_run_flags() -> None:
     """Define --out and --force_new_run on absl's global FLAGS (call once, at launcher import)."""
     from absl import flags
 
+    flags.disclaim_key_flags()  # the calling launcher owns these flags, so its --help lists them
     flags.DEFINE_string("out", None, "Run directory: created, or resumed if its manifest matches.")
     flags.DEFINE_bool(FORCE_FLAG, False, "Move an existing run directory aside and start a new run.")
 
@@ -110,7 +112,7 @@ class RunDir:
             logging.warning("moved the previous run in %s aside to %s", run.path, run.moved_aside)
         if resumed:
             changed = manifest_lib.environment_differences(run.manifest["environment"], environment)
-            logging.info("resuming run %s", run.path)
+            say("resuming the run in %s: finished stages and chunks are reused", run.path)
             if changed:
                 logging.warning("resuming %s in a different environment (results may differ in the last "
                                 "bits): %s", run.path, "; ".join(changed))

@@ -21,6 +21,7 @@ from absl import flags as absl_flags
 from absl import logging
 from jax.sharding import Mesh
 
+from emojax import console
 from emojax.data import load_dataset, resolve_dataset, subsample
 from emojax.distributed import initialize_distributed
 from emojax.judge import SPEC_HELP, make_judge
@@ -53,6 +54,7 @@ _HELP = {
 
 def define_flags() -> None:
     """Define the shared launcher flags on absl's global FLAGS (call once, at launcher import)."""
+    absl_flags.disclaim_key_flags()  # the calling launcher owns these flags, so its --help lists them
     define_run_flags()
     absl_flags.DEFINE_string("model", DEFAULT_MODEL, "Registered model name, HF checkpoint directory or .gguf file.")
     absl_flags.DEFINE_string("train", "bundled:train", "Analysis split (SEV schema): a .jsonl path, "
@@ -147,6 +149,7 @@ def run_directory_of_host(out: str) -> str:
 def context_from_flags(values: Any) -> StageContext:
     """The StageContext of an absl launcher (`values` is FLAGS after parsing). Joins the JAX
     distributed runtime first when the environment describes several hosts (a no-op on one)."""
+    console.configure(values)
     initialize_distributed()
     return open_context(out=run_directory_of_host(values.out), model=values.model, train=values.train, test=values.test,
                         preset=values.preset, judge=values.judge,

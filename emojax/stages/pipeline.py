@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from absl import logging
 
+from emojax.console import say
 from emojax.runs import read_json, write_json
 from emojax.stages import (capture, causal, circuit_stage, compare, components, directions_stage, elicit, modulate,
                            other_ranking, random_circuits, report, steer, sublayer, validation)
@@ -79,6 +80,18 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES) + ("report",)
 
 
+def stage_headline(summary: dict[str, Any]) -> str:
+    """What a stage line says besides its time: how many items, and the accuracy of a judged stage."""
+    parts = []
+    count = next((summary[k] for k in ("items", "rows", "judged") if isinstance(summary.get(k), int)), None)
+    if count is not None:
+        parts.append(f"{count} items")
+    accuracy = summary.get("accuracy")
+    if isinstance(accuracy, dict) and accuracy.get("accuracy") is not None:
+        parts.append(f"accuracy {accuracy['accuracy']:.1f}% ({accuracy['matched']}/{accuracy['total']})")
+    return "".join(f"{part}, " for part in parts)
+
+
 def _finished_stamp(ctx: StageContext, name: str) -> str | None:
     path = ctx.run.path / name / "done.json"
     return read_json(path).get("finished") if path.is_file() else None
@@ -116,21 +129,23 @@ def run_pipeline(ctx: StageContext, options: Options | None = None, *, until: st
     options = options or Options.for_preset(ctx)
     clock = _Clock(ctx)
     summaries, skipped = {}, []
-    for stage in STAGES:
-        if not stage.enabled(options):
-            logging.info("pipeline: stage %s is off for this run", stage.name)
-            continue
+    enabled = [stage for stage in STAGES if stage.enabled(options)]
+    logging.info("pipeline: stages off for this run: %s",
+                 ", ".join(s.name for s in STAGES if s not in enabled) or "none")
+    for number, stage in enumerate(enabled, start=1):
         before = _finished_stamp(ctx, stage.name)
         started = clock.start()
         summaries[stage.name] = stage.run(ctx, options)
+        label = f"stage {number:2d}/{len(enabled) + 1} {stage.name:<20}"
         if before is not None and _finished_stamp(ctx, stage.name) == before:
             skipped.append(stage.name)
+            say("%s done earlier, skipped", label)
         else:
-            logging.info("pipeline: stage %s finished in %.1f s", stage.name, clock.stop(stage.name, started))
+            say("%s %s%.1f s", label, stage_headline(summaries[stage.name]), clock.stop(stage.name, started))
         if stage.name == until:
             return {"summaries": summaries, "timings": dict(clock.wall), "skipped": skipped}
     started = clock.start()
     report.run(ctx)
-    clock.stop("report", started)
+    say("stage %2d/%d %-20s %.1f s", len(enabled) + 1, len(enabled) + 1, "report", clock.stop("report", started))
     summaries["report"] = report.run(ctx)  # again, so summary.json lists the report's own time
     return {"summaries": summaries, "timings": dict(clock.wall), "skipped": skipped}

@@ -1,0 +1,36 @@
+"""Print, as JSON, the flags each launcher module defines and its --help text.
+
+Usage: python launcher_flags.py experiments.A experiments.B ...
+
+A launcher's flags are every flag that a module of this project registered while the launcher was
+imported: the launcher's own and the shared ones of emojax.stages.launch. absl lists in --help only
+the flags filed under the launcher itself, so each must be filed there. The launchers are imported
+one after another in this one process; each one's flags are removed before the next is imported.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+PROJECT = ("emojax", "experiments")
+
+
+def project_flags() -> dict[str, list[flags.Flag]]:
+    return {module: list(module_flags) for module, module_flags in FLAGS.flags_by_module_dict().items()
+            if module.split(".")[0] in PROJECT and module_flags}
+
+
+report = {}
+for module_name in sys.argv[1:]:
+    importlib.import_module(module_name)
+    owned = project_flags()
+    report[module_name] = {"owners": {module: [f.name for f in fs] for module, fs in owned.items()},
+                           "help": FLAGS.module_help(module_name),
+                           "flag_help": {f.name: f.help for fs in owned.values() for f in fs}}
+    for name in {f.name for fs in owned.values() for f in fs}:
+        delattr(FLAGS, name)
+print(json.dumps(report))
