@@ -38,18 +38,21 @@ PRESETS = {
     # ablation/enhancement validation (head edits at every position recompute the layers above them
     # for each of hundreds of variants) and the exhaustive causal scans are left to --validation and
     # --causal, or to the full preset.
-    # Tuning: 4 train groups (24 items, 4 per emotion) per dose; a search step's doses share one
-    # generation, so the first grid (3 doses) is two batches and each extension one more. The
-    # random-circuit control: 5 draws on 4 test groups (120 rows, three batches).
+    # Tuning: 5 train groups (30 items, 5 per emotion) per dose; a search step's doses share one
+    # generation, so the first grid (3 doses, 90 rows) is two batches of 48 and each extension one
+    # more (at most 2 per method). The random-circuit control: 5 draws on 3 test groups (90 rows, two
+    # batches). At about 20 s per batch (the steering and modulation stages' rate) that is 80-160 s of
+    # tuning and 40 s of control on top of the untuned run.
     "quick": Preset("quick", train_per_theme=2, test_per_theme=1, max_new_tokens=32, batch_size=48,
                     validation_draws=20, causal_prompts=0, sweeps=True, validation=False,
-                    sublayer_per_emotion=16, tune_groups=4, tune_extensions=2, random_draws=5, random_groups=4),
-    # 5 test scenarios per theme (720 items) and a 24-group train subsample for tuning; budgeted at 45
-    # minutes on a 2-core CPU. The causal scans (for the causal circuit ranking) take 2 prompts per
-    # emotion; the S4c curves are left to --validation.
+                    sublayer_per_emotion=16, tune_groups=5, tune_extensions=2, random_draws=5, random_groups=3),
+    # 5 test scenarios per theme (720 items) at 48 new tokens, tuning on 8 train groups (48 items, one
+    # batch per dose), the random-circuit control on 8 test groups, and the causal scans (every neuron
+    # and head of every layer, 1 prompt per emotion) for the causal circuit ranking. Budget: 45
+    # minutes on a 2-core CPU. The S4c curves are left to --validation.
     "standard": Preset("standard", train_per_theme=2, test_per_theme=5, max_new_tokens=48, batch_size=48,
-                       validation_draws=20, causal_prompts=2, sweeps=True, validation=False,
-                       sublayer_per_emotion=16, tune_groups=12, tune_extensions=2, random_draws=5,
+                       validation_draws=20, causal_prompts=1, sweeps=True, validation=False,
+                       sublayer_per_emotion=16, tune_groups=8, tune_extensions=2, random_draws=5,
                        random_groups=8),
     "full": Preset("full", train_per_theme=None, test_per_theme=None, max_new_tokens=100,
                    batch_size=64, validation_draws=20, causal_prompts=16, sweeps=True),
