@@ -163,7 +163,7 @@ def spread_groups(records: Sequence[SevRecord], count: int | None) -> list[Group
     return [chosen[i] for i in picks]
 
 
-# generate(directory, items, per-row dose) -> §3.3 records of the rows, in order.
+# generate(directory, row items, row -> index into doses, doses, job name) -> §3.3 records of the rows, in order.
 Generate = Callable[[Path, Sequence[Item], np.ndarray, Sequence[float], str], list[dict[str, Any]]]
 
 
