@@ -1,6 +1,7 @@
 """Run the whole method end to end on one model: S1 to S7, comparison, report.
 
     python -m experiments.pipeline --preset=quick --out=runs/quick
+    python -m experiments.pipeline --preset=standard --out=runs/standard
     python -m experiments.pipeline --preset=full --model=/path/to/model.gguf --test=/path/to/test.jsonl --out=runs/full
 
 Re-running with the same --out resumes: finished stages are skipped. The run directory gets
@@ -14,8 +15,10 @@ from emojax.stages.launch import context_from_flags, define_flags, no_extra_argu
 from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
 
 define_flags()
-flags.DEFINE_bool("alpha_sweep", None, "Steering alpha sweep on the train split (default: the preset's sweeps).")
-flags.DEFINE_bool("scale_sweep", None, "Circuit modulation-scale sweep on the train split (default: the preset's sweeps).")
+flags.DEFINE_bool("alpha_sweep", None, "Tune the steering alpha on the train split (default: the preset's sweeps).")
+flags.DEFINE_bool("scale_sweep", None, "Tune the circuit lambda on the train split (default: the preset's sweeps).")
+flags.DEFINE_bool("random_circuits", None, "Random-circuit control on the test split (default: on when the preset "
+                  "sets random_draws).")
 flags.DEFINE_bool("causal", None, "Exhaustive causal scans and attribution (default: on when the preset sets causal_prompts).")
 flags.DEFINE_bool("validation", None, "Ablation and enhancement curves with random controls (S4c) "
                   "(default: the preset's; off in quick).")
@@ -28,7 +31,8 @@ def main(argv: list[str]) -> None:
     no_extra_arguments(argv)
     ctx = context_from_flags(FLAGS)
     options = Options.for_preset(ctx, alpha_sweep=FLAGS.alpha_sweep, scale_sweep=FLAGS.scale_sweep,
-                                 causal=FLAGS.causal, validation=FLAGS.validation)
+                                 causal=FLAGS.causal, validation=FLAGS.validation,
+                                 random_circuits=FLAGS.random_circuits)
     result = run_pipeline(ctx, options, until=FLAGS.until)
     logging.info("pipeline finished: %s", result["summaries"].get("report"))
     print(f"report: {ctx.run.path / 'report.md'}")

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from emojax.config import ModelConfig
-from emojax.data import EMOTIONS, load_dataset
+from emojax.data import EMOTIONS, VALENCES, load_dataset
 from emojax.loading import LoadedModel
 from emojax.params import random_params
 from emojax.runs import RunDir
@@ -70,3 +70,20 @@ def make_context(tmp_path: Path, *, model: LoadedModel | None = None, train=None
 
 def emotion_index(keys: Sequence[str]) -> np.ndarray:
     return np.array([EMOTIONS.index(k.split("__")[2]) for k in keys])
+
+
+def fake_fluency(monkeypatch, fluent=lambda text: len(text) % 3 != 0) -> None:
+    """Judged records carry fluency verdicts (`judge.fluent`, `judge.fluent_match`) decided by
+    `fluent(text)` instead of the fitted rule, so stage tests choose which replies count as fluent."""
+    from emojax.stages import judged, modulate
+
+    original = judged.item_record
+
+    def with_fluency(*args, **kwargs):
+        record = original(*args, **kwargs)
+        flag = int(bool(fluent(record["gen_text"])))
+        record["judge"] = {**record["judge"], "fluent": flag, "fluent_match": int(record["judge"]["match"] and flag)}
+        return record
+
+    monkeypatch.setattr(judged, "item_record", with_fluency)
+    monkeypatch.setattr(modulate, "item_record", with_fluency)

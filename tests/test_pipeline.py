@@ -12,22 +12,29 @@ from absl import app
 from emojax.stages import report
 from emojax.stages.launch import list_flag, no_extra_arguments, open_context
 from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
-from stage_fixtures import TINY_PRESET, FakeJudge, tiny_loaded_model
+from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, tiny_loaded_model
 
 pytestmark = pytest.mark.slow  # about 100 CPU-seconds: every stage compiles its programs once
 
 PRESET = dataclasses.replace(TINY_PRESET, name="pipeline-test", train_per_theme=1, test_per_theme=1,
-                             batch_size=48)
+                             batch_size=48, tune_groups=2, tune_extensions=1, random_draws=5, random_groups=2)
 # The judge rejects some replies so that accuracies are not trivially 100%.
 JUDGE = FakeJudge(lambda text, target: (len(text) + len(target)) % 5 == 0)
 # The validation curves (a stage of their own, tested on their own) are the slowest part on a tiny
-# model; sweeps and causal scans are off as in the quick preset.
-OPTIONS = Options(validation=False)
-OFF = {"validation", "causal", "modulate_sweep_train"}
+# model; causal scans are off as in the quick preset, the tuning and the random-circuit control on.
+OPTIONS = Options(validation=False, alpha_sweep=True, scale_sweep=True, random_circuits=True)
+OFF = {"validation", "causal", "modulate_other_ranking_test"}   # the other ranking needs the causal scans
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def fluency():
+    with pytest.MonkeyPatch.context() as patch:
+        fake_fluency(patch)
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fluency):
     out = tmp_path_factory.mktemp("pipeline") / "run"
     model = tiny_loaded_model()
     ctx = open_context(out=str(out), model=model, preset=PRESET, judge=JUDGE)
@@ -50,6 +57,20 @@ def test_summary_has_the_required_keys(finished):
     assert summary["preset"] == "pipeline-test"
     assert summary["directions_rule"] in ("accepted", "all") and summary["judge"] == "fake"
     assert summary["accuracy"]["prompting"] == first["summaries"]["elicit_test"]["accuracy_fraction"]
+    methods = {"prompting", "steering", "circuit"}
+    assert set(summary["fluent_accuracy"]) == set(summary["ci95"]) == methods
+    for method in methods:
+        low, high = summary["ci95"][method]
+        assert 0.0 <= low <= summary["fluent_accuracy"][method] <= high <= 1.0
+        assert summary["fluent_accuracy"][method] <= summary["accuracy"][method]
+    assert set(summary["mcnemar"]) == {"circuit_vs_steering", "circuit_vs_prompting"}
+    assert all(0.0 <= p <= 1.0 for p in summary["mcnemar"].values())
+    steering, circuit = (json.loads((out / stage / "sweep.json").read_text())
+                         for stage in ("steer_sweep_train", "modulate_sweep_train"))
+    assert summary["tuned"] == {"steer_alpha": steering["best"], "modulation_scale": circuit["best"]}
+    assert len(summary["random_circuit"]["draws"]) == 5 and summary["random_circuit"]["sd"] is not None
+    assert summary["random_circuit"]["items"] == 12
+    assert set(summary["circuit_rankings"]) == {"analytic"}
 
 
 def test_report_shows_tables_and_plots(finished):
@@ -60,12 +81,13 @@ def test_report_shows_tables_and_plots(finished):
         assert heading in text
     images = [line.split("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert any("influence_heatmap" in i for i in images) and any("circuit_anger" in i for i in images)
+    assert any("dose_response" in i for i in images) and any("tuning" in i for i in images)
     assert all((out / image).is_file() for image in images)
     comparison = json.loads((out / "compare" / "comparison.json").read_text())
     assert set(comparison["accuracy"]) >= {"prompting", "steering", "circuit"}
 
 
-def test_second_invocation_skips_every_stage(finished):
+def test_second_invocation_skips_every_stage(finished, fluency):
     out, model, first = finished
     ctx = open_context(out=str(out), model=model, preset=PRESET, judge=JUDGE)
     calls = len(JUDGE.calls)

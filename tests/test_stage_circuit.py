@@ -9,7 +9,7 @@ import pytest
 
 from emojax.circuit import Circuit, transferred_budget
 from emojax.data import EMOTIONS
-from emojax.runs import write_npz
+from emojax.runs import InputError, write_npz
 from emojax.stages import circuit_stage
 from emojax.stages.context import Settings
 from emojax.stages.judged import mark_finished, model_hash
@@ -100,3 +100,52 @@ def test_finished_stage_is_skipped_until_its_inputs_change(tmp_path):
     write_upstream(ctx, seed=1)
     circuit_stage.run(ctx)
     assert (ctx.run.path / "circuit" / "done.json").read_text() != done
+
+
+def write_causal_scores(ctx, seed=1):
+    """What the causal stage writes: prompt-mean causal scores of every layer."""
+    cfg = ctx.config
+    rng = np.random.default_rng(seed)
+    scores = {"neuron_causal": rng.normal(size=(6, cfg.n_layers, cfg.d_ff)).astype(np.float32),
+              "head_causal": rng.normal(size=(6, cfg.n_layers, cfg.n_heads)).astype(np.float32)}
+    write_npz(ctx.run.stage("causal") / "causal_scores.npz", scores, meta={"model_hash": model_hash(ctx)})
+    mark_finished(ctx.run, "causal", {"fake": seed}, {})
+    return scores
+
+
+def test_causal_ranking_takes_each_layers_top_causal_components_with_the_same_allocation(tmp_path):
+    analytic_ctx = make_context(tmp_path, run_name="analytic")
+    write_upstream(analytic_ctx)
+    assert circuit_stage.run(analytic_ctx)["other_ranking"] is None   # no causal scans: one ranking
+    assert not (analytic_ctx.run.path / "circuit" / circuit_stage.OTHER_RANKING_DIR).exists()
+
+    ctx = make_context(tmp_path, run_name="causal", settings=Settings(circuit_ranking="causal"))
+    write_upstream(ctx)
+    with pytest.raises(InputError, match="needs the causal scans"):
+        circuit_stage.run(ctx)
+    scores = write_causal_scores(ctx)
+    summary = circuit_stage.run(ctx)
+    assert summary["ranking"] == "causal" and summary["other_ranking"] == "analytic"
+    analytic = load_records(analytic_ctx)
+    other = {e: json.loads((ctx.run.path / "circuit" / circuit_stage.OTHER_RANKING_DIR / f"{e}.json").read_text())
+             for e in EMOTIONS}
+    for e, (emotion, record) in enumerate(load_records(ctx).items()):
+        assert record["ranking"] == "causal" and other[emotion]["ranking"] == "analytic"
+        assert other[emotion]["layers"] == analytic[emotion]["layers"]
+        assert record["allocation_log"] == analytic[emotion]["allocation_log"]   # same budget and allocation
+        circuit = Circuit.from_record(record)
+        for layer, chosen in enumerate(circuit.neurons):
+            ranked = np.argsort(-scores["neuron_causal"][e, layer], kind="stable")[: len(chosen)]
+            assert list(chosen) == ranked.tolist()
+        for layer, chosen in enumerate(circuit.heads):
+            assert list(chosen) == np.argsort(-scores["head_causal"][e, layer], kind="stable")[: len(chosen)].tolist()
+
+
+def test_causal_ranking_refuses_a_partial_scan(tmp_path):
+    ctx = make_context(tmp_path, settings=Settings(circuit_ranking="causal"))
+    write_upstream(ctx)
+    scores = write_causal_scores(ctx)
+    scores["neuron_causal"][:, 0] = np.nan   # layer 0 not scanned
+    write_npz(ctx.run.stage("causal") / "causal_scores.npz", scores, meta={"model_hash": model_hash(ctx)})
+    with pytest.raises(InputError, match="did not cover every layer"):
+        circuit_stage.run(ctx)

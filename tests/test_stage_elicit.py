@@ -12,7 +12,7 @@ from emojax.judge.perplexity import perplexities
 from emojax.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import read_jsonl
 from emojax.stages import elicit, judged
-from emojax.stages.accuracy import accuracy_markdown, accuracy_tables, overall_fluent_fraction, overall_fraction
+from emojax.stages.accuracy import accuracy_markdown, accuracy_tables, overall_fraction
 from stage_fixtures import FakeJudge, make_context
 
 RECORD_FIELDS = {"key", "skeleton_id", "theme", "valence", "emotion", "scenario", "event", "gen_text", "meta",
@@ -40,7 +40,7 @@ def test_accuracy_tables_count_and_round() -> None:
     assert tables["per_emotion_valence"]["anger"]["positive"]["accuracy"] == 50.0
     assert tables["per_emotion_valence"]["anger"]["negative"]["fluent_accuracy"] == 0.0
     assert list(tables["per_emotion"]) == list(EMOTIONS) and list(tables["per_valence"]) == list(VALENCES)
-    assert overall_fraction(tables) == 0.5 and overall_fluent_fraction(tables) == 0.25
+    assert overall_fraction(tables) == 0.5 and tables["overall"]["fluent_matched"] / tables["overall"]["total"] == 0.25
     text = accuracy_markdown(tables, "t")
     assert "| judged | 50.00 (2/4) | 66.67 (2/3) |" in text and "| fluent | 25.00 (1/4) | 33.33 (1/3) |" in text
     assert "Judge failures (counted as no match): 1" in text and "Fluent replies: 2/4" in text

@@ -1,6 +1,7 @@
 """S3 steering on a tiny random model: the per-row intervention, the batched generation, the train sweep."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from emojax.generate import generate
 from emojax.interventions import Intervention
 from emojax.prompts import neutral_messages
 from emojax.runs import InputError, read_jsonl
-from emojax.stages import directions_stage, elicit, steer
-from stage_fixtures import FakeJudge, make_context, split, tiny_loaded_model
+from emojax.stages import directions_stage, elicit, steer, tuning
+from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, make_context, split, tiny_loaded_model
 
 
 def test_steering_intervention_layout() -> None:
@@ -51,47 +52,60 @@ def test_per_row_batch_equals_rows_steered_alone() -> None:
         assert not np.array_equal(alone.tokens[0], plain.tokens[0])
 
 
-def test_best_alpha_prefers_accuracy_then_the_transferred_value() -> None:
-    assert steer.best_alpha({1.0: 0.5, 2.0: 0.7, 4.0: 0.6}, reference=3.46) == 2.0
-    assert steer.best_alpha({1.73: 0.5, 3.46: 0.5, 6.92: 0.5}, reference=3.46) == 3.46
-    assert steer.best_alpha({2.0: 0.5, 8.0: 0.5}, reference=4.0) == 2.0
-
-
-def test_steer_stage_with_train_sweep(tmp_path) -> None:
+def test_steer_stage_tunes_alpha_on_train_and_uses_it_on_test(tmp_path, monkeypatch) -> None:
     # The judge always matches happiness and matches the other emotions only for replies of even
-    # length: arbitrary but deterministic, so accuracies can differ across alphas.
+    # length; replies are fluent unless their length is a multiple of 3: arbitrary but deterministic,
+    # so fluent accuracies can differ across alphas.
+    fake_fluency(monkeypatch)
     judge = FakeJudge(reject=lambda text, target: target != "happiness" and len(text) % 2 == 1)
-    ctx = make_context(tmp_path, judge=judge, train=split(2), test=split(1, "bundled:test"))
+    preset = dataclasses.replace(TINY_PRESET, tune_groups=2, tune_extensions=1)
+    ctx = make_context(tmp_path, judge=judge, train=split(2), test=split(1, "bundled:test"), preset=preset)
     with pytest.raises(InputError, match="directions stage has not finished"):
         steer.run(ctx)
     elicit.run(ctx, "train")
     directions_stage.run(ctx)
-    summary = steer.run(ctx, alpha_sweep=True, alphas=[0.5, 8.0], sweep_per_theme=1)
+    summary = steer.run(ctx, alpha_sweep=True)
 
     sweep = json.loads((ctx.run.path / "steer_sweep_train" / "sweep.json").read_text())
-    assert sweep["alphas"] == [0.5, 8.0] and sweep["items"] == len(items(split(1)))  # one record per theme
-    accuracies = {float(a): acc for a, acc in sweep["accuracy"].items()}
-    assert sweep["best_alpha"] == steer.best_alpha(accuracies, ctx.hparams.steer_alpha)
-    for alpha in ("0.5", "8"):
-        swept = read_jsonl(ctx.run.path / "steer_sweep_train" / f"alpha_{alpha}" / "records.jsonl")
-        assert {r["skeleton_id"] for r in swept} <= {r.skeleton_id for r in ctx.train}
-        assert swept[0]["meta"]["alpha"] == float(alpha)
+    reference = tuning.round_dose(ctx.hparams.steer_alpha)
+    assert sweep["split"] == "train" and sweep["items"] == 12 and sweep["reference"] == reference
+    assert set(tuning.initial_grid(reference, tuning.rule_for(preset))) <= set(sweep["grid"])
+    assert len(sweep["grid"]) <= 3 + preset.tune_extensions
+    curve = dict(zip(sweep["grid"], sweep["curves"]["fluent_accuracy"]["overall"]))
+    assert sweep["best"] == tuning.choose(curve, reference)
+    for alpha in sweep["grid"]:
+        swept = read_jsonl(ctx.run.path / "steer_sweep_train" / f"alpha_{alpha:g}" / "records.jsonl")
+        assert {r["skeleton_id"] for r in swept} <= {r.skeleton_id for r in ctx.train} and len(swept) == 12
+        assert all(r["meta"]["alpha"] == alpha for r in swept)
+        assert tuning.measures(swept)["fluent_accuracy"]["overall"] == curve[alpha]
 
     out = ctx.run.path / "steer_test"
     choice = json.loads((out / "alpha.json").read_text())
-    assert summary["alpha"] == choice["alpha"] == sweep["best_alpha"] and "sweep" in choice["source"]
+    assert summary["alpha"] == choice["alpha"] == sweep["best"] and "tuned on the train split" in choice["source"]
     assert summary["directions_rule"] == choice["directions_rule"] == "all"   # 2 records: too few groups
     records = read_jsonl(out / "records.jsonl")
     assert [r["key"] for r in records] == [i.key for i in items(ctx.test)]
     assert all({"match", "fluent", "fluent_match"} <= set(r["judge"]) and "perplexity" in r["fluency"] for r in records)
     meta = records[0]["meta"]
-    assert meta["condition"] == "steering" and meta["positions"] == "P_last"
+    assert meta["condition"] == "steering" and meta["positions"] == "P_last" and meta["alpha"] == sweep["best"]
     assert meta["steer_layers"] == [ctx.hparams.steer_layers[0], ctx.hparams.steer_layers[-1]]
     assert (meta["decoding"]["min_new_tokens"], meta["decoding"]["repetition_penalty"],
             meta["decoding"]["no_repeat_ngram_size"]) == (10, 1.05, 3)
     tables = json.loads((out / "accuracy.json").read_text())
     assert summary["accuracy"] == tables["overall"] and tables["per_emotion"]["happiness"]["accuracy"] == 100.0
     assert set(tables["per_emotion"]) == set(EMOTIONS)
+
+
+def test_per_row_alphas_equal_one_alpha_at_a_time() -> None:
+    """The doses of one tuning step share a batch: each row steered with its own alpha."""
+    model = tiny_loaded_model()
+    cfg = model.config
+    dirs = np.random.default_rng(2).normal(size=(6, cfg.n_layers, cfg.d_model)).astype(np.float32)
+    emotion = np.array([1, 1, 4])
+    mixed = np.asarray(steer.steering_intervention(cfg, dirs, emotion, [1, 2], np.array([0.5, 2.0, 8.0])).resid_add_rms)
+    for row, alpha in enumerate((0.5, 2.0, 8.0)):
+        alone = np.asarray(steer.steering_intervention(cfg, dirs, emotion[row:row + 1], [1, 2], alpha).resid_add_rms)
+        np.testing.assert_allclose(mixed[:, row], alone[:, 0])
 
 
 OFFICIAL_SEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "official" / "sev.jsonl"

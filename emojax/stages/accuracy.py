@@ -81,15 +81,6 @@ def overall_fraction(tables: Mapping[str, Any]) -> float | None:
     return overall["matched"] / overall["total"] if overall["total"] else None
 
 
-def overall_fluent_fraction(tables: Mapping[str, Any]) -> float | None:
-    """Overall fluent accuracy (match and fluent) as a fraction in [0, 1]; None when nothing was judged or the
-    tables predate the fluency gate."""
-    overall = tables["overall"]
-    if not overall["total"] or overall.get("fluent_matched") is None:
-        return None
-    return overall["fluent_matched"] / overall["total"]
-
-
 def judged_text(c: Mapping[str, Any]) -> str:
     """`6.25 (9/144)`: judged accuracy with its counts ("—" when empty)."""
     return "—" if c["accuracy"] is None else f"{c['accuracy']:.2f} ({c['matched']}/{c['total']})"

@@ -24,9 +24,13 @@ class Preset:
     batch_size: int
     validation_draws: int        # random-control draws in the ablation/enhancement curves
     causal_prompts: int          # prompts per emotion in the exhaustive causal scans (0: skip)
-    sweeps: bool                 # alpha / scale sweeps on the train split
+    sweeps: bool                 # tune steering alpha and circuit lambda on the train split
     validation: bool = True      # ablation and enhancement curves (S4c): hours on a CPU at full size
     sublayer_per_emotion: int | None = None  # influence samples per emotion in S6d (None: every captured item)
+    tune_groups: int | None = None   # train (scenario, valence) groups the tuning uses (None: all)
+    tune_extensions: int = 3         # at most this many grid extensions per tuned method
+    random_draws: int = 5            # random-circuit control draws (0: no control)
+    random_groups: int | None = None  # test groups the random-circuit control uses (None: all)
 
 
 PRESETS = {
@@ -34,9 +38,22 @@ PRESETS = {
     # ablation/enhancement validation (head edits at every position recompute the layers above them
     # for each of hundreds of variants) and the exhaustive causal scans are left to --validation and
     # --causal, or to the full preset.
+    # Tuning: 5 train groups (30 items, 5 per emotion) per dose; a search step's doses share one
+    # generation, so the first grid (3 doses, 90 rows) is two batches of 48 and each extension one
+    # more (at most 2 per method). The random-circuit control: 5 draws on 3 test groups (90 rows, two
+    # batches). At about 20 s per batch (the steering and modulation stages' rate) that is 80-160 s of
+    # tuning and 40 s of control on top of the untuned run.
     "quick": Preset("quick", train_per_theme=2, test_per_theme=1, max_new_tokens=32, batch_size=48,
-                    validation_draws=20, causal_prompts=0, sweeps=False, validation=False,
-                    sublayer_per_emotion=16),
+                    validation_draws=20, causal_prompts=0, sweeps=True, validation=False,
+                    sublayer_per_emotion=16, tune_groups=5, tune_extensions=2, random_draws=5, random_groups=3),
+    # 5 test scenarios per theme (720 items) at 48 new tokens, tuning on 8 train groups (48 items, one
+    # batch per dose), the random-circuit control on 8 test groups, and the causal scans (every neuron
+    # and head of every layer, 1 prompt per emotion) for the causal circuit ranking. Budget: 45
+    # minutes on a 2-core CPU. The S4c curves are left to --validation.
+    "standard": Preset("standard", train_per_theme=2, test_per_theme=5, max_new_tokens=48, batch_size=48,
+                       validation_draws=20, causal_prompts=1, sweeps=True, validation=False,
+                       sublayer_per_emotion=16, tune_groups=8, tune_extensions=2, random_draws=5,
+                       random_groups=8),
     "full": Preset("full", train_per_theme=None, test_per_theme=None, max_new_tokens=100,
                    batch_size=64, validation_draws=20, causal_prompts=16, sweeps=True),
 }
@@ -56,6 +73,8 @@ class Settings:
     budget: str = "transferred"            # "transferred" (§8) or "literal" (560 = 392 + 168)
     date_string: str = "15 Sep 2025"
     harmonised: bool = False               # identical decoding for every condition (D12)
+    per_emotion_dose: bool = False         # tune alpha and lambda per emotion (else one each, anger 0.8)
+    circuit_ranking: str = "analytic"      # circuit members by C_mean / head importance, or causal scans
     seed: int = 0
 
 

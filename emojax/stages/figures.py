@@ -86,14 +86,41 @@ def accuracy_bars(path: Path, table: Mapping[str, Mapping[str, float]], groups: 
     _save(fig, path)
 
 
-def scale_sweep(path: Path, scales: Sequence[float], accuracy: Mapping[str, Sequence[float]], title: str) -> None:
-    """Accuracy (%) against the modulation scale, one line per emotion plus the overall one."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, values in accuracy.items():
-        ax.plot(scales, values, marker="o", label=name, linewidth=2.5 if name == "overall" else 1.2)
-    ax.set_xlabel("modulation scale lambda")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
+
+
+def dose_curves(path: Path, doses: Sequence[float], curves: Mapping[str, Sequence[float | None]], best: float,
+                dose_name: str, title: str) -> None:
+    """One tuning search: the objective (%) against the dose (log axis), overall and per emotion."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, values in curves.items():
+        ys = [np.nan if v is None else 100 * v for v in values]
+        ax.plot(doses, ys, marker="o" if name == "overall" else ".", label=name,
+                color="black" if name == "overall" else None, linewidth=2.2 if name == "overall" else 1.0)
+    ax.axvline(best, color="grey", linestyle="--", label=f"chosen {dose_name} {best:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(dose_name)
+    ax.set_ylabel("fluent accuracy on train (%)")
+    ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title)
+    _save(fig, path)
+
+
+def dose_response(path: Path, sweeps: Mapping[str, Mapping[str, object]]) -> None:
+    """Fluent accuracy and fluent fraction (overall, %) against the dose, one panel per tuned
+    method; `sweeps` is {method: tuning summary} (grid, curves, best, dose)."""
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.2 * len(sweeps), 3.8), squeeze=False)
+    for ax, (method, sweep) in zip(axes[0], sweeps.items()):
+        grid = sweep["grid"]
+        for measure, style in (("fluent_accuracy", "o-"), ("fluent_fraction", "s--"), ("accuracy", "^:")):
+            values = [np.nan if v is None else 100 * v for v in sweep["curves"][measure]["overall"]]
+            ax.plot(grid, values, style, label=measure.replace("_", " "))
+        ax.axvline(sweep["best"], color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(str(sweep["dose"]))
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"{method} ({sweep['items']} train items)")
+    axes[0][0].set_ylabel("% of train items")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Dose response on the train split")
     _save(fig, path)

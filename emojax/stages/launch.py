@@ -38,7 +38,7 @@ from emojax.stages.judged import judge_identity
 from emojax.weights.errors import WeightsError
 
 _CHOICES = {"directions_rule": ("accepted", "all"), "ratio_mode": ("fixed", "auto"),
-            "budget": ("transferred", "literal")}
+            "budget": ("transferred", "literal"), "circuit_ranking": ("analytic", "causal")}
 _HELP = {
     "directions_rule": "Items for directions/components/sublayer samples: judge-accepted (paper, D2) or all.",
     "min_complete_groups": "Below this many complete accepted groups, the 'accepted' rule falls back to 'all'.",
@@ -51,6 +51,10 @@ _HELP = {
     "date_string": "Date string for chat templates that print one (D14).",
     "harmonised": "Identical decoding and dtype for every condition (D12, D13).",
     "seed": "Seed for any sampling or random controls.",
+    "per_emotion_dose": "Tune steering alpha and circuit lambda per emotion on the train split (default: one "
+                        "value per method, with the official anger factor).",
+    "circuit_ranking": "Circuit members per layer: top-k by C_mean and head importance (analytic) or by the "
+                       "exact causal scans (causal; needs --causal).",
 }
 
 

@@ -11,8 +11,9 @@ Stages:
     modulate_test         every test item, its emotion's circuit, §6 "circuit" decoding, judged
     baseline_test         one unmodified generation per test group, judged against each of the six
                           targets: the judge's false-match rate per emotion (§14.6)
-    modulate_sweep_train  optional: the scale grid on the TRAIN split (never on the evaluation split,
-                          D17); reports the best scale overall and per emotion
+    modulate_sweep_train  optional, before modulate_test: the tuning protocol of `emojax.stages.tuning`
+                          for lambda on the TRAIN split (never on the evaluation split, D17); the
+                          chosen lambda (per emotion with --per_emotion_dose) is what modulate_test uses
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ import numpy as np
 
 from emojax.circuit import Circuit
 from emojax.config import ModelConfig
-from emojax.data import EMOTIONS, Item, groups as all_groups, items as all_items, subsample
+from emojax.data import EMOTIONS, Item, groups as all_groups, items as all_items
 from emojax.hparams import modulation_scale
 from emojax.interventions import Intervention
 from emojax.prompts import neutral_messages
-from emojax.runs import InputError, hash_path, write_json
-from emojax.stages import figures, upstream
+from emojax.runs import InputError, hash_path
+from emojax.stages import tuning, upstream
 from emojax.stages.accuracy import accuracy_tables, overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import (decoding_for, digest, finished_summary, fluency_in_chunks, generate_in_chunks,
@@ -38,12 +39,13 @@ from emojax.stages.judged import (decoding_for, digest, finished_summary, fluenc
 STAGE = "modulate_test"
 BASELINE_STAGE = "baseline_test"
 SWEEP_STAGE = "modulate_sweep_train"
-SCALE_GRID = (0.5, 0.8, 1.0, 1.5, 2.0)   # method.md §8.2: the sweep for re-tuning lambda on SEV
 
 
-def emotion_scales(base: float, official: bool) -> np.ndarray:
-    """lambda_e [6]: `base`, with the official anger factor 0.8 unless `official` is off (D11)."""
-    return np.asarray([modulation_scale(e, base, official) for e in EMOTIONS], np.float32)
+def emotion_scales(base: float | np.ndarray, official: bool) -> np.ndarray:
+    """lambda_e [6]: `base` (one, or one per emotion), with the official anger factor 0.8 unless
+    `official` is off (D11)."""
+    bases = np.broadcast_to(np.asarray(base, np.float64), (len(EMOTIONS),))
+    return np.asarray([modulation_scale(e, float(b), official) for e, b in zip(EMOTIONS, bases)], np.float32)
 
 
 def component_edits(circuits: Mapping[str, Circuit], delta_mlp: np.ndarray, delta_attn: np.ndarray,
@@ -83,21 +85,31 @@ def row_intervention(neuron_add: np.ndarray, head_add: np.ndarray, emotion_rows:
         neuron_add=np.moveaxis(neuron_add[rows], 0, 1), head_add=np.moveaxis(head_add[rows], 0, 1))
 
 
-def _modulated_generation(ctx: StageContext, out: Path, items: Sequence[Item], scales: np.ndarray,
-                          stamp: Mapping[str, Any], job: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    circuits = upstream.circuits(ctx)
-    geometry = upstream.directions(ctx)
-    neuron_add, head_add = component_edits(circuits, geometry["delta_mlp"], geometry["delta_attn"], scales,
-                                           ctx.config)
-    emotion_index = np.asarray([EMOTIONS.index(i.emotion) for i in items], np.int32)
+def stacked_edits(circuit_sets: Sequence[Mapping[str, Circuit]], scale_sets: Sequence[np.ndarray],
+                  geometry: Mapping[str, np.ndarray], config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Edits of several (circuits, lambda_e) variants stacked emotion-fastest: [K*6, L, F] and
+    [K*6, L, H, Dh]; variant k's emotion e is row k*6 + e."""
+    edits = [component_edits(c, geometry["delta_mlp"], geometry["delta_attn"], s, config)
+             for c, s in zip(circuit_sets, scale_sets)]
+    return np.concatenate([n for n, _ in edits]), np.concatenate([h for _, h in edits])
+
+
+def modulated_generation(ctx: StageContext, out: Path, items: Sequence[Item], edits: tuple[np.ndarray, np.ndarray],
+                         variant: np.ndarray, stamp: Mapping[str, Any], job: str,
+                         meta: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Judged circuit-modulated replies: item i gets the edits of row variant[i] * 6 + its emotion
+    of the stacked `edits` (see `stacked_edits`)."""
+    neuron_add, head_add = edits
+    rows = np.asarray(variant, np.int32) * len(EMOTIONS) + np.asarray([EMOTIONS.index(i.emotion) for i in items])
     decoding = decoding_for("circuit", ctx.preset.max_new_tokens, ctx.settings.harmonised)
     return run_judged_generation(
         ctx, out, items, [neutral_messages(i) for i in items], decoding, fingerprint=stamp,
-        row_iv=lambda rows: row_intervention(neuron_add, head_add, emotion_index[rows], ctx.config),
-        meta={"condition": "circuit", "scales": dict(zip(EMOTIONS, scales.tolist()))}, job=job)
+        row_iv=lambda chunk: row_intervention(neuron_add, head_add, rows[chunk], ctx.config),
+        meta={"condition": "circuit", **meta}, job=job)
 
 
-def _fingerprint(ctx: StageContext, stage: str, records: Sequence[Any], scales: np.ndarray | None) -> dict[str, Any]:
+def fingerprint(ctx: StageContext, stage: str, records: Sequence[Any], scales: np.ndarray | None,
+                circuit_subdir: str | None = None) -> dict[str, Any]:
     condition = "baseline" if scales is None else "circuit"
     decoding = decoding_for(condition, ctx.preset.max_new_tokens, ctx.settings.harmonised)
     stamp = {"stage": stage, "dataset": records_digest(records), "model": model_hash(ctx),
@@ -105,22 +117,42 @@ def _fingerprint(ctx: StageContext, stage: str, records: Sequence[Any], scales: 
              "batch_size": ctx.preset.batch_size}
     if scales is not None:
         stamp["scales"] = scales.tolist()
-        stamp["circuits"] = digest({e: [c.neurons, c.heads] for e, c in upstream.circuits(ctx).items()})
+        stamp["circuits"] = digest({e: [c.neurons, c.heads]
+                                    for e, c in upstream.circuits(ctx, circuit_subdir).items()})
         stamp["directions"] = hash_path(ctx.run.path / "directions" / "directions.npz")
     return stamp
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    """Circuit modulation of every test item, judged; accuracy tables."""
-    scales = emotion_scales(ctx.settings.modulation_scale, ctx.settings.official_scales)
-    stamp = _fingerprint(ctx, STAGE, ctx.test, scales)
+def chosen_scales(ctx: StageContext, scale_sweep: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """(base lambda [6], lambda_e [6], source): the tuned base (after the tuning on train, run here if
+    it has not run yet) or the --modulation_scale flag, with the anger factor unless it is off."""
+    if not scale_sweep:
+        base = tuning.chosen_doses(None, ctx.settings.modulation_scale, False)
+        source = "flag --modulation_scale"
+    else:
+        sweep = run_scale_sweep(ctx)
+        base = tuning.chosen_doses(sweep, ctx.settings.modulation_scale, ctx.settings.per_emotion_dose)
+        source = f"tuned on the train split ({'per emotion' if ctx.settings.per_emotion_dose else 'one lambda'}): " \
+                 f"{sweep['rule']}"
+    return base, emotion_scales(base, ctx.settings.official_scales), source
+
+
+def run(ctx: StageContext, scale_sweep: bool = False) -> dict[str, Any]:
+    """Circuit modulation of every test item at the chosen lambda_e, judged; accuracy tables."""
+    base, scales, source = chosen_scales(ctx, scale_sweep)
+    stamp = fingerprint(ctx, STAGE, ctx.test, scales)
     done = finished_summary(ctx.run, STAGE, stamp)
     if done is not None:
         return done
     out = ctx.run.stage(STAGE)
-    records, tables = _modulated_generation(ctx, out, all_items(ctx.test), scales, stamp, "generate")
+    items = all_items(ctx.test)
+    edits = stacked_edits([upstream.circuits(ctx)], [scales], upstream.directions(ctx), ctx.config)
+    records, tables = modulated_generation(ctx, out, items, edits, np.zeros(len(items)), stamp, "generate",
+                                           {"scales": dict(zip(EMOTIONS, scales.tolist()))})
     write_judged_outputs(out, records, tables, "Circuit modulation accuracy (test split)")
     summary = {"stage": STAGE, "items": len(records), "scales": dict(zip(EMOTIONS, scales.tolist())),
+               "lambda": tuning.dose_record(base, ctx.settings.per_emotion_dose and scale_sweep),
+               "lambda_source": source,
                "accuracy": tables["overall"], "accuracy_fraction": overall_fraction(tables),
                "per_emotion": {e: c["accuracy"] for e, c in tables["per_emotion"].items()}}
     mark_finished(ctx.run, STAGE, stamp, summary)
@@ -129,7 +161,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 def run_baseline(ctx: StageContext) -> dict[str, Any]:
     """One unmodified generation per test group, judged against each of the six emotions."""
-    stamp = _fingerprint(ctx, BASELINE_STAGE, ctx.test, None)
+    stamp = fingerprint(ctx, BASELINE_STAGE, ctx.test, None)
     done = finished_summary(ctx.run, BASELINE_STAGE, stamp)
     if done is not None:
         return done
@@ -155,43 +187,21 @@ def run_baseline(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def best_scale(grid: Sequence[float], accuracy: Sequence[float | None], reference: float) -> float:
-    """The scale with the highest accuracy; ties go to the one closest (in ratio) to `reference`."""
-    values = np.asarray([np.nan if a is None else a for a in accuracy], float)
-    if np.isnan(values).all():
-        return reference
-    tied = [s for s, a in zip(grid, values) if a == np.nanmax(values)]
-    return min(tied, key=lambda s: (abs(np.log(s / reference)), s))
+def run_scale_sweep(ctx: StageContext) -> dict[str, Any]:
+    """The tuning protocol for the base lambda on the preset's train groups (reference:
+    --modulation_scale; anger keeps its official factor unless official scales are off)."""
+    chosen = tuning.spread_groups(ctx.train, ctx.preset.tune_groups)
+    records = tuple(dict.fromkeys(g.record for g in chosen))
+    stamp = {**fingerprint(ctx, SWEEP_STAGE, records, emotion_scales(1.0, ctx.settings.official_scales)),
+             "groups": [g.key for g in chosen]}
+    circuits, geometry = upstream.circuits(ctx), upstream.directions(ctx)
 
+    def generate(directory: Path, items: Sequence[Item], dose_index: np.ndarray, doses: Sequence[float],
+                 job: str) -> list[dict[str, Any]]:
+        scale_sets = [emotion_scales(d, ctx.settings.official_scales) for d in doses]
+        edits = stacked_edits([circuits] * len(doses), scale_sets, geometry, ctx.config)
+        return modulated_generation(ctx, directory, items, edits, dose_index, {**stamp, "scales": list(doses)}, job,
+                                    {"official_scales": ctx.settings.official_scales})[0]
 
-def run_scale_sweep(ctx: StageContext, scales: Sequence[float] = SCALE_GRID,
-                    per_theme: int | None = None) -> dict[str, Any]:
-    """Circuit modulation on the TRAIN split (or `per_theme` scenarios of each theme) at every base
-    scale (anger keeps its official factor unless official scales are off); the best scale overall
-    and per emotion is reported, never applied to the test split (D17)."""
-    grid = [float(s) for s in scales]
-    if not grid or min(grid) <= 0:
-        raise InputError(f"modulation scales must be positive numbers, got {grid}")
-    records = tuple(ctx.train) if per_theme is None else subsample(ctx.train, per_theme)
-    stamp = {**_fingerprint(ctx, SWEEP_STAGE, records, emotion_scales(1.0, ctx.settings.official_scales)),
-             "grid": grid}
-    done = finished_summary(ctx.run, SWEEP_STAGE, stamp)
-    if done is not None:
-        return done
-    out = ctx.run.stage(SWEEP_STAGE)
-    items = all_items(records)
-    per_scale = {}
-    for base in grid:
-        lam = emotion_scales(base, ctx.settings.official_scales)
-        _, tables = _modulated_generation(ctx, out, items, lam, {**stamp, "base_scale": base}, f"scale_{base:g}")
-        per_scale[base] = tables
-    curves = {"overall": [per_scale[s]["overall"]["accuracy"] for s in grid]}
-    curves.update({e: [per_scale[s]["per_emotion"][e]["accuracy"] for s in grid] for e in EMOTIONS})
-    best = {name: best_scale(grid, values, ctx.settings.modulation_scale) for name, values in curves.items()}
-    write_json(out / "sweep.json", {"scales": grid, "split": "train", "items": len(items), "accuracy": curves,
-                                    "best_scale": best, "tables": {f"{s:g}": t for s, t in per_scale.items()}})
-    figures.scale_sweep(out / "scale_sweep.png", grid, curves, "Circuit modulation on the train split")
-    summary = {"stage": SWEEP_STAGE, "split": "train", "items": len(items), "scales": grid, "best_scale": best,
-               "accuracy": curves}
-    mark_finished(ctx.run, SWEEP_STAGE, stamp, summary)
-    return summary
+    method = tuning.Method(SWEEP_STAGE, "circuit", "lambda", tuning.round_dose(ctx.settings.modulation_scale), generate)
+    return tuning.run_tuning(ctx, method, stamp, tuning.rule_for(ctx.preset), chosen)

@@ -6,9 +6,12 @@ wall time of every stage that ran is kept in `<run>/timings.json` (a skipped sta
 the invocation that computed it); the report stage then writes `summary.json` and `report.md`.
 
 Order (method.md §1): S1 on train -> fused capture -> directions (S2, S5, S6a-b) -> S1 on test
-(prompting baseline) -> steering (S3) -> components (S4a-b) -> validation (S4c) -> causal scans
-(optional) -> sublayer influence (S6d) -> circuits (S6e-f) -> circuit modulation (S7) -> neutral
-baseline -> modulation-scale sweep on train (optional) -> comparison -> report.
+(prompting baseline) -> steering alpha tuned on train (optional) -> steering (S3) -> components
+(S4a-b) -> validation (S4c) -> causal scans (optional) -> sublayer influence (S6d) -> circuits
+(S6e-f) -> circuit lambda tuned on train (optional) -> circuit modulation (S7) -> neutral baseline
+-> random-circuit control -> the other circuit ranking (when the causal scans ran) -> comparison ->
+report. Both tuning stages follow the one protocol of `emojax.stages.tuning` and read only the train
+split.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from absl import logging
 from emojax.console import say
 from emojax.runs import read_json, write_json
 from emojax.stages import (capture, causal, circuit_stage, compare, components, directions_stage, elicit, modulate,
-                           report, steer, sublayer, validation)
+                           other_ranking, random_circuits, report, steer, sublayer, validation)
 from emojax.stages.context import StageContext
 
 StageFn = Callable[[StageContext, "Options"], dict[str, Any]]
@@ -31,17 +34,19 @@ StageFn = Callable[[StageContext, "Options"], dict[str, Any]]
 class Options:
     """Pipeline switches that are not method settings: which optional sweeps and scans run."""
 
-    alpha_sweep: bool = False     # steering alpha sweep on the train split (S3 option)
-    scale_sweep: bool = False     # circuit modulation-scale sweep on the train split (S7 option)
+    alpha_sweep: bool = False     # steering alpha tuned on the train split (S3 option)
+    scale_sweep: bool = False     # circuit lambda tuned on the train split (S7 option)
     causal: bool = False          # exhaustive causal scans and attribution (§14.2, §14.4)
     validation: bool = True       # ablation and enhancement curves (S4c, §14.1)
+    random_circuits: bool = False  # random-circuit control on the test split
 
     @classmethod
     def for_preset(cls, ctx: StageContext, **overrides: bool | None) -> "Options":
-        """Sweeps follow `preset.sweeps`, the causal scans `preset.causal_prompts` and the validation
-        `preset.validation`, unless overridden."""
+        """Tuning follows `preset.sweeps`, the causal scans `preset.causal_prompts`, the validation
+        `preset.validation` and the random-circuit control `preset.random_draws`, unless overridden."""
         defaults = {"alpha_sweep": ctx.preset.sweeps, "scale_sweep": ctx.preset.sweeps,
-                    "causal": ctx.preset.causal_prompts > 0, "validation": ctx.preset.validation}
+                    "causal": ctx.preset.causal_prompts > 0, "validation": ctx.preset.validation,
+                    "random_circuits": ctx.preset.random_draws > 0}
         return cls(**{k: defaults[k] if overrides.get(k) is None else bool(overrides[k]) for k in defaults})
 
 
@@ -57,15 +62,19 @@ STAGES: tuple[Stage, ...] = (
     Stage("capture", lambda ctx, o: capture.run(ctx)),
     Stage("directions", lambda ctx, o: directions_stage.run(ctx)),
     Stage("elicit_test", lambda ctx, o: elicit.run(ctx, "test")),
+    Stage(steer.SWEEP_STAGE, lambda ctx, o: steer.run_sweep(ctx, directions_stage.load(ctx)[0]["dirs_mlp"]),
+          enabled=lambda o: o.alpha_sweep),
     Stage("steer_test", lambda ctx, o: steer.run(ctx, alpha_sweep=o.alpha_sweep)),
     Stage("components", lambda ctx, o: components.run(ctx)),
     Stage("validation", lambda ctx, o: validation.run(ctx), enabled=lambda o: o.validation),
     Stage("causal", lambda ctx, o: causal.run(ctx), enabled=lambda o: o.causal),
     Stage(sublayer.STAGE, lambda ctx, o: sublayer.run(ctx)),
     Stage(circuit_stage.STAGE, lambda ctx, o: circuit_stage.run(ctx)),
-    Stage(modulate.STAGE, lambda ctx, o: modulate.run(ctx)),
-    Stage(modulate.BASELINE_STAGE, lambda ctx, o: modulate.run_baseline(ctx)),
     Stage(modulate.SWEEP_STAGE, lambda ctx, o: modulate.run_scale_sweep(ctx), enabled=lambda o: o.scale_sweep),
+    Stage(modulate.STAGE, lambda ctx, o: modulate.run(ctx, scale_sweep=o.scale_sweep)),
+    Stage(modulate.BASELINE_STAGE, lambda ctx, o: modulate.run_baseline(ctx)),
+    Stage(random_circuits.STAGE, lambda ctx, o: random_circuits.run(ctx), enabled=lambda o: o.random_circuits),
+    Stage(other_ranking.STAGE, lambda ctx, o: other_ranking.run(ctx), enabled=lambda o: o.causal),
     Stage(compare.STAGE, lambda ctx, o: compare.run(ctx)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES) + ("report",)

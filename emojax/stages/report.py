@@ -1,10 +1,14 @@
 """The run's report: `summary.json` (headline numbers) and `report.md` (tables and every plot written).
 
 summary.json holds accuracy {prompting, steering, circuit} as overall fractions on the evaluated
-split, fluent_accuracy the same for replies judged a match AND fluent, overlap {neurons, heads} (mean
-Jaccard over the 15 emotion pairs), timings {stage: wall seconds} and cpu_timings (process CPU
-seconds), the model, the datasets, the preset, the directions rule and the judge. report.md shows the
-same numbers next to the paper's, then each stage's tables and PNG plots, whichever the stages wrote.
+split, fluent_accuracy (same keys: judged match AND fluent), ci95 {method: [low, high]} (Wilson 95%
+of fluent accuracy), fluent_fraction {method}, mcnemar {circuit_vs_steering, circuit_vs_prompting}
+(exact two-sided p on fluent_match), tuned {steer_alpha, modulation_scale, per_emotion when used},
+random_circuit {mean, sd, draws} (fluent accuracy of the random-circuit control), circuit_rankings,
+overlap {neurons, heads} (mean Jaccard over the 15 emotion pairs), timings {stage: wall
+seconds} and cpu_timings (process CPU seconds), the model, the datasets, the preset, the directions
+rule and the judge. report.md shows the same numbers next to the paper's, then each stage's tables
+and PNG plots, whichever the stages wrote.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any, Mapping
 
 from emojax.runs import read_json, write_json, write_text
 from emojax.stages import upstream
-from emojax.stages.accuracy import overall_fluent_fraction, overall_fraction
+from emojax.stages.accuracy import overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import judge_identity, model_hash
 
@@ -30,13 +34,14 @@ PAPER = {"accuracy": {"prompting": 0.9896, "steering": 0.9122, "circuit": 0.9965
 SECTIONS = (
     ("directions", "Direction geometry (S2)"),
     ("steer_test", "Direction steering (S3)"),
-    ("steer_sweep_train", "Steering alpha sweep on the train split"),
+    ("steer_sweep_train", "Steering alpha tuned on the train split"),
     ("components", "Component rankings (S4a, S4b)"),
     ("validation", "Ablation and enhancement curves (S4c, §14.1)"),
     ("causal", "Causal scans and attribution (§14.2, §14.4)"),
     ("sublayer", "Sublayer causal influence (S6d)"),
     ("circuit", "Global emotion circuits (S6e, S6f)"),
-    ("modulate_sweep_train", "Modulation-scale sweep on the train split"),
+    ("modulate_sweep_train", "Circuit lambda tuned on the train split"),
+    ("modulate_other_ranking_test", "Circuit modulation with the other circuit ranking"),
     ("compare", "Accuracy comparison"),
 )
 
@@ -56,19 +61,39 @@ def _dataset(ctx: StageContext) -> dict[str, Any]:
             for split, records in (("train", ctx.train), ("test", ctx.test))}
 
 
+def comparison_fields(run_path: Path) -> dict[str, Any]:
+    """The headline statistics of compare/comparison.json (None where the comparison lacks them)."""
+    path = run_path / "compare" / "comparison.json"
+    comparison = read_json(path) if path.is_file() else {}
+    fluent = comparison.get("fluent_accuracy", {})
+    intervals = comparison.get("ci95", {})
+    random = comparison.get("random_circuit")
+    return {
+        "fluent_accuracy": {m: fluent[m]["overall"] if m in fluent else None for m in ACCURACY_STAGES},
+        "ci95": {m: intervals[m]["overall"]["fluent_accuracy"] if m in intervals else None for m in ACCURACY_STAGES},
+        "fluent_fraction": {m: comparison.get("fluent_fraction", {}).get(m) for m in ACCURACY_STAGES},
+        "mcnemar": {name: test["exact_p"] for name, test in comparison.get("mcnemar", {}).items()},
+        "tuned": {k: v for k, v in comparison.get("tuned", {}).items() if not k.endswith("_source")},
+        "random_circuit": None if random is None else {
+            "mean": random["fluent_accuracy"]["mean"], "sd": random["fluent_accuracy"]["sd"],
+            "draws": random["fluent_accuracy"]["draws"], "items": random["items"],
+            "true_circuit": random["true_circuit"]["fluent_accuracy"]},
+        "circuit_rankings": comparison.get("circuit_rankings", {}),
+    }
+
+
 def build_summary(ctx: StageContext, timings: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    accuracy, fluent_accuracy = {}, {}
+    accuracy = {}
     for method, stage in ACCURACY_STAGES.items():
         tables = upstream.accuracy(ctx, stage)
         accuracy[method] = None if tables is None else overall_fraction(tables)
-        fluent_accuracy[method] = None if tables is None else overall_fluent_fraction(tables)
     overlap_path = ctx.run.path / "circuit" / "overlap.json"
     overlap = read_json(overlap_path) if overlap_path.is_file() else None
     capture = ctx.run.path / "capture" / "done.json"
     baseline = upstream.accuracy(ctx, "baseline_test")
     return {
         "accuracy": accuracy,
-        "fluent_accuracy": fluent_accuracy,
+        **comparison_fields(ctx.run.path),
         "overlap": {kind: None if overlap is None else overlap[kind]["jaccard_mean"] for kind in ("neurons", "heads")},
         "overlap_coefficient": {kind: None if overlap is None else overlap[kind]["overlap_coefficient_mean"]
                                 for kind in ("neurons", "heads")},
@@ -96,11 +121,26 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _interval(interval: list[float] | None) -> str:
+    return "—" if interval is None else f"[{_pct(interval[0])}, {_pct(interval[1])}]"
+
+
 def headline_markdown(summary: Mapping[str, Any]) -> str:
-    acc, fluent, paper = summary["accuracy"], summary["fluent_accuracy"], summary["paper"]
-    lines = ["| method | this run (%) | this run, fluent (%) | paper (%) |", "|---|---|---|---|"]
-    lines += [f"| {m} | {_pct(acc[m])} | {_pct(fluent[m])} | {_pct(paper['accuracy'][m])} |"
-              for m in ("prompting", "steering", "circuit")]
+    acc, paper, fluent = summary["accuracy"], summary["paper"], summary["fluent_accuracy"]
+    lines = ["| method | judged accuracy (%) | fluent accuracy (%) | 95% CI (fluent) | paper (%) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {m} | {_pct(acc[m])} | {_pct(fluent[m])} | {_interval(summary['ci95'][m])} | "
+              f"{_pct(paper['accuracy'][m])} |" for m in ("prompting", "steering", "circuit")]
+    if summary["mcnemar"]:
+        lines += ["", "McNemar exact p on fluent_match: " + "; ".join(
+            f"{name.replace('_', ' ')} {p:.3g}" for name, p in summary["mcnemar"].items()) + "."]
+    if summary["tuned"]:
+        lines += ["", "Doses tuned on the train split: " + "; ".join(f"{k} {v}" for k, v in summary["tuned"].items()) + "."]
+    random = summary["random_circuit"]
+    if random is not None:
+        lines += ["", f"Random circuits ({len(random['draws'])} draws, {random['items']} test items): fluent accuracy "
+                      f"{_pct(random['mean'])}% (sd {_pct(random['sd'])}) against {_pct(random['true_circuit'])}% "
+                      f"for the true circuits on the same items."]
     lines += ["", "| circuit overlap (mean Jaccard) | this run | paper |", "|---|---|---|"]
     lines += [f"| {k} | {_num(summary['overlap'][k])} | {_num(paper['overlap'][k])} |" for k in ("neurons", "heads")]
     if summary.get("baseline_false_match") is not None:

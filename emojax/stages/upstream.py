@@ -87,11 +87,26 @@ def influence(ctx: StageContext) -> np.ndarray:
     return arrays["mean_over_alpha"]
 
 
-def circuits(ctx: StageContext) -> dict[str, Circuit]:
-    """The circuit of every emotion, checked against the model's shapes and hash."""
+def causal_rankings(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
+    """(neuron [6, L, F], head [6, L, H]) exact causal scores of the causal stage (§14.2), larger =
+    pushes towards the emotion; every layer and emotion must have been scanned."""
+    c = ctx.config
+    path = _file(ctx, "causal", "causal_scores.npz")
+    arrays = check_array_file(path, {"neuron_causal": (N_EMOTIONS, c.n_layers, c.d_ff),
+                                     "head_causal": (N_EMOTIONS, c.n_layers, c.n_heads)}, model_hash(ctx))
+    neurons, heads = arrays["neuron_causal"], arrays["head_causal"]
+    if np.isnan(neurons).any() or np.isnan(heads).any():
+        raise InputError(f"{path}: the causal scan did not cover every layer and emotion, which the causal "
+                         f"circuit ranking needs (scan all layers with at least one prompt per emotion)")
+    return neurons, heads
+
+
+def circuits(ctx: StageContext, subdir: str | None = None) -> dict[str, Circuit]:
+    """The circuit of every emotion (`circuit/<emotion>.json`, or `circuit/<subdir>/<emotion>.json`),
+    checked against the model's shapes and hash."""
     out = {}
     for emotion in EMOTIONS:
-        path = _file(ctx, "circuit", f"{emotion}.json")
+        path = _file(ctx, "circuit", f"{emotion}.json" if subdir is None else f"{subdir}/{emotion}.json")
         record = read_json(path)
         check_circuit(record, ctx.config, source=str(path), model_hash=model_hash(ctx))
         out[emotion] = Circuit.from_record(record, source=str(path))
@@ -102,3 +117,18 @@ def accuracy(ctx: StageContext, stage: str) -> dict[str, Any] | None:
     """A generation stage's accuracy.json, or None when that stage did not run."""
     path = ctx.run.path / stage / "accuracy.json"
     return read_json(path) if path.is_file() else None
+
+
+def stage_summary(ctx: StageContext, stage: str) -> dict[str, Any] | None:
+    """The summary a finished stage stored in its done.json, or None when it has not finished."""
+    path = ctx.run.path / stage / "done.json"
+    return read_json(path).get("summary") if path.is_file() else None
+
+
+def modulation_scales(ctx: StageContext) -> np.ndarray:
+    """lambda_e [6] that circuit modulation of the test split used (its done.json)."""
+    summary = stage_summary(ctx, "modulate_test")
+    if summary is None:
+        raise InputError(f"{ctx.run.path / 'modulate_test'}: circuit modulation has not run yet; the circuit "
+                         f"controls use its lambda")
+    return np.asarray([summary["scales"][e] for e in EMOTIONS], np.float32)
