@@ -180,6 +180,17 @@ def test_check_array_file_refuses_inf(tmp_path):
         check_array_file(tmp_path / "s.npz", {"sigma": (2,)}, "h")
 
 
+def test_nan_is_accepted_only_where_it_marks_entries_not_computed(tmp_path):
+    write_npz(tmp_path / "c.npz", {"scores": np.array([np.nan, 1.0], np.float32)}, meta={"model_hash": "h"})
+    loaded = check_array_file(tmp_path / "c.npz", {"scores": (2,)}, "h", nan_means_not_computed=("scores",))
+    assert np.isnan(loaded["scores"][0]) and loaded["scores"][1] == 1.0
+    with pytest.raises(InputError, match="non-finite"):
+        check_array_file(tmp_path / "c.npz", {"scores": (2,)}, "h")
+    write_npz(tmp_path / "i.npz", {"scores": np.array([np.nan, np.inf], np.float32)}, meta={"model_hash": "h"})
+    with pytest.raises(InputError, match=r"holds 1 non-finite values"):
+        check_array_file(tmp_path / "i.npz", {"scores": (2,)}, "h", nan_means_not_computed=("scores",))
+
+
 def test_a_circuit_with_a_nan_score_is_refused():
     record = {"emotion": "anger", "layers": [{"layer": 0, "mlp": {"neurons": [1], "scores": [math.nan]},
                                               "attention": {"heads": [0]}}]}

@@ -85,12 +85,14 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def check_array_file(path: str | os.PathLike, expected_shapes: Mapping[str, Shape],
-                     model_hash: str | None) -> dict[str, np.ndarray]:
+                     model_hash: str | None, nan_means_not_computed: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Load an npz artefact of another run and check it fits the current model.
 
     `expected_shapes` maps array names to shapes; None in a shape matches any size. When
     `model_hash` is given, the file's metadata must carry the same `model_hash` (artefacts are
-    written with `write_npz(path, arrays, meta={"model_hash": ...})`). Float arrays must be finite.
+    written with `write_npz(path, arrays, meta={"model_hash": ...})`). Float arrays must be finite,
+    except that the arrays named in `nan_means_not_computed` may hold nan where their stage marks
+    entries it did not compute (e.g. layers a causal scan skipped); inf is refused there too.
     """
     arrays, meta = read_npz(path)
     if model_hash is not None:
@@ -108,7 +110,10 @@ def check_array_file(path: str | os.PathLike, expected_shapes: Mapping[str, Shap
         if not _shape_matches(arrays[name].shape, expected):
             raise InputError(f"{path}: array {name!r} has shape {arrays[name].shape}, expected "
                              f"{_format_expected(expected)}")
-        check_finite(arrays[name], f"{path}: array {name!r}")
+        array = arrays[name]
+        if name in nan_means_not_computed:
+            array = np.where(np.isnan(array), 0.0, array)
+        check_finite(array, f"{path}: array {name!r}")
     return arrays
 
 

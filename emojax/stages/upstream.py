@@ -93,7 +93,8 @@ def causal_rankings(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
     c = ctx.config
     path = _file(ctx, "causal", "causal_scores.npz")
     arrays = check_array_file(path, {"neuron_causal": (N_EMOTIONS, c.n_layers, c.d_ff),
-                                     "head_causal": (N_EMOTIONS, c.n_layers, c.n_heads)}, model_hash(ctx))
+                                     "head_causal": (N_EMOTIONS, c.n_layers, c.n_heads)}, model_hash(ctx),
+                              nan_means_not_computed=("neuron_causal", "head_causal"))
     neurons, heads = arrays["neuron_causal"], arrays["head_causal"]
     if np.isnan(neurons).any() or np.isnan(heads).any():
         raise InputError(f"{path}: the causal scan did not cover every layer and emotion, which the causal "
