@@ -12,8 +12,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from experiments.peer_common import Edit, ScanJob, apply_edit, by_module, chunks, rows_of, scores
-from experiments.peers import ScanPeer
+from experiments.peer_common import Edit, apply_edit, by_module, rows_of, scores
+from experiments.peers import FullForwardPeer
 
 
 def site_module(model: Any, layer: int, site: str) -> tuple[Any, bool]:
@@ -51,7 +51,7 @@ def hooked(model: Any, edits: Sequence[Edit], prompts: int) -> Iterator[None]:
             handle.remove()
 
 
-class HFBatchedPeer(ScanPeer):
+class HFBatchedPeer(FullForwardPeer):
     name = "hf_batched"
     batching = "full"
 
@@ -61,21 +61,12 @@ class HFBatchedPeer(ScanPeer):
 
         self.torch = torch
         self.model = ctx.torch_model
-        self.job: ScanJob | None = None
-        self.clean: np.ndarray | None = None
 
     def _scores(self, edits: Sequence[Edit]) -> np.ndarray:
         variants = max(len(edits), 1)
         with self.torch.inference_mode(), hooked(self.model, edits, self.job.tokens.shape[0]):
             final = self.model.model(**self.job.torch_inputs(variants), use_cache=False).last_hidden_state[:, -1]
         return scores(final, self.job.readout, variants)
-
-    def setup(self, job: ScanJob) -> None:
-        self.job = job
-        self.clean = self._scores([])[0]
-
-    def effects(self, edits: Sequence[Edit]) -> np.ndarray:
-        return np.concatenate([self._scores(chunk) - self.clean for chunk in chunks(edits, self.chunk)])
 
     def description(self) -> str:
         way = "one hooked forward per variant" if self.chunk == 1 else f"{self.chunk} variants per hooked forward"

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from experiments.bench_common import BenchContext, torch_model_from_params
-from experiments.peer_common import Edit, ScanJob, chunks, id_tokenizer, scores
-from experiments.peers import ScanPeer
+from experiments.peer_common import Edit, id_tokenizer, scores
+from experiments.peers import FullForwardPeer
 
 
 def _wrapped(ctx: BenchContext) -> Any:
@@ -47,7 +47,7 @@ def _edit(model: Any, edit: Edit) -> None:
         block.mlp.output[:, where] += torch.from_numpy(edit.vector)
 
 
-class NNsightScanPeer(ScanPeer):
+class NNsightScanPeer(FullForwardPeer):
     name = "nnsight"
     batching = "full"
 
@@ -59,8 +59,9 @@ class NNsightScanPeer(ScanPeer):
         self.torch, self.version = torch, nnsight.__version__
         self.model = _wrapped(ctx)
 
-    def _scores(self, edits: Sequence[Edit | None]) -> np.ndarray:
-        """Scores [len(edits), B]; a None edit is the clean forward."""
+    def _scores(self, edits: Sequence[Edit]) -> np.ndarray:
+        """Scores [max(len(edits), 1), B]; no edits runs one clean invoke."""
+        edits = list(edits) or [None]
         model, inputs = self.model, self.job.torch_inputs()
         finals: list[Any] = [None] * len(edits)  # filled by slot: invokes need not finish in order
         with self.torch.inference_mode():
@@ -71,13 +72,6 @@ class NNsightScanPeer(ScanPeer):
                             _edit(model, edit)
                         finals[slot] = model.model.norm.output[:, -1].save()
         return scores(self.torch.cat(finals), self.job.readout, len(edits))
-
-    def setup(self, job: ScanJob) -> None:
-        self.job = job
-        self.clean = self._scores([None])[0]
-
-    def effects(self, edits: Sequence[Edit]) -> np.ndarray:
-        return np.concatenate([self._scores(chunk) - self.clean for chunk in chunks(edits, self.chunk)])
 
     def description(self) -> str:
         return (f"nnsight {self.version} over transformers PyTorch {self.torch.__version__}, float32, "

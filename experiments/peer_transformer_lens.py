@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.bench_common import BenchContext, torch_model_from_params
-from experiments.peer_common import Edit, ScanJob, apply_edit, by_module, chunks, id_tokenizer, rows_of, scores
-from experiments.peers import ScanPeer
+from experiments.peer_common import Edit, apply_edit, by_module, id_tokenizer, rows_of, scores
+from experiments.peers import FullForwardPeer
 
 HOOK_NAMES = {"head_in": "blocks.{}.attn.hook_z", "neuron_in": "blocks.{}.mlp.out.hook_in",
               "attn_out": "blocks.{}.hook_attn_out", "mlp_out": "blocks.{}.hook_mlp_out"}
@@ -32,7 +32,7 @@ def _bridge(ctx: BenchContext) -> Any:
     return ctx.shared("transformer_lens", boot)
 
 
-class TransformerLensScanPeer(ScanPeer):
+class TransformerLensScanPeer(FullForwardPeer):
     name = "transformer_lens"
     batching = "full"
 
@@ -68,13 +68,6 @@ class TransformerLensScanPeer(ScanPeer):
                                        position_ids=inputs["position_ids"], logits_to_keep=1, return_type=None,
                                        fwd_hooks=hooks + [("ln_final.hook_out", read)])
         return scores(final[0], self.job.readout, variants)
-
-    def setup(self, job: ScanJob) -> None:
-        self.job = job
-        self.clean = self._scores([])[0]
-
-    def effects(self, edits: Sequence[Edit]) -> np.ndarray:
-        return np.concatenate([self._scores(chunk) - self.clean for chunk in chunks(edits, self.chunk)])
 
     def description(self) -> str:
         attention = self.bridge.original_model.config._attn_implementation

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from experiments.bench_common import BenchContext, rss_during
-from experiments.peer_common import Edit, ScanJob
+from experiments.peer_common import Edit, ScanJob, chunks
 
 SCAN_PEERS: dict[str, str] = {
     "hf_hooks": "experiments.peer_hf_batched:HFHooksPeer",
@@ -100,6 +100,25 @@ class ScanPeer(abc.ABC):
     def sample(self, edits: Sequence[Edit], k: int) -> list[int]:
         """Indices of the variants timed: k (at least one chunk) spread over all of them."""
         return spread(len(edits), max(k, self.chunk))
+
+
+class FullForwardPeer(ScanPeer):
+    """A peer whose variants run as full forwards of the prompt batch, `chunk` variants per forward:
+    an effect is a variant's scores minus those of the clean forward."""
+
+    job: ScanJob
+    clean: np.ndarray
+
+    @abc.abstractmethod
+    def _scores(self, edits: Sequence[Edit]) -> np.ndarray:
+        """Scores [max(len(edits), 1), B] of one forward; no edits is the clean forward."""
+
+    def setup(self, job: ScanJob) -> None:
+        self.job = job
+        self.clean = self._scores([])[0]
+
+    def effects(self, edits: Sequence[Edit]) -> np.ndarray:
+        return np.concatenate([self._scores(chunk) - self.clean for chunk in chunks(edits, self.chunk)])
 
 
 def spread(n: int, k: int) -> list[int]:
