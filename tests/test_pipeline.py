@@ -106,3 +106,13 @@ def test_launcher_argument_helpers_name_the_bad_input():
     no_extra_arguments(["prog"])
     with pytest.raises(app.UsageError, match="unexpected arguments: stray"):
         no_extra_arguments(["prog", "stray"])
+
+
+def test_stage_line_names_items_and_both_accuracies():
+    from emojax.stages.pipeline import stage_headline
+
+    cell = {"accuracy": 19.44, "matched": 28, "total": 144, "fluent_accuracy": 12.5, "fluent_matched": 18}
+    assert stage_headline({"items": 144, "accuracy": cell}) == \
+        "144 items, accuracy 19.4% (28/144), fluent 12.5% (18/144), "
+    assert stage_headline({"rows": 96}) == "96 items, "
+    assert stage_headline({"stage": "components"}) == ""

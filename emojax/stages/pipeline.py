@@ -81,7 +81,8 @@ STAGE_NAMES = tuple(s.name for s in STAGES) + ("report",)
 
 
 def stage_headline(summary: dict[str, Any]) -> str:
-    """What a stage line says besides its time: how many items, and the accuracy of a judged stage."""
+    """What a stage line says besides its time: how many items, and the judged and fluent accuracy of
+    a judged stage."""
     parts = []
     count = next((summary[k] for k in ("items", "rows", "judged") if isinstance(summary.get(k), int)), None)
     if count is not None:
@@ -89,6 +90,8 @@ def stage_headline(summary: dict[str, Any]) -> str:
     accuracy = summary.get("accuracy")
     if isinstance(accuracy, dict) and accuracy.get("accuracy") is not None:
         parts.append(f"accuracy {accuracy['accuracy']:.1f}% ({accuracy['matched']}/{accuracy['total']})")
+        if accuracy.get("fluent_accuracy") is not None:
+            parts.append(f"fluent {accuracy['fluent_accuracy']:.1f}% ({accuracy['fluent_matched']}/{accuracy['total']})")
     return "".join(f"{part}, " for part in parts)
 
 
