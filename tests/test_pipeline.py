@@ -11,7 +11,7 @@ from absl import app
 
 from emojax.stages import report
 from emojax.stages.launch import list_flag, no_extra_arguments, open_context
-from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
+from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline, stage_headline
 from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, tiny_loaded_model
 
 pytestmark = pytest.mark.slow  # about 100 CPU-seconds: every stage compiles its programs once
@@ -109,8 +109,6 @@ def test_launcher_argument_helpers_name_the_bad_input():
 
 
 def test_stage_line_names_items_and_both_accuracies():
-    from emojax.stages.pipeline import stage_headline
-
     cell = {"accuracy": 19.44, "matched": 28, "total": 144, "fluent_accuracy": 12.5, "fluent_matched": 18}
     assert stage_headline({"items": 144, "accuracy": cell}) == \
         "144 items, accuracy 19.4% (28/144), fluent 12.5% (18/144), "
