@@ -22,6 +22,7 @@ from typing import Any
 from absl import logging as absl_logging
 
 CONSOLE = logging.getLogger("emojax.console")
+CONSOLE.setLevel(logging.INFO)  # console lines are INFO records whatever the root logger's level
 _VERBOSE_FLAGS = ("verbosity", "alsologtostderr", "logtostderr")
 _started = time.monotonic()
 
@@ -49,7 +50,6 @@ def configure(flag_values: Any) -> bool:
         handler.setFormatter(_ElapsedFormatter())
         handler._emojax_console = True  # type: ignore[attr-defined]
         CONSOLE.addHandler(handler)
-    CONSOLE.setLevel(logging.INFO)
     return False
 
 

@@ -91,7 +91,7 @@ CASES = [
     ("experiments.elicit", ["--min_complete_groups=-3"], r"--min_complete_groups=-3: expected an integer >= 1$"),
     ("experiments.elicit", ["--modulation_scale=0"], r"--modulation_scale=0.0: expected a finite number > 0$"),
     ("experiments.elicit", ["--seed=-1"], r"--seed=-1: expected an integer >= 0 and < 4294967296$"),
-    ("experiments.elicit", ["--preset=huge"], r"flag --preset=huge: value should be one of <full\|quick>"),
+    ("experiments.elicit", ["--preset=huge"], r"flag --preset=huge: value should be one of <full\|quick\|standard>"),
     ("experiments.elicit", ["--train=missing.jsonl"], r"missing.jsonl: no such file"),
     ("experiments.elicit", ["--model=missing.gguf"], r"--model=missing.gguf: 'missing.gguf' is neither a registered"),
     ("experiments.elicit", ["--judge=oracle"], r"--judge=oracle: unknown judge spec 'oracle'"),
@@ -100,9 +100,9 @@ CASES = [
     ("experiments.elicit", ["--mesh=4096x1"], r"--mesh=4096x1 does not fit the \d+ device\(s\) present; use "
                                               r"--mesh=auto"),
     ("experiments.elicit", ["--split=validation"], r"--split='validation': expected train, test, both"),
-    ("experiments.steer", ["--alphas=1,nan"], r"--alphas=1,nan: expected positive numbers$"),
+    ("experiments.sublayer", ["--alphas=1,nan"], r"--alphas=1,nan: expected positive numbers$"),
     ("experiments.sublayer", ["--alphas=0.5,-1"], r"--alphas=0.5,-1: expected positive numbers$"),
-    ("experiments.modulate", ["--scales=inf"], r"--scales=inf: expected positive numbers$"),
+    ("experiments.validation", ["--lambdas=inf"], r"--lambdas=inf: expected positive numbers$"),
     ("experiments.causal", ["--prompts_per_emotion=-1"], r"flag --prompts_per_emotion=-1: .*not a non-negative"),
 ]
 
