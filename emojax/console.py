@@ -32,25 +32,23 @@ def verbose_requested(flag_values: Any) -> bool:
     return any(name in flag_values and flag_values[name].present for name in _VERBOSE_FLAGS)
 
 
-def configure(flag_values: Any) -> bool:
-    """Set up a launcher's output from its parsed absl flags; returns True in verbose mode.
+def configure(flag_values: Any) -> None:
+    """Set up a launcher's output from its parsed absl flags.
 
     Quiet mode raises the level of absl's stderr handler only: loggers keep their levels, so a run's
     own log file (RunDir's run.log) still receives every INFO record, console lines included."""
     global _started
     _started = time.monotonic()
     if verbose_requested(flag_values):
-        return True
+        return
     absl_logging.get_absl_handler().setLevel(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:
         sys.modules["transformers"].utils.logging.set_verbosity_error()
-    if not any(getattr(h, "_emojax_console", False) for h in CONSOLE.handlers):
+    if not CONSOLE.handlers:  # only configure adds one
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_ElapsedFormatter())
-        handler._emojax_console = True  # type: ignore[attr-defined]
         CONSOLE.addHandler(handler)
-    return False
 
 
 def say(message: str, *args: Any) -> None:
