@@ -31,9 +31,10 @@ import numpy as np
 from emojax import scan
 from emojax.data.sev import VALENCES, load_dataset
 from emojax.prompts import neutral_messages, tokenize_prompts
-from experiments.bench_common import BenchContext, peak_rss_mb
+from experiments.bench_common import BenchContext, measure_matmul_peak, pct_of_peak, peak_rss_mb
 from experiments.peer_common import Edit, ScanJob
 from experiments.peers import time_scan
+from experiments.scan_flops import full_forward_scan_flops, suffix_scan_flops
 
 HEAD_PROMPTS, NEURON_PROMPTS, SUBLAYER_PROMPTS = 48, 8, 48
 ALPHAS = (0.1, 0.3, 0.5, 0.7)
@@ -71,16 +72,42 @@ def _compile(warmup: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _result(emojax_s: float, figures: dict[str, Any], peers: dict[str, dict[str, Any]],
-            ours: np.ndarray) -> dict[str, Any]:
-    """emojax's figures, every peer's (with its ratio to emojax), and, as before, `baseline_s`,
-    `speedup` and `max_abs_effect_diff` for the one-forward-per-variant HF baseline."""
+def _scan_flops(ctx: BenchContext, batching: str, edits: Sequence[Edit], tokens: np.ndarray) -> int:
+    """FLOPs of the whole scan run the way `batching` names (emojax's own is "emojax")."""
+    prompts, width = tokens.shape
+    if batching in ("one", "full"):
+        return full_forward_scan_flops(ctx.config, len(edits), prompts, width)
+    return suffix_scan_flops(ctx.config, edits, prompts, width, whole_edited_layer=batching == "suffix")
+
+
+def _rates(ctx: BenchContext, emojax_s: float, peers: dict[str, dict[str, Any]], edits: Sequence[Edit],
+           tokens: np.ndarray) -> dict[str, Any]:
+    """Each side's FLOPs, GFLOP/s and percent of the matmul peak (measured now, after the runs), so
+    a ratio splits into work done (FLOPs) and the rate it was done at. Suffix-pass FLOPs only where
+    every variant ran as one (`positions="all"` recomputes whole sequences and is not counted)."""
+    if any(e.all_positions for e in edits):
+        return {}
+    peak = measure_matmul_peak()
+    flop = _scan_flops(ctx, "emojax", edits, tokens)
+    for peer in peers.values():
+        if peer.get("seconds") is not None:
+            peer["gflop"] = _scan_flops(ctx, peer["batching"], edits, tokens) / 1e9
+            peer["gflops_per_s"] = peer["gflop"] / peer["seconds"]
+            peer["pct_of_peak"] = pct_of_peak(peer["gflop"] * 1e9, peer["seconds"], peak)
+    return {"emojax_gflop": flop / 1e9, "emojax_gflops_per_s": flop / emojax_s / 1e9,
+            "emojax_pct_of_peak": pct_of_peak(flop, emojax_s, peak), "matmul_peak_gflops": peak}
+
+
+def _result(ctx: BenchContext, emojax_s: float, figures: dict[str, Any], peers: dict[str, dict[str, Any]],
+            ours: np.ndarray, edits: Sequence[Edit], tokens: np.ndarray) -> dict[str, Any]:
+    """emojax's figures, every peer's (with its ratio to emojax and its rate), and, as before,
+    `baseline_s`, `speedup` and `max_abs_effect_diff` for the one-forward-per-variant HF baseline."""
     for peer in peers.values():
         if peer.get("seconds") is not None:
             peer["ratio_to_emojax"] = peer["seconds"] / emojax_s
     hooks = peers.get("hf_hooks", {})
-    result = {"emojax_s": emojax_s, **figures, "baseline_s": hooks.get("seconds"),
-              "speedup": hooks.get("ratio_to_emojax"), "peers": peers,
+    result = {"emojax_s": emojax_s, **figures, **_rates(ctx, emojax_s, peers, edits, tokens),
+              "baseline_s": hooks.get("seconds"), "speedup": hooks.get("ratio_to_emojax"), "peers": peers,
               "effect_scale": float(np.nanmax(np.abs(ours))), "peak_rss_mb": peak_rss_mb()}
     if hooks.get("seconds") is not None:
         result.update(max_abs_effect_diff=hooks["max_abs_diff"], baseline=hooks["description"],
@@ -114,7 +141,7 @@ def _head_scan(ctx: BenchContext, positions: str, n_prompts: int) -> dict[str, A
                                           min(ctx.repeats, MAX_REPEATS))
     figures = {"emojax_warmup_s": warmup_s, "emojax_runs_s": runs, **memory, "prompts": n_prompts,
                "prompt_tokens": int(tokens.shape[1]), "positions": positions, "variants": len(edits)}
-    return _result(float(np.median(runs)), figures, peers, flatten(last))
+    return _result(ctx, float(np.median(runs)), figures, peers, flatten(last), edits, tokens)
 
 
 def bench_head_scan(ctx: BenchContext, n_prompts: int | None = None) -> dict[str, Any]:
@@ -170,7 +197,7 @@ def bench_neuron_scan(ctx: BenchContext, n_prompts: int | None = None,
                "emojax_extrapolated": len(scanned) < cfg.n_layers, "emojax_warmup_s": warmup_s, **memory,
                "prompts": n_prompts, "prompt_tokens": int(tokens.shape[1]), "variants": len(edits)}
     emojax_s = measured * suffix_layers(range(cfg.n_layers)) / suffix_layers(scanned)
-    return _result(emojax_s, figures, peers, spread_out(last))
+    return _result(ctx, emojax_s, figures, peers, spread_out(last), edits, tokens)
 
 
 # --- sublayers ---------------------------------------------------------------------------------------
@@ -206,4 +233,4 @@ def bench_sublayer_scan(ctx: BenchContext, n_prompts: int | None = None) -> dict
                                           min(ctx.repeats, MAX_REPEATS))
     figures = {"emojax_warmup_s": warmup_s, "emojax_runs_s": runs, **memory, "prompts": n_prompts,
                "prompt_tokens": int(tokens.shape[1]), "alphas": list(ALPHAS), "variants": len(edits)}
-    return _result(float(np.median(runs)), figures, peers, effects(last))
+    return _result(ctx, float(np.median(runs)), figures, peers, effects(last), edits, tokens)

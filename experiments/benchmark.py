@@ -123,12 +123,13 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
                      f"{_fmt(r.get('speedup'))} | {details} |")
     peer_rows = [(name, peer, f) for name, r in results.items() for peer, f in r.get("peers", {}).items()]
     if peer_rows:
-        lines += ["", "| benchmark | peer | seconds | peer / emojax | max abs diff | notes |", "|---|---|---|---|---|---|"]
+        lines += ["", "| benchmark | peer | seconds | peer / emojax | GFLOP | % of peak | max abs diff | notes |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, peer, f in peer_rows:
             note = f.get("skipped") or ("extrapolated from " + str(f["sampled"]) if f.get("extrapolated") else "")
             agreement = f.get("max_abs_diff", f.get("same_tokens"))
             lines.append(f"| {name} | {peer} | {_fmt(f.get('seconds'))} | {_fmt(f.get('ratio_to_emojax'))} | "
-                         f"{_fmt(agreement)} | {note} |")
+                         f"{_fmt(f.get('gflop'))} | {_fmt(f.get('pct_of_peak'))} | {_fmt(agreement)} | {note} |")
     return "\n".join(lines)
 
 

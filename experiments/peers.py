@@ -197,7 +197,7 @@ def time_scan(ctx: BenchContext, emojax_run: Callable[[], Any], emojax_effects: 
             "seconds": setup_s + sample_s * peer.cost(edits) / peer.cost(sampled),
             "max_abs_diff": float(np.abs(ours[picked[name]] - last[name]).max()),
             "setup_s": setup_s, "sample_s": sample_s, "sampled": len(sampled),
-            "extrapolated": len(sampled) < len(edits), "chunk_variants": peer.chunk,
+            "extrapolated": len(sampled) < len(edits), "chunk_variants": peer.chunk, "batching": peer.batching,
             **rss[name], "description": peer.description(),
         }
     for name, reason in skipped.items():
