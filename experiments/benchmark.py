@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, str] = {
     "head_scan_all_positions": "experiments.bench_scans:bench_head_scan_all_positions",
     "neuron_scan": "experiments.bench_scans:bench_neuron_scan",
     "sublayer_scan": "experiments.bench_scans:bench_sublayer_scan",
+    "suffix_parts": "experiments.bench_suffix_parts:bench_suffix_parts",
     "judge_offline": "experiments.bench_judge:bench_judge_offline",
     "fluency_pass": "experiments.bench_judge:bench_fluency_pass",
 }
