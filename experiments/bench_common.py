@@ -256,6 +256,16 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     return raw
 
 
+def torch_runtime(attention: str, call: str = "", device: str | None = None) -> str:
+    """How a PyTorch baseline ran, for its description: 'transformers PyTorch <version>[ <call>],
+    float32, <attention> attention[, <device>], <n> threads'."""
+    import torch
+
+    where = f", {device}" if device else ""
+    return (f"transformers PyTorch {torch.__version__}{' ' + call if call else ''}, float32, {attention} attention"
+            f"{where}, {torch.get_num_threads()} threads")
+
+
 def torch_model_from_params(params: Any, config: ModelConfig) -> Any:
     """Build an HF Llama/Qwen2 causal LM in float32 holding `params` (Linear weights transposed back)."""
     import torch

@@ -26,7 +26,7 @@ from emojax.interventions import Intervention
 from emojax.prompts import neutral_messages, tokenize_prompts
 from experiments.bench_bound import generation_products_s
 from experiments.bench_common import (BenchContext, forward_flops, pct_of_peak, peak_rss_mb, time_call,
-                                      time_interleaved)
+                                      time_interleaved, torch_runtime)
 from experiments.peers import GENERATION_PEERS, load_peer
 
 BATCH, NEW_TOKENS = 32, 64
@@ -136,9 +136,7 @@ def bench_generate(ctx: BenchContext) -> dict[str, Any]:
             "baseline_s": theirs.median_s, "speedup": theirs.median_s / ours.median_s,
             **_figures("baseline", theirs.median_s, flop, peak, batch * n_new),
             "baseline_runs_s": list(theirs.runs_s), "same_tokens_as_baseline": bool(same),
-            "baseline": f"transformers PyTorch {torch.__version__} generate, float32, "
-                        f"{model.config._attn_implementation} attention, {ctx.baseline_device}, "
-                        f"{torch.get_num_threads()} threads",
+            "baseline": torch_runtime(model.config._attn_implementation, call="generate", device=ctx.baseline_device),
         })
     result["peak_rss_mb"] = peak_rss_mb()
     return result

@@ -17,7 +17,7 @@ import numpy as np
 from emojax import forward
 from experiments.bench_bound import prefill_products_s
 from experiments.bench_common import (BenchContext, forward_flops, measure_matmul_peak, pct_of_peak, peak_rss_mb,
-                                      time_interleaved)
+                                      time_interleaved, torch_runtime)
 
 BATCH, SEQ = 16, 128
 
@@ -74,9 +74,8 @@ def _prefill(ctx: BenchContext, logits: str) -> dict[str, Any]:
         result.update({
             "baseline_s": theirs.median_s, "speedup": theirs.median_s / ours.median_s,
             "baseline_gflop_s": flop / theirs.median_s / 1e9, "baseline_runs_s": list(theirs.runs_s),
-            "max_abs_logit_diff": float(diff), "baseline": f"transformers PyTorch {torch.__version__}, float32, "
-                                                          f"{model.config._attn_implementation} attention, "
-                                                          f"{ctx.baseline_device}, {torch.get_num_threads()} threads",
+            "max_abs_logit_diff": float(diff),
+            "baseline": torch_runtime(model.config._attn_implementation, device=ctx.baseline_device),
         })
     result["peak_rss_mb"] = peak_rss_mb()
     return result

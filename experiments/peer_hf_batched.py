@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from experiments.bench_common import torch_runtime
 from experiments.peer_common import Edit, apply_edit, by_module, rows_of, scores
 from experiments.peers import FullForwardPeer
 
@@ -70,8 +71,7 @@ class HFBatchedPeer(FullForwardPeer):
 
     def description(self) -> str:
         way = "one hooked forward per variant" if self.chunk == 1 else f"{self.chunk} variants per hooked forward"
-        return (f"transformers PyTorch {self.torch.__version__}, float32, {self.model.config._attn_implementation}"
-                f" attention, {self.torch.get_num_threads()} threads, {way}")
+        return f"{torch_runtime(self.model.config._attn_implementation)}, {way}"
 
 
 class HFHooksPeer(HFBatchedPeer):

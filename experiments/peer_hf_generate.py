@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from experiments.bench_common import BenchContext
+from experiments.bench_common import BenchContext, torch_runtime
 
 
 def hf_steered_generation(ctx: BenchContext, tokens: np.ndarray, mask: np.ndarray, neuron_add: np.ndarray,
@@ -49,5 +49,5 @@ def hf_steered_generation(ctx: BenchContext, tokens: np.ndarray, mask: np.ndarra
                 handle.remove()
         return out[:, tokens.shape[1]:].numpy()
 
-    return run, (f"transformers PyTorch {torch.__version__} generate, float32, {model.config._attn_implementation}"
-                 f" attention, {torch.get_num_threads()} threads, per-row pre-hooks on o_proj and down_proj")
+    return run, (f"{torch_runtime(model.config._attn_implementation, call='generate')}, "
+                 "per-row pre-hooks on o_proj and down_proj")

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments.bench_common import torch_runtime
 from experiments.peer_common import Edit, ScanJob, chunks, scores
 from experiments.peer_hf_batched import hooked
 from experiments.peers import ScanPeer, spread
@@ -104,6 +105,5 @@ class HFPrefixPeer(ScanPeer):
         return [i for layer in picked for i in [j for j, e in enumerate(edits) if e.layer == layer][:self.chunk]]
 
     def description(self) -> str:
-        return (f"transformers PyTorch {self.torch.__version__}, float32, {self.model.config._attn_implementation}"
-                f" attention, {self.torch.get_num_threads()} threads, prefix cached once, up to {self.chunk}"
+        return (f"{torch_runtime(self.model.config._attn_implementation)}, prefix cached once, up to {self.chunk}"
                 " variants per one-token pass from the edited layer upward")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from experiments.bench_common import BenchContext, torch_model_from_params
+from experiments.bench_common import BenchContext, torch_model_from_params, torch_runtime
 from experiments.peer_common import Edit, id_tokenizer, scores
 from experiments.peers import FullForwardPeer
 
@@ -74,8 +74,7 @@ class NNsightScanPeer(FullForwardPeer):
         return scores(self.torch.cat(finals), self.job.readout, len(edits))
 
     def description(self) -> str:
-        return (f"nnsight {self.version} over transformers PyTorch {self.torch.__version__}, float32, "
-                f"{self.model.attn_implementation} attention, {self.torch.get_num_threads()} threads, "
+        return (f"nnsight {self.version} over {torch_runtime(self.model.attn_implementation)}, "
                 f"{self.chunk} invokes (variants) per trace")
 
 
@@ -105,5 +104,5 @@ def nnsight_steered_generation(ctx: BenchContext, tokens: np.ndarray, mask: np.n
                 ids = tracer.result.save()
         return ids[:, tokens.shape[1]:].numpy()
 
-    return run, (f"nnsight {nnsight.__version__} generate over transformers PyTorch {torch.__version__}, float32, "
-                 f"{model.attn_implementation} attention, {torch.get_num_threads()} threads, edits at every step")
+    return run, (f"nnsight {nnsight.__version__} generate over {torch_runtime(model.attn_implementation)}, "
+                 "edits at every step")

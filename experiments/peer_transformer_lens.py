@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.bench_common import BenchContext, torch_model_from_params
+from experiments.bench_common import BenchContext, torch_model_from_params, torch_runtime
 from experiments.peer_common import Edit, apply_edit, by_module, id_tokenizer, rows_of, scores
 from experiments.peers import FullForwardPeer
 
@@ -71,6 +71,5 @@ class TransformerLensScanPeer(FullForwardPeer):
 
     def description(self) -> str:
         attention = self.bridge.original_model.config._attn_implementation
-        return (f"TransformerLens {self.version} TransformerBridge over transformers PyTorch "
-                f"{self.torch.__version__}, float32, {attention} attention, {self.torch.get_num_threads()} threads, "
+        return (f"TransformerLens {self.version} TransformerBridge over {torch_runtime(attention)}, "
                 f"run_with_hooks with {self.chunk} variants per forward")
