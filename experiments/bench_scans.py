@@ -72,12 +72,12 @@ def _compile(warmup: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _scan_flops(ctx: BenchContext, batching: str, edits: Sequence[Edit], tokens: np.ndarray) -> int:
-    """FLOPs of the whole scan run the way `batching` names (emojax's own is "emojax")."""
+def _peer_flops(ctx: BenchContext, batching: str, edits: Sequence[Edit], tokens: np.ndarray) -> int:
+    """FLOPs of the whole scan run the way a peer's `batching` names."""
     prompts, width = tokens.shape
-    if batching in ("one", "full"):
-        return full_forward_scan_flops(ctx.config, len(edits), prompts, width)
-    return suffix_scan_flops(ctx.config, edits, prompts, width, whole_edited_layer=batching == "suffix")
+    if batching == "suffix":
+        return suffix_scan_flops(ctx.config, edits, prompts, width, whole_edited_layer=True)
+    return full_forward_scan_flops(ctx.config, len(edits), prompts, width)
 
 
 def _rates(ctx: BenchContext, emojax_s: float, peers: dict[str, dict[str, Any]], edits: Sequence[Edit],
@@ -88,10 +88,10 @@ def _rates(ctx: BenchContext, emojax_s: float, peers: dict[str, dict[str, Any]],
     if any(e.all_positions for e in edits):
         return {}
     peak = measure_matmul_peak()
-    flop = _scan_flops(ctx, "emojax", edits, tokens)
+    flop = suffix_scan_flops(ctx.config, edits, *tokens.shape)
     for peer in peers.values():
         if peer.get("seconds") is not None:
-            peer["gflop"] = _scan_flops(ctx, peer["batching"], edits, tokens) / 1e9
+            peer["gflop"] = _peer_flops(ctx, peer["batching"], edits, tokens) / 1e9
             peer["gflops_per_s"] = peer["gflop"] / peer["seconds"]
             peer["pct_of_peak"] = pct_of_peak(peer["gflop"] * 1e9, peer["seconds"], peak)
     return {"emojax_gflop": flop / 1e9, "emojax_gflops_per_s": flop / emojax_s / 1e9,

@@ -28,7 +28,7 @@ from emojax.rope import rope_tables
 from emojax.scan.layers import attention_last, layer_params, mlp
 from experiments.bench_common import BenchContext, measure_matmul_peak, time_interleaved
 from experiments.bench_scans import HEAD_PROMPTS, NEURON_PROMPTS, chat_prompts
-from experiments.scan_flops import attention_layer_flops, mlp_layer_flops
+from experiments.scan_flops import attention_layer_flops, attention_product_flops, mlp_layer_flops
 
 NEURON_CHUNK = 768
 REPEATS = 5
@@ -65,8 +65,8 @@ def _shape_figures(ctx: BenchContext, variants: int, prompts: int, peak: float) 
     fns = {name: (lambda f=_over_layers(step, cfg.n_layers): f(params, x)) for name, step in parts.items()}
     timings = time_interleaved(fns, REPEATS)
     rows, context = variants * prompts, prefix.k.shape[2] + 1
-    flop = {"attention": attention_layer_flops(cfg, rows, context), "mlp": mlp_layer_flops(cfg, rows)}
-    flop["attention_products"] = flop["attention"] - 2 * 2 * rows * cfg.n_heads * cfg.head_dim * context
+    flop = {"attention": attention_layer_flops(cfg, rows, context), "mlp": mlp_layer_flops(cfg, rows),
+            "attention_products": attention_product_flops(cfg, rows)}
     flop["mlp_products"] = flop["mlp"]
     out: dict[str, Any] = {"variants": variants, "prompts": prompts, "rows": rows, "context": context}
     for name, timing in timings.items():

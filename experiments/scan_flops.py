@@ -24,10 +24,14 @@ from experiments.peer_common import Edit
 AFTER_ATTENTION = ("head_in", "attn_out")  # the edit lands on the attention branch; after_mlp otherwise
 
 
+def attention_product_flops(config: ModelConfig, rows: int) -> int:
+    """The q, k, v and o weight products of `rows` one-token rows."""
+    return 2 * rows * config.d_model * (2 * config.q_dim + 2 * config.kv_dim)
+
+
 def attention_layer_flops(config: ModelConfig, rows: int, context: int) -> int:
     """q, k, v and o products of `rows` one-token rows, and their scores and values over `context` keys."""
-    c = config
-    return 2 * rows * c.d_model * (2 * c.q_dim + 2 * c.kv_dim) + 2 * 2 * rows * c.n_heads * c.head_dim * context
+    return attention_product_flops(config, rows) + 2 * 2 * rows * config.n_heads * config.head_dim * context
 
 
 def mlp_layer_flops(config: ModelConfig, rows: int) -> int:
