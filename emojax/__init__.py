@@ -4,12 +4,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from emojax.config import ModelConfig
 from emojax.generate import Generation, generate
-from emojax.interventions import Intervention, stack_variants
-from emojax.kv_cache import KVCache
-from emojax.model import Output, forward
-from emojax.taps import TapSpec
+from emojax.model.config import ModelConfig
+from emojax.model.forward import Output, forward
+from emojax.model.interventions import Intervention, stack_variants
+from emojax.model.kv_cache import KVCache
+from emojax.model.taps import TapSpec
 
 if TYPE_CHECKING:
     from emojax.loading import DEFAULT_MODEL, LoadedModel, load_model

@@ -16,11 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from emojax.config import ModelConfig
-from emojax.interventions import SHARED_RANK, Intervention, selectors
-from emojax.kv_cache import KVCache
-from emojax.model import lm_head, rms, rms_norm
-from emojax.rope import rope_tables, rotate
+from emojax.model.config import ModelConfig
+from emojax.model.forward import lm_head, rms, rms_norm
+from emojax.model.interventions import SHARED_RANK, Intervention, selectors
+from emojax.model.kv_cache import KVCache
+from emojax.model.rope import rope_tables, rotate
 
 Array = Any
 _MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")

@@ -26,14 +26,14 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from emojax import chat, parallel
-from emojax.config import ModelConfig
 from emojax.decode_step import decode_step, decode_weights
+from emojax.model.config import ModelConfig
 from emojax.decoding import (DecodingSettings, choose_tokens, mark_seen, process_logits,
                              seen_tokens)
-from emojax.interventions import SHARED_RANK, Intervention, check_fits
-from emojax.kv_cache import KVCache
-from emojax.model import check_token_ids, forward
-from emojax.params import cast_params
+from emojax.model.forward import check_token_ids, forward
+from emojax.model.interventions import SHARED_RANK, Intervention, check_fits
+from emojax.model.kv_cache import KVCache
+from emojax.model.params import cast_params
 from emojax.runs.progress import interactive
 
 Array = Any

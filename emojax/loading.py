@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from absl import logging
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from emojax.config import ModelConfig, config_from_hf
 from emojax.console import say
-from emojax.params import Params
+from emojax.model.config import ModelConfig, config_from_hf
+from emojax.model.params import Params
 from emojax.weights import cache
 from emojax.weights.gguf_loader import gguf_config_dict, load_gguf, metadata, open_gguf, tensor_names
 from emojax.weights.gguf_tokenizer import tokenizer_from_gguf_metadata

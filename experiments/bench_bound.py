@@ -16,9 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from emojax.config import ModelConfig
 from emojax.decode_step import decode_weights
-from emojax.model import lm_head
+from emojax.model.config import ModelConfig
+from emojax.model.forward import lm_head
 from experiments.bench_common import time_call
 
 Array = Any

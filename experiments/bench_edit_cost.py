@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.interventions import Intervention
+from emojax.model.interventions import Intervention
 from experiments.bench_common import BenchContext, peak_rss_mb, time_interleaved
 from experiments.bench_generate import bench_prompts, circuit_style_edits, emojax_generation
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import scan
-from emojax.rope import rope_tables
+from emojax.model.rope import rope_tables
 from emojax.scan.layers import attention_last, layer_params, mlp
 from experiments.bench_common import BenchContext, measure_matmul_peak, time_interleaved
 from experiments.bench_scans import HEAD_PROMPTS, NEURON_PROMPTS, chat_prompts

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from experiments.bench_common import forward_flops
 from experiments.peer_common import Edit
 

@@ -22,7 +22,7 @@ from quick_compile import OPT_OUT, enable_quick_compile
 
 QUICK_COMPILE = enable_quick_compile()  # before JAX starts its backend
 
-from emojax.config import ModelConfig, config_from_hf  # noqa: E402
+from emojax.model.config import ModelConfig, config_from_hf  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

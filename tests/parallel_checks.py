@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import Intervention, KVCache, TapSpec, forward, parallel, stack_variants
-from emojax.config import ModelConfig
-from emojax.params import param_shapes
+from emojax.model.config import ModelConfig
+from emojax.model.params import param_shapes
 
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {}
 

@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from emojax.config import ModelConfig
 from emojax.data import EMOTIONS, VALENCES, load_dataset
 from emojax.loading import LoadedModel
-from emojax.params import random_params
+from emojax.model.config import ModelConfig
+from emojax.model.params import random_params
 from emojax.runs import RunDir
 from emojax.runs.manifest import ModelIdentity
 from emojax.stages.context import Preset, Settings, StageContext

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from emojax import Intervention, forward, generate
-from emojax.params import random_params
+from emojax.model.params import random_params
 from stage_fixtures import TINY_CONFIG, tiny_loaded_model
 
 CONFIG = TINY_CONFIG  # 4 layers, 4 heads, d_ff 48, d_model 32

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emojax.circuit import Circuit, allocate, build_circuit, literal_budget, mean_pairwise, transferred_budget
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "official" / "llama32_3b"
 EMOTIONS = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")

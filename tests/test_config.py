@@ -1,7 +1,7 @@
 """Config parsing: both transformers spellings of RoPE settings, and rejection of unsupported math."""
 import pytest
 
-from emojax.config import ConfigError, config_from_hf
+from emojax.model.config import ConfigError, config_from_hf
 
 BASE = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 24}

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import TINY_HF_CONFIGS, left_padded, random_prompts
 from emojax.decode_step import decode_step, decode_weights
-from emojax.interventions import Intervention
-from emojax.kv_cache import KVCache
-from emojax.model import forward
+from emojax.model.forward import forward
+from emojax.model.interventions import Intervention
+from emojax.model.kv_cache import KVCache
 
 LENGTHS = [6, 3, 9]
 STEPS = 3  # decode steps after the prompt, so edits on generated positions are reached

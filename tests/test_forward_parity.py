@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_HF_CONFIGS, hf_logits, left_padded, random_prompts
 
 from emojax import KVCache, forward
-from emojax.config import ConfigError, config_from_hf
+from emojax.model.config import ConfigError, config_from_hf
 
 TOL = 1e-4
 SEQ = 200  # long enough that a wrong rotary frequency shows in the logits

@@ -12,11 +12,11 @@ import torch
 
 from conftest import left_padded, random_prompts, torch_hooks
 from emojax import generate
-from emojax.config import ModelConfig
 from emojax.generate import generate_tokens
-from emojax.interventions import Intervention
-from emojax.model import forward
-from emojax.params import param_shapes
+from emojax.model.config import ModelConfig
+from emojax.model.forward import forward
+from emojax.model.interventions import Intervention
+from emojax.model.params import param_shapes
 from hf_fixtures import tiny_tokenizer
 
 TINY = "llama_gqa_tied"

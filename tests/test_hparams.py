@@ -1,6 +1,6 @@
 """Transfer rules of method.md §8 reproduce its table for SmolLM2 and Qwen2.5."""
-from emojax.config import ModelConfig
 from emojax.hparams import map_layer, modulation_scale, transferred
+from emojax.model.config import ModelConfig
 
 
 def _cfg(layers: int, d_model: int) -> ModelConfig:

@@ -16,8 +16,8 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from conftest import subprocess_env
 from emojax import distributed, parallel
-from emojax.config import ModelConfig
-from emojax.params import param_shapes
+from emojax.model.config import ModelConfig
+from emojax.model.params import param_shapes
 
 CHECKS_SCRIPT = Path(__file__).with_name("parallel_checks.py")
 TOLERANCE = 1e-5

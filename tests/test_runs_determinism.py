@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from emojax.config import ModelConfig
-from emojax.model import forward
-from emojax.params import param_shapes
+from emojax.model.config import ModelConfig
+from emojax.model.forward import forward
+from emojax.model.params import param_shapes
+from emojax.model.taps import TapSpec
 from emojax.runs import ChunkedJob, ModelIdentity, RunDir, write_csv, write_npz
-from emojax.taps import TapSpec
 
 CONFIG = ModelConfig(family="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                      head_dim=8, d_ff=48, rms_eps=1e-5, rope_theta=10000.0, tie_embeddings=True,

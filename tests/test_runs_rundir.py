@@ -8,7 +8,7 @@ import pytest
 from absl import flags as absl_flags
 from absl import logging
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from emojax.runs import manifest as manifest_lib
 from emojax.runs import InputError, ModelIdentity, RunDir, RunMismatchError, set_determinism, write_json
 

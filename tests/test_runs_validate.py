@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from emojax.runs import (EMOTIONS, InputError, RunDir, check_array_file, check_circuit, check_emotions,
                          check_layer_index, read_json, read_jsonl, write_json, write_jsonl, write_npz)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emojax.interventions import Intervention, stack_variants
+from emojax.model.interventions import Intervention, stack_variants
 from emojax.scan import (attribution_scores, capture_prefix, causal_head_scan, causal_neuron_scan,
                          head_edit_scores, neuron_edit_scores)
 from emojax.scan.brute import intervention_scores

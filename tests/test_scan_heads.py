@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax.interventions import Intervention, stack_variants
-from emojax.model import forward, rms_norm
+from emojax.model.forward import forward, rms_norm
+from emojax.model.interventions import Intervention, stack_variants
 from emojax.scan import (capture_prefix, causal_head_scan, head_ablation_same_layer, head_edit_scores,
                          head_set_ablation_same_layer)
+from emojax.model.taps import TapSpec
 from emojax.scan.brute import brute_head_same_layer, brute_head_scan, intervention_scores
-from emojax.taps import TapSpec
 
 RTOL = 2e-5
 

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax.interventions import Intervention, stack_variants
-from emojax.model import forward
+from emojax.model.forward import forward
+from emojax.model.interventions import Intervention, stack_variants
 from emojax.scan import (capture_prefix, causal_neuron_scan, group_mean_replacement, mean_replacement,
                          neuron_contributions, neuron_edit_scores, neuron_stats, resample_replacement)
+from emojax.model.taps import TapSpec
 from emojax.scan.brute import brute_neuron_scan, intervention_scores
-from emojax.taps import TapSpec
 
 RTOL = 2e-5
 

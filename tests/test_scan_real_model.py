@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emojax.interventions import Intervention, stack_variants
+from emojax.model.interventions import Intervention, stack_variants
 from emojax.prompts import chat, tokenize_prompts
 from emojax.scan import (capture_prefix, causal_head_scan, causal_neuron_scan, head_ablation_same_layer,
                          suffix_scores)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax.interventions import Intervention, stack_variants
+from emojax.model.interventions import Intervention, stack_variants
 from emojax.scan import capture_prefix, recompute_scores, sublayer_influence
 from emojax.scan.brute import brute_sublayer_scan, intervention_scores
 

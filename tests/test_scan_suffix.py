@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax.interventions import Intervention, stack_variants
-from emojax.model import forward
+from emojax.model.forward import forward
+from emojax.model.interventions import Intervention, stack_variants
+from emojax.model.taps import TapSpec
 from emojax.scan import capture_prefix, clean_scores, suffix_intervention_scores, suffix_scores
 from emojax.scan.brute import intervention_scores
-from emojax.taps import TapSpec
 
 RTOL = 2e-5
 

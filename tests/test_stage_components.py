@@ -18,13 +18,13 @@ import pytest
 
 from emojax import directions as dirs_lib
 from emojax.data import EMOTIONS, items, load_dataset
-from emojax.interventions import Intervention, stack_variants
-from emojax.model import forward, rms_norm
+from emojax.model.forward import forward, rms_norm
+from emojax.model.interventions import Intervention, stack_variants
+from emojax.model.taps import TapSpec
 from emojax.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import InputError, read_json, read_npz, write_json
 from emojax.scan.brute import brute_head_same_layer
 from emojax.stages import capture, components
-from emojax.taps import TapSpec
 from component_fixtures import tiny_context
 from stage_fixtures import split
 

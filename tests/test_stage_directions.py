@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emojax.data import EMOTIONS, items
-from emojax.model import forward
+from emojax.model.forward import forward
 from emojax.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import InputError, read_npz
 from emojax.stages import capture, directions_stage, elicit

@@ -10,7 +10,7 @@ import pytest
 
 from emojax.data import EMOTIONS, items, load_sev
 from emojax.generate import generate
-from emojax.interventions import Intervention
+from emojax.model.interventions import Intervention
 from emojax.prompts import neutral_messages
 from emojax.runs import InputError, read_jsonl
 from emojax.stages import directions_stage, elicit, steer, tuning

@@ -82,8 +82,8 @@ def brute_force_influence(ctx, keys, vectors):
 
 
 def _final_states(ctx, batch):
-    from emojax.model import forward
-    from emojax.taps import TapSpec
+    from emojax.model.forward import forward
+    from emojax.model.taps import TapSpec
 
     out = forward(ctx.model.params, batch.tokens, config=ctx.config, mask=batch.mask, logits="none",
                   taps=TapSpec(points=("final",), at="last"))

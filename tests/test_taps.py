@@ -10,7 +10,7 @@ import torch
 from conftest import left_padded, random_prompts, torch_hooks
 
 from emojax import Intervention, TapSpec, forward
-from emojax.taps import ALL_POINTS, LAYER_POINTS
+from emojax.model.taps import ALL_POINTS, LAYER_POINTS
 
 TOL = 1e-4
 LENGTHS = (40, 27, 11)

@@ -14,7 +14,7 @@ from gguf import GGUFReader, GGUFWriter
 from gguf.quants import quantize
 from safetensors.numpy import load_file, save_file
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from emojax.weights import WeightsError, load_gguf, load_hf_checkpoint
 from emojax.weights.gguf_loader import SUPPORTED_TYPES, GGUFSource
 from hf_fixtures import LLAMA3_ROPE_SCALING, load_hf_model, make_tiny_checkpoint, write_gguf

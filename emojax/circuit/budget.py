@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.model import forward, lm_head
+from emojax.model.forward import forward, lm_head
+from emojax.model.taps import TapSpec
 from emojax.prompts import DEFAULT_DATE_STRING, Messages, tokenize_prompts
-from emojax.taps import TapSpec
 
 FINAL_STATES = TapSpec(points=("final",), at="all")
 PAD_MULTIPLE = 16

@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 from jax.sharding import Mesh, PartitionSpec
 
-from emojax.config import ModelConfig
-from emojax.kv_cache import KVCache
+from emojax.model.config import ModelConfig
+from emojax.model.kv_cache import KVCache
 
 MESH_AXES = ("data", "model")
 
@@ -24,7 +24,7 @@ LogicalAxes = tuple[str | None, ...]
 MeshAxes = tuple[str, ...]
 Rules = tuple[tuple[str, MeshAxes], ...]
 
-# The parameter layout of emojax/params.py, one name per dimension. Every family shares it; the
+# The parameter layout of emojax/model/params.py, one name per dimension. Every family shares it; the
 # q/k/v biases (qwen2) join when config.qkv_bias and lm_head only when embeddings are untied.
 _LAYER_PARAM_AXES: dict[str, LogicalAxes] = {
     "attn_norm": ("layers", "norm"),
@@ -68,7 +68,7 @@ DEFAULT_RULES: Rules = (
 
 
 def param_logical_axes(config: ModelConfig) -> dict[str, Any]:
-    """Logical axes of every parameter, in the same tree as `emojax.params.param_shapes(config)`."""
+    """Logical axes of every parameter, in the same tree as `emojax.model.params.param_shapes(config)`."""
     layers = dict(_LAYER_PARAM_AXES)
     if config.qkv_bias:
         layers.update(_BIAS_AXES)

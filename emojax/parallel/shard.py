@@ -14,8 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from emojax.config import ModelConfig
-from emojax.params import Params, check_params, param_shapes
+from emojax.model.config import ModelConfig
+from emojax.model.params import Params, check_params, param_shapes
 from emojax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, param_logical_axes
 
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from emojax.scan import ablation, chunking
 from emojax.scan.layers import (attention_heads_full, final_norm, mlp_activation, project_readout,
                                 sequence_geometry)

@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
-from emojax.interventions import Intervention, stack_variants
-from emojax.model import forward, rms_norm
+from emojax.model.config import ModelConfig
+from emojax.model.forward import forward, rms_norm
+from emojax.model.interventions import Intervention, stack_variants
+from emojax.model.taps import TapSpec
 from emojax.scan import chunking
 from emojax.scan.layers import project_readout
 from emojax.scan.suffix import ScanResult
-from emojax.taps import TapSpec
 
 Array = Any
 

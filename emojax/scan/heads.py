@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
-from emojax.model import rms_norm
+from emojax.model.config import ModelConfig
+from emojax.model.forward import rms_norm
 from emojax.scan import ablation, chunking
 from emojax.scan.layers import project_readout
 from emojax.scan.prefix import Prefix

@@ -2,7 +2,7 @@
 
 Two shapes of work are needed: one query token (t*) against cached keys/values of the prefix, for
 suffix passes, and whole left-padded sequences, for recompute-from-layer and attribution. Both follow
-the numerics of `emojax.model` (float32 scores, the same norm and RoPE code), so every shortcut agrees
+the numerics of `emojax.model.forward` (float32 scores, the same norm and RoPE code), so every shortcut agrees
 with the forward pass up to float rounding.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from emojax.config import ModelConfig
-from emojax.model import rms_norm
-from emojax.rope import apply_rope, rope_tables
+from emojax.model.config import ModelConfig
+from emojax.model.forward import rms_norm
+from emojax.model.rope import apply_rope, rope_tables
 
 Array = Any
 Params = dict[str, Any]

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from emojax.scan import ablation, chunking
 from emojax.scan.layers import layer_params, mlp, project_readout
 from emojax.scan.prefix import Prefix

@@ -33,10 +33,10 @@ from flax import struct
 from jax.sharding import Mesh
 
 from emojax import parallel
-from emojax.config import ModelConfig
-from emojax.kv_cache import KVCache
-from emojax.model import forward
-from emojax.taps import TapSpec
+from emojax.model.config import ModelConfig
+from emojax.model.forward import forward
+from emojax.model.kv_cache import KVCache
+from emojax.model.taps import TapSpec
 
 Array = Any
 _LAST_POINTS = ("resid_pre", "resid_mid", "resid_post", "z", "g", "final")

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from emojax.scan import chunking
 from emojax.scan.layers import (attention_full, final_norm, layer_params, mlp, project_readout,
                                 sequence_geometry)

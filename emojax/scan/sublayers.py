@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 from emojax.scan import chunking
 from emojax.scan.prefix import Prefix
 from emojax.scan.suffix import clean_scores, suffix_scores

@@ -31,14 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
-from emojax.interventions import Intervention
-from emojax.model import forward
-from emojax.rope import rope_tables
+from emojax.model.config import ModelConfig
+from emojax.model.forward import forward
+from emojax.model.interventions import Intervention
+from emojax.model.rope import rope_tables
+from emojax.model.taps import TapSpec
 from emojax.scan import chunking
 from emojax.scan.layers import attention_last, final_norm, layer_params, mlp, project_readout
 from emojax.scan.prefix import Prefix
-from emojax.taps import TapSpec
 
 Array = Any
 SUBLAYERS = ("attn", "mlp")

@@ -41,8 +41,8 @@ from jax.sharding import Mesh  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
 from emojax import prompts  # noqa: E402
-from emojax.config import ModelConfig  # noqa: E402
 from emojax.data import EMOTIONS  # noqa: E402
+from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv, write_json, write_npz  # noqa: E402
 from emojax.scan import (attribution_scores, capture_prefix, causal_head_scan, causal_neuron_scan,  # noqa: E402
                          head_ablation_same_layer, neuron_contributions)

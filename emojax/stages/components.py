@@ -35,8 +35,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from emojax.config import ModelConfig  # noqa: E402
 from emojax.data import EMOTIONS  # noqa: E402
+from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.runs import InputError, hash_path, write_bytes, write_csv, write_json, write_npz  # noqa: E402
 from emojax.scan import head_ablation_same_layer, neuron_stats  # noqa: E402
 from emojax.stages import capture, upstream  # noqa: E402

@@ -35,9 +35,9 @@ from absl import logging
 
 from emojax.data import Item, SevRecord
 from emojax.generate import generate
-from emojax.interventions import Intervention
 from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
+from emojax.model.interventions import Intervention
 from emojax.prompts import tokenize_prompts
 from emojax.runs import ChunkedJob, InputError, RunDir, read_json, read_jsonl, write_json, write_jsonl, write_text
 from emojax.runs.chunks import INDEX_NAME

@@ -23,10 +23,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from emojax.circuit import Circuit
-from emojax.config import ModelConfig
 from emojax.data import EMOTIONS, Item, groups as all_groups, items as all_items
 from emojax.hparams import modulation_scale
-from emojax.interventions import Intervention
+from emojax.model.config import ModelConfig
+from emojax.model.interventions import Intervention
 from emojax.prompts import neutral_messages
 from emojax.runs import InputError, hash_path
 from emojax.stages import tuning, upstream

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from emojax.circuit import Circuit
-from emojax.config import ModelConfig
 from emojax.data import EMOTIONS
+from emojax.model.config import ModelConfig
 from emojax.runs import InputError, read_jsonl, write_json
 from emojax.stages import modulate, tuning, upstream
 from emojax.stages.accuracy import accuracy_tables

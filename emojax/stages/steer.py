@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.data import EMOTIONS, Item, SevRecord, items as all_items
-from emojax.interventions import Intervention
+from emojax.model.interventions import Intervention
 from emojax.prompts import neutral_messages
 from emojax.runs import InputError, write_json
 from emojax.runs.manifest import hash_file

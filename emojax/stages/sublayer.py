@@ -26,11 +26,11 @@ from absl import logging
 from jax.sharding import Mesh
 
 from emojax import prompts
-from emojax.config import ModelConfig
 from emojax.data import EMOTIONS, SevRecord
 from emojax.directions import sign_aligned
-from emojax.parallel import to_host
 from emojax.hparams import INFLUENCE_ALPHAS
+from emojax.model.config import ModelConfig
+from emojax.parallel import to_host
 from emojax.runs import ChunkedJob, hash_path, write_csv, write_json, write_npz
 from emojax.scan import Prefix, capture_prefix, sublayer_influence
 from emojax.stages import figures, upstream

@@ -44,10 +44,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from emojax import prompts  # noqa: E402
-from emojax.config import ModelConfig  # noqa: E402
 from emojax.data import EMOTIONS, SevRecord  # noqa: E402
 from emojax.hparams import map_layer  # noqa: E402
-from emojax.model import rms_norm  # noqa: E402
+from emojax.model.config import ModelConfig  # noqa: E402
+from emojax.model.forward import rms_norm  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv  # noqa: E402
 from emojax.scan import (Prefix, capture_prefix, clean_scores, head_edit_scores,  # noqa: E402
                          head_set_ablation_same_layer, neuron_edit_scores, neuron_write_alignment)

@@ -27,8 +27,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from emojax.config import config_from_hf
-from emojax.params import Params, param_shapes
+from emojax.model.config import config_from_hf
+from emojax.model.params import Params, param_shapes
 
 CACHE_DIR_ENV = "EMOJAX_CACHE_DIR"
 # Part of every hash: bump when the conversion changes what an entry holds.

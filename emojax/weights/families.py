@@ -1,4 +1,4 @@
-"""Per-family maps from checkpoint tensor names to the stacked parameter layout of `emojax.params`.
+"""Per-family maps from checkpoint tensor names to the stacked parameter layout of `emojax.model.params`.
 
 Each family is a table of rules, one per parameter: which HF tensor feeds it, whether the torch
 `Linear` weight must be transposed to input-major, and when the parameter exists. Per-layer tensors
@@ -13,8 +13,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from emojax.config import ModelConfig
-from emojax.params import Params, param_shapes
+from emojax.model.config import ModelConfig
+from emojax.model.params import Params, param_shapes
 from emojax.weights.errors import WeightsError
 
 

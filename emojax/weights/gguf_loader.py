@@ -15,8 +15,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
-from emojax.config import ModelConfig, config_from_hf
-from emojax.params import Params, check_params
+from emojax.model.config import ModelConfig, config_from_hf
+from emojax.model.params import Params, check_params
 from emojax.weights.errors import WeightsError
 from emojax.weights.families import FAMILIES, convert
 

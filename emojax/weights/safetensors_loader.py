@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from emojax.config import ModelConfig, config_from_hf
-from emojax.params import Params, check_params
+from emojax.model.config import ModelConfig, config_from_hf
+from emojax.model.params import Params, check_params
 from emojax.weights.errors import WeightsError
 from emojax.weights.families import convert
 
@@ -102,7 +102,7 @@ def _merge_generation_eos(raw: dict[str, Any], directory: Path) -> dict[str, Any
 
 
 def hf_config_dict(directory: Path) -> dict[str, Any]:
-    """The HF config dict of a checkpoint directory, in the form `emojax.config.config_from_hf` reads."""
+    """The HF config dict of a checkpoint directory, in the form `emojax.model.config.config_from_hf` reads."""
     file = directory / "config.json"
     if not file.is_file():
         raise WeightsError(f"{directory}: no config.json, so this is not an HF checkpoint directory")

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import Intervention, TapSpec, forward
-from emojax.config import ModelConfig
 from emojax.generate import generate_tokens
+from emojax.model.config import ModelConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, when run as a script
 from parallel_checks import numpy_params  # noqa: E402

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from emojax import taps as taps_lib
-from emojax.config import ModelConfig
-from emojax.interventions import Intervention, check_fits, selectors
-from emojax.kv_cache import KVCache
-from emojax.rope import apply_rope, rope_tables
+from emojax.model import taps as taps_lib
+from emojax.model.config import ModelConfig
+from emojax.model.interventions import Intervention, check_fits, selectors
+from emojax.model.kv_cache import KVCache
+from emojax.model.rope import apply_rope, rope_tables
 
 Array = Any
 LOGITS_MODES = ("all", "last", "none")

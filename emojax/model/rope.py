@@ -6,7 +6,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 
 
 def inverse_frequencies(config: ModelConfig) -> np.ndarray:

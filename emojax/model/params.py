@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 
 Params = dict[str, Any]
 

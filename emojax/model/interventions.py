@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 
 WHERE_MODES = ("all", "last", "from_last", "mask", "none")
 GROUPS = ("resid", "neuron", "head")

@@ -6,7 +6,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import struct
 
-from emojax.config import ModelConfig
+from emojax.model.config import ModelConfig
 
 Array = Any
 
