@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from emojax.generate import Generation, generate
+from emojax.generation.loop import Generation, generate
 from emojax.model.config import ModelConfig
 from emojax.model.forward import Output, forward
 from emojax.model.interventions import Intervention, stack_variants

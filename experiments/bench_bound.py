@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from emojax.decode_step import decode_weights
+from emojax.generation.decode_step import decode_weights
 from emojax.model.config import ModelConfig
 from emojax.model.forward import lm_head
 from experiments.bench_common import time_call

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.data import load_dataset
-from emojax.generate import generate_tokens
+from emojax.generation.loop import generate_tokens
 from emojax.model.interventions import Intervention
 from emojax.prompts import neutral_messages, tokenize_prompts
 from experiments.bench_bound import generation_products_s

@@ -180,7 +180,7 @@ def head_and_sublayer_scans() -> dict[str, Any]:
 def steered_generation() -> dict[str, Any]:
     """Greedy generation (repetition penalty on) with rms-scaled steering from t* on, weights on
     model=4, rows on data=2 (3 prompts padded to 4)."""
-    from emojax.generate import generate_tokens
+    from emojax.generation.loop import generate_tokens
 
     cfg = tiny_config(n_heads=8, n_kv_heads=4, head_dim=4, eos_token_ids=(5,))
     params = numpy_params(cfg, seed=11)
@@ -208,7 +208,7 @@ def mesh_arguments() -> dict[str, Any]:
     import types
 
     from emojax import scan
-    from emojax.generate import generate
+    from emojax.generation.loop import generate
 
     cfg = tiny_config(eos_token_ids=(5,))
     params = numpy_params(cfg, seed=14)

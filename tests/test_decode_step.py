@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_HF_CONFIGS, left_padded, random_prompts
-from emojax.decode_step import decode_step, decode_weights
+from emojax.generation.decode_step import decode_step, decode_weights
 from emojax.model.forward import forward
 from emojax.model.interventions import Intervention
 from emojax.model.kv_cache import KVCache

@@ -11,8 +11,8 @@ from transformers.generation.logits_process import (LogitsProcessorList, MinNewT
                                                     RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                                                     TopPLogitsWarper)
 
-from emojax import decoding
-from emojax.decoding import DecodingSettings
+from emojax.generation import logits_processing as decoding
+from emojax.generation.logits_processing import DecodingSettings
 
 VOCAB = 12  # small, so random sequences repeat tokens and n-grams often
 PAD = -1

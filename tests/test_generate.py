@@ -12,7 +12,7 @@ import torch
 
 from conftest import left_padded, random_prompts, torch_hooks
 from emojax import generate
-from emojax.generate import generate_tokens
+from emojax.generation.loop import generate_tokens
 from emojax.model.config import ModelConfig
 from emojax.model.forward import forward
 from emojax.model.interventions import Intervention

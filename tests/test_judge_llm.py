@@ -9,9 +9,9 @@ import pytest
 
 from emojax.prompts import parse_judge_reply
 
-generation_module = pytest.importorskip("emojax.generate")
+generation_module = pytest.importorskip("emojax.generation.loop")
 if not hasattr(generation_module, "generate"):
-    pytest.skip("emojax.generate.generate is not available yet", allow_module_level=True)
+    pytest.skip("emojax.generation.loop.generate is not available yet", allow_module_level=True)
 
 from emojax.judge.llm import LlmJudge  # noqa: E402
 
@@ -29,7 +29,7 @@ def test_canned_replies_are_parsed_and_failures_counted(monkeypatch):
         seen["prompts"], seen["max_new_tokens"] = prompts, max_new_tokens
         return types.SimpleNamespace(texts=canned[: len(prompts)])
 
-    monkeypatch.setattr(importlib.import_module("emojax.generate"), "generate", fake_generate)
+    monkeypatch.setattr(importlib.import_module("emojax.generation.loop"), "generate", fake_generate)
     judge = LlmJudge(types.SimpleNamespace(name="fake", source_hash="abc"), max_new_tokens=32)
     result = judge(TEXTS, TARGETS)
     # The empty text is never sent; the other four are, in order, each with its own target.

@@ -12,7 +12,7 @@ import pytest
 
 from emojax.circuit import Circuit
 from emojax.data import EMOTIONS, groups, items
-from emojax.generate import generate
+from emojax.generation.loop import generate
 from emojax.model.forward import forward
 from emojax.model.interventions import Intervention
 from emojax.prompts import neutral_messages, tokenize_prompts

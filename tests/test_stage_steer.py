@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emojax.data import EMOTIONS, items, load_sev
-from emojax.generate import generate
+from emojax.generation.loop import generate
 from emojax.model.interventions import Intervention
 from emojax.prompts import neutral_messages
 from emojax.runs import InputError, read_jsonl

@@ -36,7 +36,7 @@ class LlmJudge:
                 "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
 
     def __call__(self, texts: Sequence[str], targets: Sequence[str]) -> JudgeResult:
-        from emojax.generate import generate
+        from emojax.generation.loop import generate
 
         check_inputs(texts, targets)
         asked = [i for i, text in enumerate(texts) if text.strip()]

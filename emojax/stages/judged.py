@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from emojax.data import Item, SevRecord
-from emojax.generate import generate
+from emojax.generation.loop import generate
 from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
 from emojax.model.interventions import Intervention

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import Intervention, TapSpec, forward
-from emojax.generate import generate_tokens
+from emojax.generation.loop import generate_tokens
 from emojax.model.config import ModelConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, when run as a script

@@ -10,7 +10,7 @@ position selectors (defined relative to t*, the last prompt token) say where it 
     "all"        every real position, prompt and generated (P_all, the paper's attention modulation)
 
 Per-row interventions (arrays [L, B, ...]) give each batch row its own edit at no extra cost.
-Decoding follows Hugging Face `generate` exactly (see emojax.decoding).
+Decoding follows Hugging Face `generate` exactly (see emojax.generation.logits_processing).
 """
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ from flax import struct
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from emojax import chat, parallel
-from emojax.decode_step import decode_step, decode_weights
+from emojax import parallel
+from emojax.generation import chat
+from emojax.generation.decode_step import decode_step, decode_weights
 from emojax.model.config import ModelConfig
-from emojax.decoding import (DecodingSettings, choose_tokens, mark_seen, process_logits,
+from emojax.generation.logits_processing import (DecodingSettings, choose_tokens, mark_seen, process_logits,
                              seen_tokens)
 from emojax.model.forward import check_token_ids, forward
 from emojax.model.interventions import SHARED_RANK, Intervention, check_fits
