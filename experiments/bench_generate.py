@@ -22,8 +22,8 @@ import numpy as np
 
 from emojax.data import load_dataset
 from emojax.generation.loop import generate_tokens
+from emojax.method.prompts import neutral_messages, tokenize_prompts
 from emojax.model.interventions import Intervention
-from emojax.prompts import neutral_messages, tokenize_prompts
 from experiments.bench_bound import generation_products_s
 from experiments.bench_common import (BenchContext, forward_flops, pct_of_peak, peak_rss_mb, time_call,
                                       time_interleaved, torch_runtime)

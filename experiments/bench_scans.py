@@ -30,7 +30,7 @@ import numpy as np
 
 from emojax import scan
 from emojax.data.sev import VALENCES, load_dataset
-from emojax.prompts import neutral_messages, tokenize_prompts
+from emojax.method.prompts import neutral_messages, tokenize_prompts
 from experiments.bench_common import BenchContext, measure_matmul_peak, pct_of_peak, peak_rss_mb
 from experiments.peer_common import Edit, ScanJob
 from experiments.peers import time_scan

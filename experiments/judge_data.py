@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from emojax.data.sev import EMOTIONS
-from emojax.prompts import NEUTRAL_SYSTEM, Messages, chat, emotion_system, user_message
+from emojax.method.prompts import NEUTRAL_SYSTEM, Messages, chat, emotion_system, user_message
 
 # gpt-4o-mini failures recorded in the official rejected file: not verdicts about the text.
 JUDGE_ERROR_PREFIXES = ("json-decode-error", "invalid-json")

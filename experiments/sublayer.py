@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from emojax.hparams import INFLUENCE_ALPHAS
+from emojax.method.hparams import INFLUENCE_ALPHAS
 from emojax.stages import sublayer
 from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 

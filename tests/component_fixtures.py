@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from emojax.data import items
-from emojax.prompts import emotion_messages
+from emojax.method.prompts import emotion_messages
 from emojax.runs import write_json, write_npz
 from emojax.stages import capture, directions_stage
 from emojax.stages.context import StageContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emojax import directions as d
+from emojax.method import directions as d
 
 
 def _synthetic(seed: int = 0, n_groups: int = 7, layers: int = 3, width: int = 5, drop: int = 2):

@@ -10,8 +10,8 @@ import pytest
 from emojax.judge.fit import fit_logistic
 from emojax.judge.fluency import DEFAULT_RULE, MEASURES, FluencyRule, as_json, measures, text_measures, words
 from emojax.judge.perplexity import perplexities, reply_batch
+from emojax.method.prompts import NEUTRAL_SYSTEM, chat, user_message
 from emojax.model.forward import forward
-from emojax.prompts import NEUTRAL_SYSTEM, chat, user_message
 from stage_fixtures import tiny_loaded_model
 
 PROMPT = chat(NEUTRAL_SYSTEM, user_message("I took my car to the garage for its yearly service",

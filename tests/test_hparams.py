@@ -1,5 +1,5 @@
 """Transfer rules of method.md §8 reproduce its table for SmolLM2 and Qwen2.5."""
-from emojax.hparams import map_layer, modulation_scale, transferred
+from emojax.method.hparams import map_layer, modulation_scale, transferred
 from emojax.model.config import ModelConfig
 
 

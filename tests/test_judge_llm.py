@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from emojax.prompts import parse_judge_reply
+from emojax.method.prompts import parse_judge_reply
 
 generation_module = pytest.importorskip("emojax.generation.loop")
 if not hasattr(generation_module, "generate"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emojax import prompts as P
 from emojax.data import EMOTIONS, VALENCES, Item, groups, items, load_dataset
+from emojax.method import prompts as P
 
 SYSTEM_EMOTION = "Always reply in {e}.\nKeep the reply to at most two sentences."
 SYSTEM_NEUTRAL = "Keep the reply to at most two sentences."

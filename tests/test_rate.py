@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, subprocess_env
 from emojax.judge.fluency import FluencyRule
 from emojax.judge.offline import OfflineJudge
 from emojax.judge.rating import OUTPUT_FIELDS, rate, read_rows
-from emojax.prompts import NEUTRAL_SYSTEM, chat, user_message
+from emojax.method.prompts import NEUTRAL_SYSTEM, chat, user_message
 from emojax.runs import InputError
 from emojax.weights.cache import CACHE_DIR_ENV
 from hf_fixtures import make_tiny_checkpoint

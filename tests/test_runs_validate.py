@@ -179,9 +179,9 @@ def test_published_circuit_does_not_fit_a_smaller_model():
 # --- judge replies -------------------------------------------------------------------------------
 
 def test_judge_reply_that_is_not_json():
-    prompts = pytest.importorskip("emojax.prompts")
+    prompts = pytest.importorskip("emojax.method.prompts")
     if not hasattr(prompts, "parse_judge_reply"):
-        pytest.skip("emojax.prompts.parse_judge_reply not available")
+        pytest.skip("emojax.method.prompts.parse_judge_reply not available")
     # Not JSON, or JSON cut short: no match, flagged as a judge error (method §4.3), never raised.
     for reply in ("Sure! The style is clearly angry.", '{"match": 1, "reas'):
         match, _, error = prompts.parse_judge_reply(reply)

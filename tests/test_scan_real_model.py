@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emojax.method.prompts import chat, tokenize_prompts
 from emojax.model.interventions import Intervention, stack_variants
-from emojax.prompts import chat, tokenize_prompts
 from emojax.scan import (capture_prefix, causal_head_scan, causal_neuron_scan, head_ablation_same_layer,
                          suffix_scores)
 from emojax.scan.brute import brute_head_same_layer, brute_head_scan, brute_neuron_scan, intervention_scores

@@ -12,8 +12,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from emojax.data import EMOTIONS, items, load_dataset
-from emojax.directions import unit
-from emojax.prompts import emotion_messages, tokenize_prompts
+from emojax.method.directions import unit
+from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import read_json, read_npz
 from emojax.scan import attribution_scores, head_ablation_same_layer, neuron_contributions
 from emojax.scan.brute import brute_head_scan, brute_neuron_scan

@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax import directions as dirs_lib
 from emojax.data import EMOTIONS, items, load_dataset
+from emojax.method import directions as dirs_lib
+from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.model.forward import forward, rms_norm
 from emojax.model.interventions import Intervention, stack_variants
 from emojax.model.taps import TapSpec
-from emojax.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import InputError, read_json, read_npz, write_json
 from emojax.scan.brute import brute_head_same_layer
 from emojax.stages import capture, components

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from emojax.data import EMOTIONS, items
+from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.model.forward import forward
-from emojax.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import InputError, read_npz
 from emojax.stages import capture, directions_stage, elicit
 from emojax.stages.context import Settings

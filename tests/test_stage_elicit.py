@@ -9,7 +9,7 @@ import pytest
 
 from emojax.data import EMOTIONS, VALENCES, items
 from emojax.judge.perplexity import perplexities
-from emojax.prompts import emotion_messages, tokenize_prompts
+from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import read_jsonl
 from emojax.stages import elicit, judged
 from emojax.stages.accuracy import accuracy_markdown, accuracy_tables, overall_fraction

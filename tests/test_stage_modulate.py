@@ -13,9 +13,9 @@ import pytest
 from emojax.circuit import Circuit
 from emojax.data import EMOTIONS, groups, items
 from emojax.generation.loop import generate
+from emojax.method.prompts import neutral_messages, tokenize_prompts
 from emojax.model.forward import forward
 from emojax.model.interventions import Intervention
-from emojax.prompts import neutral_messages, tokenize_prompts
 from emojax.runs import read_jsonl, write_json, write_npz
 from emojax.stages import circuit_stage, modulate, other_ranking, random_circuits, steer, tuning, upstream
 from emojax.stages.judged import mark_finished, model_hash

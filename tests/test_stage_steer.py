@@ -10,8 +10,8 @@ import pytest
 
 from emojax.data import EMOTIONS, items, load_sev
 from emojax.generation.loop import generate
+from emojax.method.prompts import neutral_messages
 from emojax.model.interventions import Intervention
-from emojax.prompts import neutral_messages
 from emojax.runs import InputError, read_jsonl
 from emojax.stages import directions_stage, elicit, steer, tuning
 from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, make_context, split, tiny_loaded_model

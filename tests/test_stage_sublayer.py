@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from emojax.data import EMOTIONS, items
-from emojax.directions import sign_aligned, unit
-from emojax.hparams import INFLUENCE_ALPHAS
-from emojax.prompts import neutral_messages, tokenize_prompts
+from emojax.method.directions import sign_aligned, unit
+from emojax.method.hparams import INFLUENCE_ALPHAS
+from emojax.method.prompts import neutral_messages, tokenize_prompts
 from emojax.runs import read_npz, write_json, write_npz
 from emojax.scan.brute import brute_sublayer_scan
 from emojax.stages import sublayer

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from emojax.data import EMOTIONS, items, load_dataset
+from emojax.method.prompts import emotion_messages, neutral_messages, tokenize_prompts
 from emojax.model.forward import forward, rms_norm
 from emojax.model.interventions import Intervention, stack_variants
 from emojax.model.taps import TapSpec
-from emojax.prompts import emotion_messages, neutral_messages, tokenize_prompts
 from emojax.runs import InputError, read_npz
 from emojax.scan import capture_prefix
 from emojax.stages import components, validation

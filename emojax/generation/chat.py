@@ -1,6 +1,6 @@
 """Chat conversations to a left-padded token batch, and generated ids back to reply texts.
 
-Rendering and tokenisation are those of emojax.prompts (method.md §4.4): the checkpoint's chat template
+Rendering and tokenisation are those of emojax.method.prompts (method.md §4.4): the checkpoint's chat template
 with the generation prompt appended, then the tokenizer's default special-token handling.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from emojax.prompts import DEFAULT_DATE_STRING, tokenize_prompts
+from emojax.method.prompts import DEFAULT_DATE_STRING, tokenize_prompts
 
 Messages = Sequence[Mapping[str, str]]
 

@@ -30,7 +30,7 @@ from absl import logging
 
 from emojax.judge.base import JudgeResult, check_inputs
 from emojax.judge.cache import VerdictCache, cache_key
-from emojax.prompts import judge_messages, parse_judge_reply
+from emojax.method.prompts import judge_messages, parse_judge_reply
 from emojax.weights.cache import resolve_cache_dir
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

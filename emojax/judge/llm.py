@@ -1,6 +1,6 @@
 """A local instruct model as the judge, run through emojax's own generation (method.md §4.3, [D16]).
 
-Each (text, target) becomes the judge prompt of emojax.prompts; the replies are generated in batches
+Each (text, target) becomes the judge prompt of emojax.method.prompts; the replies are generated in batches
 (greedy, so a verdict is reproducible) and parsed with the shared parser. A reply that is not the
 requested JSON is match 0 with its error set, so a weak judge model shows up as a high error count
 rather than as silent non-matches.
@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from emojax.judge.base import JudgeResult, check_inputs
-from emojax.prompts import judge_messages, parse_judge_reply
+from emojax.method.prompts import judge_messages, parse_judge_reply
 
 
 class LlmJudge:

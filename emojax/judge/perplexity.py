@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax.method.prompts import DEFAULT_DATE_STRING, Messages, tokenize_prompts
 from emojax.model.forward import forward, lm_head
 from emojax.model.taps import TapSpec
-from emojax.prompts import DEFAULT_DATE_STRING, Messages, tokenize_prompts
 
 FINAL_STATES = TapSpec(points=("final",), at="all")
 PAD_MULTIPLE = 16
@@ -49,7 +49,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 def reply_batch(tokenizer: Any, prompts: Sequence[Messages], replies: Sequence[str], *,
                 date_string: str = DEFAULT_DATE_STRING, pad_multiple: int = PAD_MULTIPLE) -> ReplyBatch:
-    """Tokenise prompts (emojax.prompts: chat template, generation prompt) and replies (no special tokens)."""
+    """Tokenise prompts (emojax.method.prompts: chat template, generation prompt) and replies (no special tokens)."""
     if len(prompts) != len(replies):
         raise ValueError(f"reply_batch: {len(prompts)} prompts for {len(replies)} replies")
     prompt_batch = tokenize_prompts(tokenizer, prompts, date_string=date_string)

@@ -2,7 +2,7 @@
 
 Input rows (one JSON object per line) hold `text`, `emotion` (the target) and the prompt the reply
 answered: either `scenario` + `event`, rendered with the neutral prompt of method.md §4.2 (the
-message `emojax.prompts.neutral_messages` builds), or `messages`, a chat message list that starts
+message `emojax.method.prompts.neutral_messages` builds), or `messages`, a chat message list that starts
 with a system message. Output rows are the input rows plus `match`, `fluent`, `fluent_match`,
 `perplexity` (under the rating model, given the prompt; null for an empty text) and `reason` (the
 judge's, or its error).
@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from emojax.data.sev import EMOTIONS
 from emojax.judge.fluency import FluencyRule, as_json, measures
 from emojax.judge.perplexity import perplexities
-from emojax.prompts import NEUTRAL_SYSTEM, Messages, chat, user_message
+from emojax.method.prompts import NEUTRAL_SYSTEM, Messages, chat, user_message
 from emojax.runs import InputError
 
 OUTPUT_FIELDS = ("match", "fluent", "fluent_match", "perplexity", "reason")

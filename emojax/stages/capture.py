@@ -26,9 +26,9 @@ import numpy as np
 from absl import logging
 
 from emojax.data import EMOTIONS, VALENCES, Item, SevRecord, items as all_items
+from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.model.forward import forward
 from emojax.model.taps import TapSpec
-from emojax.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import ChunkedJob, InputError, check_array_file, read_json, write_json, write_npz
 from emojax.stages.context import StageContext
 from emojax.stages.elicit import accepted_keys, load_records

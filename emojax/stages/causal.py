@@ -40,8 +40,8 @@ from absl import logging  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
-from emojax import prompts  # noqa: E402
 from emojax.data import EMOTIONS  # noqa: E402
+from emojax.method import prompts  # noqa: E402
 from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv, write_json, write_npz  # noqa: E402
 from emojax.scan import (attribution_scores, capture_prefix, causal_head_scan, causal_neuron_scan,  # noqa: E402

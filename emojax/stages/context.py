@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from emojax.data import SevRecord
-from emojax.hparams import Transferred, transferred
+from emojax.method.hparams import Transferred, transferred
 from emojax.runs import RunDir
 
 

@@ -16,7 +16,7 @@ centroid (chance 1/6), measured two ways:
 - "raw": states minus the training mean, nothing known about the held-out scenario. This is the view
   of the paper's PCA figures: the emotion must stand out against the scenario content, which happens
   only from some depth on.
-- "group-centred": each state minus the mean of its own group (`emojax.directions.separability`).
+- "group-centred": each state minus the mean of its own group (`emojax.method.directions.separability`).
   Centring removes the content, so this measures how context-agnostic the emotion offset is; at t* of
   the emotion prompt it can be high from the first layer on, since the offset is the instruction word.
 """
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from emojax import directions as dirs_lib
 from emojax.data import EMOTIONS
-from emojax.hparams import map_layer
+from emojax.method import directions as dirs_lib
+from emojax.method.hparams import map_layer
 from emojax.runs import InputError, check_array_file, read_npz, write_json, write_npz
 from emojax.runs.manifest import hash_file
 from emojax.stages import capture

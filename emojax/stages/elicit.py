@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from emojax.data import items as all_items
-from emojax.prompts import emotion_messages
+from emojax.method.prompts import emotion_messages
 from emojax.runs import InputError, read_jsonl
 from emojax.stages.accuracy import overall_fraction
 from emojax.stages.context import StageContext

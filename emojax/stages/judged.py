@@ -37,8 +37,8 @@ from emojax.data import Item, SevRecord
 from emojax.generation.loop import generate
 from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
+from emojax.method.prompts import tokenize_prompts
 from emojax.model.interventions import Intervention
-from emojax.prompts import tokenize_prompts
 from emojax.runs import ChunkedJob, InputError, RunDir, read_json, read_jsonl, write_json, write_jsonl, write_text
 from emojax.runs.chunks import INDEX_NAME
 from emojax.runs.manifest import finite_jsonable, hash_file, jsonable

@@ -24,10 +24,10 @@ import numpy as np
 
 from emojax.circuit import Circuit
 from emojax.data import EMOTIONS, Item, groups as all_groups, items as all_items
-from emojax.hparams import modulation_scale
+from emojax.method.hparams import modulation_scale
+from emojax.method.prompts import neutral_messages
 from emojax.model.config import ModelConfig
 from emojax.model.interventions import Intervention
-from emojax.prompts import neutral_messages
 from emojax.runs import InputError, hash_path
 from emojax.stages import tuning, upstream
 from emojax.stages.accuracy import accuracy_tables, overall_fraction

@@ -16,7 +16,7 @@ import math
 from typing import Any, Sequence
 
 from emojax.data import SevRecord, VALENCES, items
-from emojax.prompts import emotion_messages, render
+from emojax.method.prompts import emotion_messages, render
 from emojax.runs import InputError
 from emojax.stages.context import Settings
 

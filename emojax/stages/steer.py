@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.data import EMOTIONS, Item, SevRecord, items as all_items
+from emojax.method.prompts import neutral_messages
 from emojax.model.interventions import Intervention
-from emojax.prompts import neutral_messages
 from emojax.runs import InputError, write_json
 from emojax.runs.manifest import hash_file
 from emojax.stages import directions_stage, tuning

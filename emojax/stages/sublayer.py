@@ -25,10 +25,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from emojax import prompts
 from emojax.data import EMOTIONS, SevRecord
-from emojax.directions import sign_aligned
-from emojax.hparams import INFLUENCE_ALPHAS
+from emojax.method import prompts
+from emojax.method.directions import sign_aligned
+from emojax.method.hparams import INFLUENCE_ALPHAS
 from emojax.model.config import ModelConfig
 from emojax.parallel import to_host
 from emojax.runs import ChunkedJob, hash_path, write_csv, write_json, write_npz

@@ -43,9 +43,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from emojax import prompts  # noqa: E402
 from emojax.data import EMOTIONS, SevRecord  # noqa: E402
-from emojax.hparams import map_layer  # noqa: E402
+from emojax.method import prompts  # noqa: E402
+from emojax.method.hparams import map_layer  # noqa: E402
 from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.model.forward import rms_norm  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv  # noqa: E402
