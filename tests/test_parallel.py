@@ -15,9 +15,10 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from conftest import subprocess_env
-from emojax import distributed, parallel
+from emojax import parallel
 from emojax.model.config import ModelConfig
 from emojax.model.params import param_shapes
+from emojax.parallel import distributed
 
 CHECKS_SCRIPT = Path(__file__).with_name("parallel_checks.py")
 TOLERANCE = 1e-5

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from emojax.data import EMOTIONS, VALENCES
+from emojax.evaluation.stats import mcnemar, wilson_interval
 from emojax.runs import InputError, write_json, write_jsonl
 from emojax.stages import compare, report
 from emojax.stages.judged import mark_finished
-from emojax.stats import mcnemar, wilson_interval
 from stage_fixtures import make_context
 
 

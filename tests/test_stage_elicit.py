@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from emojax.data import EMOTIONS, VALENCES, items
+from emojax.evaluation.accuracy import accuracy_markdown, accuracy_tables, overall_fraction
 from emojax.judge.perplexity import perplexities
 from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import read_jsonl
 from emojax.stages import elicit, judged
-from emojax.stages.accuracy import accuracy_markdown, accuracy_tables, overall_fraction
 from stage_fixtures import FakeJudge, make_context
 
 RECORD_FIELDS = {"key", "skeleton_id", "theme", "valence", "emotion", "scenario", "event", "gen_text", "meta",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from emojax.stats import discordant_pairs, mcnemar, wilson_interval
+from emojax.evaluation.stats import discordant_pairs, mcnemar, wilson_interval
 
 
 @pytest.mark.parametrize("successes, total, low, high", [

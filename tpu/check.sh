@@ -14,7 +14,7 @@ on_all_workers "set -euo pipefail
 cd '$REMOTE_DIR'
 . \"\$HOME/$REMOTE_VENV/bin/activate\"
 EMOJAX_MULTIHOST=$multihost python - <<'PY'
-from emojax.distributed import initialize_distributed, is_primary_host
+from emojax.parallel.distributed import initialize_distributed, is_primary_host
 initialize_distributed()
 import jax
 from emojax import parallel

@@ -3,7 +3,7 @@
 #   tpu/run.sh experiments.pipeline --out=runs/smollm2
 #   tpu/run.sh experiments.elicit --out=runs/smollm2
 # Every host runs the same command; on a pod slice they join one JAX runtime
-# (emojax.distributed.initialize_distributed) and only host 0 writes results.
+# (emojax.parallel.distributed.initialize_distributed) and only host 0 writes results.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=tpu/env.sh

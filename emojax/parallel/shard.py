@@ -163,7 +163,7 @@ def sharded_vmap(fn: Callable, mesh: Mesh | None, logical_axis: str = "variants"
 
 def to_host(tree: Any) -> Any:
     """Numpy copies of (possibly sharded) results, complete on every host; write them from the
-    primary host only (`emojax.distributed.is_primary_host`)."""
+    primary host only (`emojax.parallel.distributed.is_primary_host`)."""
     def fetch(a: Any) -> np.ndarray:
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(a, tiled=True))

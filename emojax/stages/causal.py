@@ -46,9 +46,9 @@ from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv, write_json, write_npz  # noqa: E402
 from emojax.scan import (attribution_scores, capture_prefix, causal_head_scan, causal_neuron_scan,  # noqa: E402
                          head_ablation_same_layer, neuron_contributions)
+from emojax.evaluation.geometry_plots import COLOURS  # noqa: E402
 from emojax.stages import components, upstream, validation  # noqa: E402
 from emojax.stages.context import StageContext  # noqa: E402
-from emojax.stages.geometry_plots import COLOURS  # noqa: E402
 from emojax.stages.judged import digest, finished_summary, mark_finished, model_hash  # noqa: E402
 
 STAGE = "causal"

@@ -24,9 +24,10 @@ import numpy as np
 from emojax.circuit import Budget, Circuit, build_circuit, jaccard, literal_budget, mean_pairwise, \
     overlap_coefficient, pairwise, transferred_budget
 from emojax.data import EMOTIONS
+from emojax.evaluation import figures
 from emojax.model.config import ModelConfig
 from emojax.runs import InputError, hash_path, write_json
-from emojax.stages import figures, upstream
+from emojax.stages import upstream
 from emojax.stages.context import StageContext
 from emojax.stages.judged import finished_summary, mark_finished, model_hash
 

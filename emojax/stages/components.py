@@ -36,12 +36,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from emojax.data import EMOTIONS  # noqa: E402
+from emojax.evaluation.geometry_plots import COLOURS  # noqa: E402
 from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.runs import InputError, hash_path, write_bytes, write_csv, write_json, write_npz  # noqa: E402
 from emojax.scan import head_ablation_same_layer, neuron_stats  # noqa: E402
 from emojax.stages import capture, upstream  # noqa: E402
 from emojax.stages.context import StageContext  # noqa: E402
-from emojax.stages.geometry_plots import COLOURS  # noqa: E402
 from emojax.stages.judged import finished_summary, mark_finished, model_hash  # noqa: E402
 
 STAGE = "components"

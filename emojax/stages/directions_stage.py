@@ -33,7 +33,7 @@ from emojax.runs import InputError, check_array_file, read_npz, write_json, writ
 from emojax.runs.manifest import hash_file
 from emojax.stages import capture
 from emojax.stages.context import StageContext
-from emojax.stages.geometry_plots import (plot_cross_emotion, plot_pca, plot_separability, plot_sublayer_cosines,
+from emojax.evaluation.geometry_plots import (plot_cross_emotion, plot_pca, plot_separability, plot_sublayer_cosines,
                                           sublayer_labels)
 from emojax.stages.judged import finished_summary, mark_finished, model_hash
 

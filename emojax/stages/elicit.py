@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from emojax.data import items as all_items
+from emojax.evaluation.accuracy import overall_fraction
 from emojax.method.prompts import emotion_messages
 from emojax.runs import InputError, read_jsonl
-from emojax.stages.accuracy import overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import (decoding_for, finished_summary, judge_identity, mark_finished, model_hash,
                                   records_digest, run_judged_generation, write_judged_outputs)

@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from emojax.data import Item, SevRecord
+from emojax.evaluation.accuracy import accuracy_markdown, accuracy_tables
 from emojax.generation.loop import generate
 from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
@@ -42,7 +43,6 @@ from emojax.model.interventions import Intervention
 from emojax.runs import ChunkedJob, InputError, RunDir, read_json, read_jsonl, write_json, write_jsonl, write_text
 from emojax.runs.chunks import INDEX_NAME
 from emojax.runs.manifest import finite_jsonable, hash_file, jsonable
-from emojax.stages.accuracy import accuracy_markdown, accuracy_tables
 
 PAD_MULTIPLE = 16          # prompt widths rounded up to this, so similar splits share a shape
 JUDGE_CHUNK = 256

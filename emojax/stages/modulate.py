@@ -24,13 +24,13 @@ import numpy as np
 
 from emojax.circuit import Circuit
 from emojax.data import EMOTIONS, Item, groups as all_groups, items as all_items
+from emojax.evaluation.accuracy import accuracy_tables, overall_fraction
 from emojax.method.hparams import modulation_scale
 from emojax.method.prompts import neutral_messages
 from emojax.model.config import ModelConfig
 from emojax.model.interventions import Intervention
 from emojax.runs import InputError, hash_path
 from emojax.stages import tuning, upstream
-from emojax.stages.accuracy import accuracy_tables, overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import (decoding_for, digest, finished_summary, fluency_in_chunks, generate_in_chunks,
                                   item_record, judge_identity, judge_in_chunks, mark_finished, model_hash, record_meta,

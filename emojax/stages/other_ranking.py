@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from emojax.data import EMOTIONS, items as all_items
+from emojax.evaluation.accuracy import overall_fraction
 from emojax.runs import read_json
 from emojax.stages import circuit_stage, modulate, tuning, upstream
-from emojax.stages.accuracy import overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import finished_summary, mark_finished, write_judged_outputs
 

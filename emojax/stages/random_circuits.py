@@ -21,10 +21,10 @@ import numpy as np
 
 from emojax.circuit import Circuit
 from emojax.data import EMOTIONS
+from emojax.evaluation.accuracy import accuracy_tables
 from emojax.model.config import ModelConfig
 from emojax.runs import InputError, read_jsonl, write_json
 from emojax.stages import modulate, tuning, upstream
-from emojax.stages.accuracy import accuracy_tables
 from emojax.stages.context import StageContext
 from emojax.stages.judged import finished_summary, mark_finished, write_judged_outputs
 

@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from emojax.evaluation.accuracy import overall_fraction
 from emojax.runs import read_json, write_json, write_text
 from emojax.stages import upstream
-from emojax.stages.accuracy import overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import judge_identity, model_hash
 

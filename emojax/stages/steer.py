@@ -25,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.data import EMOTIONS, Item, SevRecord, items as all_items
+from emojax.evaluation.accuracy import overall_fraction
 from emojax.method.prompts import neutral_messages
 from emojax.model.interventions import Intervention
 from emojax.runs import InputError, write_json
 from emojax.runs.manifest import hash_file
 from emojax.stages import directions_stage, tuning
-from emojax.stages.accuracy import overall_fraction
 from emojax.stages.context import StageContext
 from emojax.stages.judged import (decoding_for, judge_identity, finished_summary, mark_finished, model_hash,
                                   records_digest, run_judged_generation, write_judged_outputs)

@@ -26,6 +26,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from emojax.data import EMOTIONS, SevRecord
+from emojax.evaluation import figures
 from emojax.method import prompts
 from emojax.method.directions import sign_aligned
 from emojax.method.hparams import INFLUENCE_ALPHAS
@@ -33,7 +34,7 @@ from emojax.model.config import ModelConfig
 from emojax.parallel import to_host
 from emojax.runs import ChunkedJob, hash_path, write_csv, write_json, write_npz
 from emojax.scan import Prefix, capture_prefix, sublayer_influence
-from emojax.stages import figures, upstream
+from emojax.stages import upstream
 from emojax.stages.context import StageContext
 from emojax.stages.judged import digest, finished_summary, mark_finished, model_hash, records_digest
 

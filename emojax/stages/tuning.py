@@ -24,9 +24,10 @@ import numpy as np
 from absl import logging
 
 from emojax.data import EMOTIONS, Group, Item, SevRecord, groups as all_groups
+from emojax.evaluation import figures
+from emojax.evaluation.accuracy import accuracy_tables
+from emojax.evaluation.outcomes import fluent, fluent_match
 from emojax.runs import InputError, write_csv, write_json
-from emojax.stages import figures
-from emojax.stages.accuracy import accuracy_tables
 from emojax.stages.context import StageContext
 from emojax.stages.judged import finished_summary, mark_finished, write_judged_outputs
 
@@ -104,31 +105,6 @@ def search(evaluate: Evaluate, reference: float, rule: SearchRule, tuned: Sequen
     return {"grid": grid, "scores": {d: dict(scores[d]) for d in grid}, "best": best,
             "bracketed": {name: grid[0] < dose < grid[-1] for name, dose in best.items()},
             "extensions": extensions}
-
-
-# ---------------------------------------------------------------------------------------------
-# Outcomes read from judged records (the fluency fields of the shared judged loop)
-
-
-def fluent_match(record: Mapping[str, Any]) -> int:
-    """judge.fluent_match (0/1) of a judged record; a record without it is an error, never read as
-    plain `match`."""
-    try:
-        value = record["judge"]["fluent_match"]
-    except (KeyError, TypeError):
-        raise InputError(f"record {record.get('key', '?')!r} has no judge.fluent_match: the fluency fields "
-                         f"of the judged loop are missing") from None
-    if value not in (0, 1):
-        raise InputError(f"record {record.get('key', '?')!r}: judge.fluent_match must be 0 or 1, got {value!r}")
-    return int(value)
-
-
-def fluent(record: Mapping[str, Any]) -> int:
-    try:
-        return int(record["judge"]["fluent"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"record {record.get('key', '?')!r} has no judge.fluent: the fluency fields of the "
-                         f"judged loop are missing") from None
 
 
 def _fraction(values: Sequence[int]) -> float | None:

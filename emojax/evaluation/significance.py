@@ -4,16 +4,16 @@
     paired_test(first, second)  McNemar on two methods' fluent_match outcomes over the same items
     fluent_fraction(cell)       the share of fluent replies in a cell
 
-Cells are the accuracy-table cells of `emojax.stages.accuracy` (total, matched, fluent,
+Cells are the accuracy-table cells of `emojax.evaluation.accuracy` (total, matched, fluent,
 fluent_matched); records are the §3.3 dicts with judge.fluent_match.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from emojax.evaluation.outcomes import fluent_match
+from emojax.evaluation.stats import discordant_pairs, mcnemar, wilson_interval
 from emojax.runs import InputError
-from emojax.stats import discordant_pairs, mcnemar, wilson_interval
-from emojax.stages.tuning import fluent_match
 
 FLUENT_FIELDS = ("fluent", "fluent_matched")
 
