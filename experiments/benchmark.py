@@ -21,9 +21,9 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from absl import app, flags, logging
 
+from emojax.launch.launcher import run_launcher
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.model.params import random_params
-from emojax.stages.launch import run_launcher
 from experiments.bench_common import CONFIG_SHAPES, BenchContext, BenchSizes, load_average, machine, shape_config
 from experiments.peers import PEER_NAMES, missing_packages, parse_peers
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from absl import flags, logging
 
+from emojax.launch.launcher import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 from emojax.stages import causal
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_integer("prompts_per_emotion", None, "Prompts per emotion (default: the preset's causal_prompts; "

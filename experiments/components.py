@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from absl import flags, logging
 
+from emojax.launch.launcher import context_from_flags, define_flags, no_extra_arguments, run_launcher
 from emojax.stages import components
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 
 define_flags()
 flags.mark_flag_as_required("out")

@@ -8,8 +8,8 @@ import numpy as np
 from absl import flags
 
 import emojax
+from emojax.launch.launcher import run_launcher
 from emojax.method.prompts import NEUTRAL_SYSTEM, chat, tokenize_prompts
-from emojax.stages.launch import run_launcher
 
 _MODEL = flags.DEFINE_string("model", emojax.DEFAULT_MODEL, "Registered name, HF checkpoint dir or .gguf file.")
 _PROMPT = flags.DEFINE_string(

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from emojax.launch.launcher import context_from_flags, define_flags, no_extra_arguments, run_launcher
 from emojax.stages import elicit
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_string("split", "both", "Which split to elicit: train, test, both, or the value of --train / --test.")

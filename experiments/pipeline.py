@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
-from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline
+from emojax.launch.launcher import context_from_flags, define_flags, no_extra_arguments, run_launcher
+from emojax.launch.pipeline import STAGE_NAMES, Options, run_pipeline
 
 define_flags()
 flags.DEFINE_bool("alpha_sweep", None, "Tune the steering alpha on the train split (default: the preset's sweeps).")

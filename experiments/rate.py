@@ -17,9 +17,9 @@ from absl import app, flags, logging
 from emojax.judge import SPEC_HELP, make_judge
 from emojax.judge.fluency import DEFAULT_RULE, FluencyRule
 from emojax.judge.rating import rate, read_rows
+from emojax.launch.launcher import run_launcher
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.runs import InputError, write_jsonl
-from emojax.stages.launch import run_launcher
 
 flags.DEFINE_string("input", None, "JSON-lines file of replies to rate.")
 flags.DEFINE_string("output", None, "JSON-lines file to write (replaced atomically).")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from absl import flags, logging
 
+from emojax.launch.launcher import context_from_flags, define_flags, no_extra_arguments, run_launcher
 from emojax.stages import steer
-from emojax.stages.launch import context_from_flags, define_flags, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_bool("alpha_sweep", False, "Tune alpha on the train split and steer the test split with the chosen one.")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from absl import flags, logging
 
+from emojax.launch.launcher import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 from emojax.method.hparams import INFLUENCE_ALPHAS
 from emojax.stages import sublayer
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_list("alphas", [str(a) for a in INFLUENCE_ALPHAS], "Dose multipliers alpha (dose = alpha * sigma).")

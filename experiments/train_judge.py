@@ -35,8 +35,8 @@ from emojax.judge.fit import fit_logistic, fit_softmax_regression
 from emojax.judge.fluency import DEFAULT_RULE, RULE_FEATURES, FluencyRule, measures, rule_features
 from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, FORMAT_VERSION, OfflineJudge, log_softmax
 from emojax.judge.perplexity import perplexities
+from emojax.launch.launcher import run_launcher
 from emojax.runs.atomic import write_json, write_npz
-from emojax.stages.launch import run_launcher
 from emojax.weights.cache import resolve_cache_dir
 from experiments import judge_cv
 from experiments.judge_data import NONE, LabelledText, load_official, load_rated, sev_sentences

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from emojax.launch.launcher import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 from emojax.stages import validation
-from emojax.stages.launch import context_from_flags, define_flags, list_flag, no_extra_arguments, run_launcher
 
 define_flags()
 flags.DEFINE_list("layers", [], "Layers to validate; default: the original's layers 13 and 22 at the same "

@@ -9,9 +9,9 @@ import json
 import pytest
 from absl import app
 
+from emojax.launch.launcher import list_flag, no_extra_arguments, open_context
+from emojax.launch.pipeline import STAGE_NAMES, Options, run_pipeline, stage_headline
 from emojax.stages import report
-from emojax.stages.launch import list_flag, no_extra_arguments, open_context
-from emojax.stages.pipeline import STAGE_NAMES, Options, run_pipeline, stage_headline
 from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, tiny_loaded_model
 
 pytestmark = pytest.mark.slow  # about 100 CPU-seconds: every stage compiles its programs once

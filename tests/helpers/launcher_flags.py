@@ -3,7 +3,7 @@
 Usage: python launcher_flags.py experiments.A experiments.B ...
 
 A launcher's flags are every flag that a module of this project registered while the launcher was
-imported: the launcher's own and the shared ones of emojax.stages.launch. absl lists in --help only
+imported: the launcher's own and the shared ones of emojax.launch.launcher. absl lists in --help only
 the flags filed under the launcher itself, so each must be filed there. The launchers are imported
 one after another in this one process; each one's flags are removed before the next is imported.
 """

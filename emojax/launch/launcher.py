@@ -28,11 +28,11 @@ from jax.sharding import Mesh
 from emojax import console
 from emojax.data import DatasetError, load_dataset, resolve_dataset, subsample
 from emojax.judge import SPEC_HELP
+from emojax.launch import preflight
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.parallel import mesh_from_spec, shard_params
 from emojax.parallel.distributed import initialize_distributed
 from emojax.runs import InputError, ModelIdentity, RunDir, define_run_flags
-from emojax.stages import preflight
 from emojax.stages.context import PRESETS, Preset, Settings, StageContext
 from emojax.stages.judged import judge_identity
 from emojax.weights.errors import WeightsError
