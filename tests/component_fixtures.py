@@ -15,9 +15,9 @@ import numpy as np
 from emojax.data import items
 from emojax.method.prompts import emotion_messages
 from emojax.runs import write_json, write_npz
+from emojax.runs.stage_record import mark_finished, model_hash
 from emojax.stages import capture, directions_stage
 from emojax.stages.context import StageContext
-from emojax.stages.judged import mark_finished, model_hash
 from stage_fixtures import TINY_PRESET, make_context
 
 DROPPED = {1, 8}   # item indices left out of the capture: sadness of group 0, happiness of group 1

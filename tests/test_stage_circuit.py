@@ -10,9 +10,9 @@ import pytest
 from emojax.circuit import Circuit, transferred_budget
 from emojax.data import EMOTIONS
 from emojax.runs import InputError, write_npz
+from emojax.runs.stage_record import mark_finished, model_hash
 from emojax.stages import circuit_stage
 from emojax.stages.context import Settings
-from emojax.stages.judged import mark_finished, model_hash
 from stage_fixtures import make_context
 
 OFFICIAL_KEYS = ["emotion", "K_total", "ratio_mode", "ratio_fixed", "K_alloc", "min_per_layer", "cap_ratio",

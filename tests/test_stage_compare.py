@@ -9,8 +9,8 @@ import pytest
 from emojax.data import EMOTIONS, VALENCES
 from emojax.evaluation.stats import mcnemar, wilson_interval
 from emojax.runs import InputError, write_json, write_jsonl
+from emojax.runs.stage_record import mark_finished
 from emojax.stages import compare, report
-from emojax.stages.judged import mark_finished
 from stage_fixtures import make_context
 
 

@@ -17,8 +17,8 @@ from emojax.method.prompts import neutral_messages, tokenize_prompts
 from emojax.model.forward import forward
 from emojax.model.interventions import Intervention
 from emojax.runs import read_jsonl, write_json, write_npz
+from emojax.runs.stage_record import mark_finished, model_hash
 from emojax.stages import circuit_stage, modulate, other_ranking, random_circuits, steer, tuning, upstream
-from emojax.stages.judged import mark_finished, model_hash
 from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, make_context, split
 
 

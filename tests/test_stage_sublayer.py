@@ -14,9 +14,9 @@ from emojax.method.directions import sign_aligned, unit
 from emojax.method.hparams import INFLUENCE_ALPHAS
 from emojax.method.prompts import neutral_messages, tokenize_prompts
 from emojax.runs import read_npz, write_json, write_npz
+from emojax.runs.stage_record import mark_finished, model_hash
 from emojax.scan.brute import brute_sublayer_scan
 from emojax.stages import sublayer
-from emojax.stages.judged import mark_finished, model_hash
 from stage_fixtures import TINY_PRESET, make_context
 
 # A subset of items with uneven emotion counts and no surprise item at all.

@@ -33,8 +33,8 @@ from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.parallel import mesh_from_spec, shard_params
 from emojax.parallel.distributed import initialize_distributed
 from emojax.runs import InputError, ModelIdentity, RunDir, define_run_flags
+from emojax.runs.stage_record import judge_identity
 from emojax.stages.context import PRESETS, Preset, Settings, StageContext
-from emojax.stages.judged import judge_identity
 from emojax.weights.errors import WeightsError
 
 _CHOICES = {"directions_rule": ("accepted", "all"), "ratio_mode": ("fixed", "auto"),

@@ -30,9 +30,10 @@ from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.model.forward import forward
 from emojax.model.taps import TapSpec
 from emojax.runs import ChunkedJob, InputError, check_array_file, read_json, write_json, write_npz
+from emojax.runs.stage_record import digest, finished_summary, mark_finished, model_hash, records_digest
 from emojax.stages.context import StageContext
 from emojax.stages.elicit import accepted_keys, load_records
-from emojax.stages.judged import PAD_MULTIPLE, digest, finished_summary, mark_finished, model_hash, records_digest
+from emojax.stages.judged import PAD_MULTIPLE
 
 STAGE = "capture"
 RULES = ("accepted", "all")

@@ -41,15 +41,15 @@ from jax.sharding import Mesh  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
 from emojax.data import EMOTIONS  # noqa: E402
+from emojax.evaluation.geometry_plots import COLOURS  # noqa: E402
 from emojax.method import prompts  # noqa: E402
 from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv, write_json, write_npz  # noqa: E402
+from emojax.runs.stage_record import digest, finished_summary, mark_finished, model_hash  # noqa: E402
 from emojax.scan import (attribution_scores, capture_prefix, causal_head_scan, causal_neuron_scan,  # noqa: E402
                          head_ablation_same_layer, neuron_contributions)
-from emojax.evaluation.geometry_plots import COLOURS  # noqa: E402
 from emojax.stages import components, upstream, validation  # noqa: E402
 from emojax.stages.context import StageContext  # noqa: E402
-from emojax.stages.judged import digest, finished_summary, mark_finished, model_hash  # noqa: E402
 
 STAGE = "causal"
 METHODS = ("analytic", "causal", "gradient")

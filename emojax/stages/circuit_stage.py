@@ -27,9 +27,9 @@ from emojax.data import EMOTIONS
 from emojax.evaluation import figures
 from emojax.model.config import ModelConfig
 from emojax.runs import InputError, hash_path, write_json
+from emojax.runs.stage_record import finished_summary, mark_finished, model_hash
 from emojax.stages import upstream
 from emojax.stages.context import StageContext
-from emojax.stages.judged import finished_summary, mark_finished, model_hash
 
 STAGE = "circuit"
 RATIO_FIXED = "0.7,0.3"

@@ -21,9 +21,9 @@ from emojax.data import EMOTIONS, VALENCES
 from emojax.evaluation import figures
 from emojax.evaluation.significance import cell_intervals, fraction, paired_test
 from emojax.runs import hash_path, read_jsonl, write_json, write_text
+from emojax.runs.stage_record import finished_summary, judge_identity, mark_finished
 from emojax.stages import circuit_stage, modulate, other_ranking, random_circuits, steer, upstream
 from emojax.stages.context import StageContext
-from emojax.stages.judged import finished_summary, judge_identity, mark_finished
 
 STAGE = "compare"
 METHODS = {"prompting": "elicit_test", "steering": "steer_test", "circuit": "modulate_test"}

@@ -39,10 +39,10 @@ from emojax.data import EMOTIONS  # noqa: E402
 from emojax.evaluation.geometry_plots import COLOURS  # noqa: E402
 from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.runs import InputError, hash_path, write_bytes, write_csv, write_json, write_npz  # noqa: E402
+from emojax.runs.stage_record import finished_summary, mark_finished, model_hash  # noqa: E402
 from emojax.scan import head_ablation_same_layer, neuron_stats  # noqa: E402
 from emojax.stages import capture, upstream  # noqa: E402
 from emojax.stages.context import StageContext  # noqa: E402
-from emojax.stages.judged import finished_summary, mark_finished, model_hash  # noqa: E402
 
 STAGE = "components"
 HEAD_CSV_COLUMNS = ("layer", "head", "mean_importance", "std_importance", "samples", "baseline_mean")

@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 
 from emojax.data import EMOTIONS
+from emojax.evaluation.geometry_plots import (plot_cross_emotion, plot_pca, plot_separability, plot_sublayer_cosines,
+                                          sublayer_labels)
 from emojax.method import directions as dirs_lib
 from emojax.method.hparams import map_layer
 from emojax.runs import InputError, check_array_file, read_npz, write_json, write_npz
 from emojax.runs.manifest import hash_file
+from emojax.runs.stage_record import finished_summary, mark_finished, model_hash
 from emojax.stages import capture
 from emojax.stages.context import StageContext
-from emojax.evaluation.geometry_plots import (plot_cross_emotion, plot_pca, plot_separability, plot_sublayer_cosines,
-                                          sublayer_labels)
-from emojax.stages.judged import finished_summary, mark_finished, model_hash
 
 STAGE = "directions"
 PCA_LAYERS_ORIGINAL = (1, 9, 12, 27)   # the paper's PCA layers on the 28-layer original (method.md S7)

@@ -17,9 +17,9 @@ from emojax.data import items as all_items
 from emojax.evaluation.accuracy import overall_fraction
 from emojax.method.prompts import emotion_messages
 from emojax.runs import InputError, read_jsonl
+from emojax.runs.stage_record import finished_summary, judge_identity, mark_finished, model_hash, records_digest
 from emojax.stages.context import StageContext
-from emojax.stages.judged import (decoding_for, finished_summary, judge_identity, mark_finished, model_hash,
-                                  records_digest, run_judged_generation, write_judged_outputs)
+from emojax.stages.judged import decoding_for, run_judged_generation, write_judged_outputs
 
 SPLITS = ("train", "test")
 

@@ -15,17 +15,16 @@ module holds that loop once:
 - `fluency_in_chunks`: perplexity of every reply under the unmodified model given its prompt (one
   forward per chunk), distinct-n, repetition and the fitted `fluent` rule (emojax.judge.fluency); a
   record's `fluent_match` is its judge's match AND fluent;
-- `write_judged_outputs`: records.jsonl, accepted.jsonl, rejected.jsonl, accuracy.json, accuracy.md;
-- `finished_summary` / `mark_finished`: a stage whose done.json carries the same fingerprint, and
-  whose outputs still have the sha256 done.json recorded, is skipped; a changed fingerprint recomputes
-  it in fresh job directories, and a changed output recomputes it (reusing its finished chunks).
+- `write_judged_outputs`: records.jsonl, accepted.jsonl, rejected.jsonl, accuracy.json, accuracy.md.
+
+Marking a stage done and skipping a finished one (fingerprints, output hashes) is
+`emojax.runs.stage_record`, which every stage shares, judged or not.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,20 +32,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from emojax.data import Item, SevRecord
+from emojax.data import Item
 from emojax.evaluation.accuracy import accuracy_markdown, accuracy_tables
 from emojax.generation.loop import generate
 from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
 from emojax.method.prompts import tokenize_prompts
 from emojax.model.interventions import Intervention
-from emojax.runs import ChunkedJob, InputError, RunDir, read_json, read_jsonl, write_json, write_jsonl, write_text
-from emojax.runs.chunks import INDEX_NAME
-from emojax.runs.manifest import finite_jsonable, hash_file, jsonable
+from emojax.runs import ChunkedJob, InputError, read_jsonl, write_json, write_jsonl, write_text
+from emojax.runs.stage_record import digest, judge_identity, model_hash
 
 PAD_MULTIPLE = 16          # prompt widths rounded up to this, so similar splits share a shape
 JUDGE_CHUNK = 256
-DONE_NAME = "done.json"
 # A stage fails rather than finishes when the judge failed on more than this fraction of its replies:
 # such rows would count as non-matches and make accuracies silently too low.
 MAX_JUDGE_ERROR_FRACTION = 0.05
@@ -98,77 +95,6 @@ def decoding_for(condition: str, max_new_tokens: int, harmonised: bool = False) 
         raise ValueError(f"unknown generation condition {condition!r}; expected one of {sorted(_CONDITIONS)}")
     min_new, penalty, ngram, dtype = _HARMONISED if harmonised else _CONDITIONS[condition]
     return Decoding(condition, max_new_tokens, min_new, penalty, ngram, dtype)
-
-
-def digest(value: Any) -> str:
-    """Short content hash of any JSON-able value (fingerprints, job names)."""
-    text = json.dumps(finite_jsonable(value, "fingerprint"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def records_digest(records: Sequence[SevRecord]) -> str:
-    """Content hash of a dataset (the records actually used, after any subsampling)."""
-    return digest([r.to_json() for r in records])
-
-
-def model_hash(ctx: Any) -> str:
-    """The hash that stamps this run's artefacts: the manifest's model, else the loaded model's."""
-    return ctx.run.model_hash or ctx.model.source_hash
-
-
-def judge_identity(judge: Any) -> str:
-    """What identifies a judge in fingerprints: its `identity`/`name` attribute, else its type."""
-    for attribute in ("identity", "name"):
-        value = getattr(judge, attribute, None)
-        if value:
-            return str(value)
-    return f"{type(judge).__module__}.{type(judge).__qualname__}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage bookkeeping
-
-
-def finished_summary(run: RunDir, stage: str, fingerprint: Any) -> dict[str, Any] | None:
-    """The stored summary when `stage` finished with this fingerprint and its outputs are as it left
-    them; None when it must run."""
-    path = run.path / stage / DONE_NAME
-    if not path.is_file():
-        return None
-    done = read_json(path)
-    if done.get("fingerprint") != finite_jsonable(fingerprint, f"stage {stage} fingerprint"):
-        logging.warning("stage %s: finished earlier with different inputs; computing it again", stage)
-        return None
-    changed = changed_outputs(run.path / stage, done.get("outputs", {}))
-    if changed:
-        logging.warning("stage %s: %s changed since the stage finished; computing it again", stage,
-                        ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else ""))
-        return None
-    logging.info("stage %s: finished earlier with the same inputs; skipped", stage)
-    return done["summary"]
-
-
-def mark_finished(run: RunDir, stage: str, fingerprint: Any, summary: Mapping[str, Any]) -> None:
-    run.mark_done(stage, {"fingerprint": finite_jsonable(fingerprint, f"stage {stage} fingerprint"),
-                          "outputs": output_hashes(run.path / stage), "summary": jsonable(dict(summary))})
-
-
-def output_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every output file of a stage, by path relative to its directory. done.json,
-    temporaries and chunk-job directories (which check their own chunks) are left out."""
-    jobs = {index.parent for index in directory.rglob(INDEX_NAME)}
-    hashes = {}
-    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        if file.name == DONE_NAME or file.name.endswith(".tmp") or jobs.intersection(file.parents):
-            continue
-        hashes[file.relative_to(directory).as_posix()] = hash_file(file)
-    return hashes
-
-
-def changed_outputs(directory: Path, recorded: Mapping[str, str]) -> list[str]:
-    """The recorded outputs that are missing or whose bytes differ from those done.json recorded."""
-    return [name for name, sha in recorded.items()
-            if not (directory / name).is_file() or hash_file(directory / name) != sha]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ from emojax.method.prompts import neutral_messages
 from emojax.model.config import ModelConfig
 from emojax.model.interventions import Intervention
 from emojax.runs import InputError, hash_path
+from emojax.runs.stage_record import (digest, finished_summary, judge_identity, mark_finished, model_hash,
+                                      records_digest)
 from emojax.stages import tuning, upstream
 from emojax.stages.context import StageContext
-from emojax.stages.judged import (decoding_for, digest, finished_summary, fluency_in_chunks, generate_in_chunks,
-                                  item_record, judge_identity, judge_in_chunks, mark_finished, model_hash, record_meta,
-                                  records_digest, run_judged_generation, write_judged_outputs)
+from emojax.stages.judged import (decoding_for, fluency_in_chunks, generate_in_chunks, item_record,
+                                  judge_in_chunks, record_meta, run_judged_generation, write_judged_outputs)
 
 STAGE = "modulate_test"
 BASELINE_STAGE = "baseline_test"

@@ -15,9 +15,10 @@ import numpy as np
 from emojax.data import EMOTIONS, items as all_items
 from emojax.evaluation.accuracy import overall_fraction
 from emojax.runs import read_json
+from emojax.runs.stage_record import finished_summary, mark_finished
 from emojax.stages import circuit_stage, modulate, tuning, upstream
 from emojax.stages.context import StageContext
-from emojax.stages.judged import finished_summary, mark_finished, write_judged_outputs
+from emojax.stages.judged import write_judged_outputs
 
 STAGE = "modulate_other_ranking_test"
 

@@ -24,9 +24,10 @@ from emojax.data import EMOTIONS
 from emojax.evaluation.accuracy import accuracy_tables
 from emojax.model.config import ModelConfig
 from emojax.runs import InputError, read_jsonl, write_json
+from emojax.runs.stage_record import finished_summary, mark_finished
 from emojax.stages import modulate, tuning, upstream
 from emojax.stages.context import StageContext
-from emojax.stages.judged import finished_summary, mark_finished, write_judged_outputs
+from emojax.stages.judged import write_judged_outputs
 
 STAGE = "random_circuit_test"
 MIN_DRAWS = 5

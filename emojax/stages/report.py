@@ -19,9 +19,9 @@ from typing import Any, Mapping
 
 from emojax.evaluation.accuracy import overall_fraction
 from emojax.runs import read_json, write_json, write_text
+from emojax.runs.stage_record import judge_identity, model_hash
 from emojax.stages import upstream
 from emojax.stages.context import StageContext
-from emojax.stages.judged import judge_identity, model_hash
 
 SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.md"

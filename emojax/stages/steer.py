@@ -30,10 +30,10 @@ from emojax.method.prompts import neutral_messages
 from emojax.model.interventions import Intervention
 from emojax.runs import InputError, write_json
 from emojax.runs.manifest import hash_file
+from emojax.runs.stage_record import judge_identity, finished_summary, mark_finished, model_hash, records_digest
 from emojax.stages import directions_stage, tuning
 from emojax.stages.context import StageContext
-from emojax.stages.judged import (decoding_for, judge_identity, finished_summary, mark_finished, model_hash,
-                                  records_digest, run_judged_generation, write_judged_outputs)
+from emojax.stages.judged import decoding_for, run_judged_generation, write_judged_outputs
 
 STAGE = "steer_test"
 SWEEP_STAGE = "steer_sweep_train"

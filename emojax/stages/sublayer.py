@@ -33,10 +33,10 @@ from emojax.method.hparams import INFLUENCE_ALPHAS
 from emojax.model.config import ModelConfig
 from emojax.parallel import to_host
 from emojax.runs import ChunkedJob, hash_path, write_csv, write_json, write_npz
+from emojax.runs.stage_record import digest, finished_summary, mark_finished, model_hash, records_digest
 from emojax.scan import Prefix, capture_prefix, sublayer_influence
 from emojax.stages import upstream
 from emojax.stages.context import StageContext
-from emojax.stages.judged import digest, finished_summary, mark_finished, model_hash, records_digest
 
 STAGE = "sublayer"
 KINDS = ("attention", "mlp")

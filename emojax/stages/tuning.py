@@ -28,8 +28,9 @@ from emojax.evaluation import figures
 from emojax.evaluation.accuracy import accuracy_tables
 from emojax.evaluation.outcomes import fluent, fluent_match
 from emojax.runs import InputError, write_csv, write_json
+from emojax.runs.stage_record import finished_summary, mark_finished
 from emojax.stages.context import StageContext
-from emojax.stages.judged import finished_summary, mark_finished, write_judged_outputs
+from emojax.stages.judged import write_judged_outputs
 
 CURVES = ("overall",) + EMOTIONS
 MEASURES = ("fluent_accuracy", "fluent_fraction", "accuracy")

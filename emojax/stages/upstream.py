@@ -12,9 +12,9 @@ import numpy as np
 from emojax.circuit import Circuit
 from emojax.data import EMOTIONS
 from emojax.runs import InputError, check_array_file, check_circuit, read_json
+from emojax.runs.stage_record import model_hash
 from emojax.stages import capture, directions_stage
 from emojax.stages.context import StageContext
-from emojax.stages.judged import model_hash
 
 N_EMOTIONS = len(EMOTIONS)
 

@@ -49,11 +49,11 @@ from emojax.method.hparams import map_layer  # noqa: E402
 from emojax.model.config import ModelConfig  # noqa: E402
 from emojax.model.forward import rms_norm  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv  # noqa: E402
+from emojax.runs.stage_record import (digest, finished_summary, mark_finished, model_hash, records_digest)  # noqa: E402
 from emojax.scan import (Prefix, capture_prefix, clean_scores, head_edit_scores,  # noqa: E402
                          head_set_ablation_same_layer, neuron_edit_scores, neuron_write_alignment)
 from emojax.stages import components, upstream  # noqa: E402
 from emojax.stages.context import StageContext  # noqa: E402
-from emojax.stages.judged import digest, finished_summary, mark_finished, model_hash, records_digest  # noqa: E402
 
 STAGE = "validation"
 KINDS = ("neuron", "head")
