@@ -1,4 +1,5 @@
-"""absl launchers of emojax: one per stage, the pipeline, the benchmarks, the judge trainer."""
+"""absl launchers of emojax: one per stage, the pipeline, `rate` and `demo`; the benchmarks in
+`bench/`, judge training in `judge_training/`."""
 import os
 
 # transformers advises at import that PyTorch is absent; emojax only uses its tokenizers and configs.

@@ -1,4 +1,4 @@
-"""The benchmark peers (experiments/peer_*.py) agree with emojax on a tiny random model.
+"""The benchmark peers (experiments/bench/peer_*.py) agree with emojax on a tiny random model.
 
 Each scan peer runs a sample of each scan's variants its own way and must reproduce emojax's
 effects; the generation peers must produce emojax's steered tokens. Needs the `bench` extra
@@ -15,9 +15,10 @@ pytest.importorskip("transformer_lens")
 
 import jax.numpy as jnp  # noqa: E402
 
-from experiments import bench_generate, bench_scans  # noqa: E402
-from experiments.bench_common import BenchContext, BenchSizes  # noqa: E402
-from experiments.peers import GENERATION_PEERS, PEER_NAMES, SCAN_PEERS  # noqa: E402
+from experiments.bench import generate as bench_generate  # noqa: E402
+from experiments.bench import scans as bench_scans  # noqa: E402
+from experiments.bench.common import BenchContext, BenchSizes  # noqa: E402
+from experiments.bench.peers import GENERATION_PEERS, PEER_NAMES, SCAN_PEERS  # noqa: E402
 
 # Small batches so every batched peer runs several chunks, one of them partial.
 SIZES = BenchSizes(scan_prompts=3, neuron_layers=(0, 1), peer_sample=5, peer_batch_rows=6, prefix_batch_rows=9,

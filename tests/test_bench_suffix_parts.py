@@ -1,13 +1,13 @@
-"""experiments/bench_suffix_parts.py times every part of a suffix pass at the scans' chunk shapes."""
+"""experiments/bench/suffix_parts.py times every part of a suffix pass at the scans' chunk shapes."""
 from __future__ import annotations
 
 import math
 
 import jax.numpy as jnp
 
-from experiments.bench_common import BenchContext, BenchSizes
-from experiments.bench_scans import RANDOM_PROMPT_LENGTH
-from experiments.bench_suffix_parts import NEURON_CHUNK, bench_suffix_parts
+from experiments.bench.common import BenchContext, BenchSizes
+from experiments.bench.scans import RANDOM_PROMPT_LENGTH
+from experiments.bench.suffix_parts import NEURON_CHUNK, bench_suffix_parts
 
 PARTS = ("attention", "attention_products", "mlp", "mlp_products")
 

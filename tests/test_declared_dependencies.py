@@ -19,8 +19,8 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 LOCAL_PACKAGES = {"emojax", "experiments"}
-# Modules of experiments/ that belong to the benchmark install (the peers and HF baselines).
-BENCH_MODULE = re.compile(r"^(benchmark|bench_.*|peer_.*)\.py$")
+# experiments/bench/ (the benchmarks, the peers and HF baselines) belongs to the benchmark install.
+BENCH_PACKAGE = "bench"
 BENCH_EXTRAS = ("bench", "test")
 
 
@@ -58,7 +58,7 @@ def distributions_of(module: str, installed: dict[str, list[str]]) -> set[str]:
 
 
 def project_files() -> list[Path]:
-    files = sorted((REPO_ROOT / "emojax").rglob("*.py")) + sorted((REPO_ROOT / "experiments").glob("*.py"))
+    files = sorted((REPO_ROOT / "emojax").rglob("*.py")) + sorted((REPO_ROOT / "experiments").rglob("*.py"))
     assert len(files) > 50, "the source tree was not found"
     return files
 
@@ -69,7 +69,7 @@ def test_every_third_party_import_is_declared_for_its_install():
     installed = importlib.metadata.packages_distributions()
     undeclared = []
     for path in project_files():
-        allowed = bench if path.parent.name == "experiments" and BENCH_MODULE.match(path.name) else runtime
+        allowed = bench if path.parent == REPO_ROOT / "experiments" / BENCH_PACKAGE else runtime
         for module in sorted(imported_top_level(path)):
             if not distributions_of(module, installed) & allowed:
                 undeclared.append(f"{path.relative_to(REPO_ROOT)} imports {module!r}")

@@ -118,7 +118,7 @@ def test_rule_round_trip_and_refusals(tmp_path) -> None:
 def test_shipped_rule_is_documented() -> None:
     data = json.loads(DEFAULT_RULE.read_text())
     rule = FluencyRule.load()
-    assert data["training_command"].startswith("python -m experiments.train_judge")
+    assert data["training_command"].startswith("python -m experiments.judge_training.train")
     assert set(data["held_out"]) >= {"prompting", "steering", "circuit", "overall"}
     assert rule.identity.startswith("fluency:")
 

@@ -104,7 +104,7 @@ def test_artifact_is_small_and_documented(judge):
     assert DEFAULT_ARTIFACT.stat().st_size < 4 * 2**20
     sidecar = json.loads(DEFAULT_ARTIFACT.with_suffix(".json").read_text())
     assert sidecar["artifact_sha256"] == judge.sha256
-    assert sidecar["training_command"].startswith("python -m experiments.train_judge")
+    assert sidecar["training_command"].startswith("python -m experiments.judge_training.train")
     held_out = sidecar["held_out"]
     for key in ("six_way_accuracy_prompted_accepted", "binary_prompted_accepted_and_rejected",
                 "binary_unprompted", "offset_per_fold"):

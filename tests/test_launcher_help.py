@@ -12,8 +12,10 @@ import pytest
 from conftest import REPO_ROOT, subprocess_env
 
 HELPER = REPO_ROOT / "tests" / "helpers" / "launcher_flags.py"
-LAUNCHERS = sorted(path.stem for path in (REPO_ROOT / "experiments").glob("*.py")
-                   if 'if __name__ == "__main__":' in path.read_text())
+EXPERIMENTS = REPO_ROOT / "experiments"
+# Dotted names below experiments/: the stage launchers, bench.benchmark, judge_training.train, ...
+LAUNCHERS = sorted(".".join(path.relative_to(EXPERIMENTS).with_suffix("").parts)
+                   for path in EXPERIMENTS.rglob("*.py") if 'if __name__ == "__main__":' in path.read_text())
 SHARED_FLAGS = ("out", "model", "train", "test", "preset", "judge", "mesh", "force_new_run", "steer_alpha")
 
 
@@ -26,7 +28,7 @@ def launcher_flags() -> dict:
 
 
 def test_the_launchers_are_found():
-    assert {"pipeline", "elicit", "steer", "benchmark", "train_judge"} <= set(LAUNCHERS)
+    assert {"pipeline", "elicit", "steer", "rate", "bench.benchmark", "judge_training.train"} <= set(LAUNCHERS)
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)
@@ -37,7 +39,7 @@ def test_help_lists_every_flag_with_its_help(name):
     for flag, text in found["flag_help"].items():
         assert text and text.strip(), f"--{flag} of experiments.{name} has no help string"
         assert re.search(rf"--(\[no\])?{flag}: ", found["help"]), f"--{flag} missing from experiments.{name} --help"
-    if "context_from_flags" in (REPO_ROOT / "experiments" / f"{name}.py").read_text():
+    if "context_from_flags" in (EXPERIMENTS / f"{name.replace('.', '/')}.py").read_text():
         assert set(SHARED_FLAGS) <= set(found["flag_help"])
 
 

@@ -1,4 +1,4 @@
-"""The scans' FLOP counts (experiments/scan_flops.py) agree with the forward's own count.
+"""The scans' FLOP counts (experiments/bench/scan_flops.py) agree with the forward's own count.
 
 A one-token row through every layer over T cached keys is exactly what `forward_flops` counts for a
 one-token batch with context T, so the suffix counts can be checked against it layer by layer."""
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.bench_common import forward_flops, shape_config
-from experiments.peer_common import Edit
-from experiments.scan_flops import full_forward_scan_flops, mlp_layer_flops, suffix_scan_flops
+from experiments.bench.common import forward_flops, shape_config
+from experiments.bench.peer_common import Edit
+from experiments.bench.scan_flops import full_forward_scan_flops, mlp_layer_flops, suffix_scan_flops
 
 B, T = 5, 17
 

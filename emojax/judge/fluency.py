@@ -14,7 +14,7 @@ Measures (floats; the `fluency` block of every judged record):
                  on one word ("anger is anger. Anger is ..."); 0 without such a word.
 
 The rule (`FluencyRule`) is a logistic regression over (log perplexity, distinct_1, distinct_2,
-repetition), fitted by `python -m experiments.train_judge` on replies rated by careful reading and shipped
+repetition), fitted by `python -m experiments.judge_training.train` on replies rated by careful reading and shipped
 as `artifacts/fluency_rule.json`. Perplexity is the model's own: the shipped rule was fitted on the
 default model's perplexities, so with another model family its threshold is a starting point to check.
 """
@@ -141,7 +141,7 @@ class FluencyRule:
     def load(cls, path: str | Path = DEFAULT_RULE) -> "FluencyRule":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"fluency rule {path} is missing; fit one with `python -m experiments.train_judge`")
+            raise FileNotFoundError(f"fluency rule {path} is missing; fit one with `python -m experiments.judge_training.train`")
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != RULE_FORMAT:
             raise ValueError(f"{path}: fluency rule format {data.get('format')!r}, this emojax reads {RULE_FORMAT}")

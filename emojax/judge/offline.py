@@ -1,6 +1,6 @@
 """The default judge: a small linear classifier of hashed n-grams, no network, fast on a CPU.
 
-Model (trained by `python -m experiments.train_judge`): a 7-way softmax regression over the six
+Model (trained by `python -m experiments.judge_training.train`): a 7-way softmax regression over the six
 emotions plus a "none" class (texts judged to express no target emotion), on the features of
 emojax.judge.features. A text matches its target when
 
@@ -42,7 +42,7 @@ class OfflineJudge:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"offline judge artefact {self.path} is missing; train one with "
-                                    "`python -m experiments.train_judge`")
+                                    "`python -m experiments.judge_training.train`")
         raw = self.path.read_bytes()
         self.sha256 = hashlib.sha256(raw).hexdigest()
         with np.load(self.path, allow_pickle=False) as data:

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.bench_common import BenchContext, torch_model_from_params, torch_runtime
-from experiments.peer_common import Edit, apply_edit, by_module, id_tokenizer, rows_of, scores
-from experiments.peers import FullForwardPeer
+from experiments.bench.common import BenchContext, torch_model_from_params, torch_runtime
+from experiments.bench.peer_common import Edit, apply_edit, by_module, id_tokenizer, rows_of, scores
+from experiments.bench.peers import FullForwardPeer
 
 HOOK_NAMES = {"head_in": "blocks.{}.attn.hook_z", "neuron_in": "blocks.{}.mlp.out.hook_in",
               "attn_out": "blocks.{}.hook_attn_out", "mlp_out": "blocks.{}.hook_mlp_out"}

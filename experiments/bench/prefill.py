@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import forward
-from experiments.bench_bound import prefill_products_s
-from experiments.bench_common import (BenchContext, forward_flops, measure_matmul_peak, pct_of_peak, peak_rss_mb,
+from experiments.bench.bound import prefill_products_s
+from experiments.bench.common import (BenchContext, forward_flops, measure_matmul_peak, pct_of_peak, peak_rss_mb,
                                       time_interleaved, torch_runtime)
 
 BATCH, SEQ = 16, 128

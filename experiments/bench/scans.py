@@ -1,4 +1,4 @@
-"""The exact scans against the tools a researcher would use instead (experiments/peers.py).
+"""The exact scans against the tools a researcher would use instead (experiments/bench/peers.py).
 
     bench_head_scan(ctx)                  every head zeroed at t*, final-layer read-out, 48 prompts
     bench_head_scan_all_positions(ctx)    the same with each head zeroed at every position
@@ -11,7 +11,7 @@ batched over the prompts (install a hook, run one full forward of the prompt bat
 <h_final[t*], v>, remove the hook); `hf_batched`, `nnsight` and `transformer_lens` fold many
 variants into one forward; `hf_prefix` caches the prefix once and runs each variant as a one-token
 suffix from its layer upward. A peer's time is measured on a sample of the variants and scaled to
-the full scan (`experiments.peers.time_scan`), emojax and the peers taking turns; each peer's
+the full scan (`experiments.bench.peers.time_scan`), emojax and the peers taking turns; each peer's
 sampled effects are compared with emojax's (`max_abs_diff`).
 
 Every benchmark writes `peers: {name: {"seconds", "max_abs_diff", ...}}` beside `emojax_s`, and,
@@ -31,10 +31,10 @@ import numpy as np
 from emojax import scan
 from emojax.data.sev import VALENCES, load_dataset
 from emojax.method.prompts import neutral_messages, tokenize_prompts
-from experiments.bench_common import BenchContext, measure_matmul_peak, pct_of_peak, peak_rss_mb
-from experiments.peer_common import Edit, ScanJob
-from experiments.peers import time_scan
-from experiments.scan_flops import full_forward_scan_flops, suffix_scan_flops
+from experiments.bench.common import BenchContext, measure_matmul_peak, pct_of_peak, peak_rss_mb
+from experiments.bench.peer_common import Edit, ScanJob
+from experiments.bench.peers import time_scan
+from experiments.bench.scan_flops import full_forward_scan_flops, suffix_scan_flops
 
 HEAD_PROMPTS, NEURON_PROMPTS, SUBLAYER_PROMPTS = 48, 8, 48
 ALPHAS = (0.1, 0.3, 0.5, 0.7)

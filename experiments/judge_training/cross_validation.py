@@ -14,7 +14,7 @@ import numpy as np
 
 from emojax.data.sev import EMOTIONS
 from emojax.judge.offline import match_rule
-from experiments.judge_data import CONDITIONS, LabelledText
+from experiments.judge_training.data import CONDITIONS, LabelledText
 
 # Candidate offsets of the match rule (log-probability units): negative rejects more, positive accepts more.
 OFFSET_GRID = tuple(float(x) for x in np.round(np.arange(-3.0, 3.001, 0.1), 2))

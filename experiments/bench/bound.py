@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from emojax.generation.decode_step import decode_weights
 from emojax.model.config import ModelConfig
 from emojax.model.forward import lm_head
-from experiments.bench_common import time_call
+from experiments.bench.common import time_call
 
 Array = Any
 

@@ -18,9 +18,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from experiments.bench_common import BenchContext, torch_model_from_params, torch_runtime
-from experiments.peer_common import Edit, id_tokenizer, scores
-from experiments.peers import FullForwardPeer
+from experiments.bench.common import BenchContext, torch_model_from_params, torch_runtime
+from experiments.bench.peer_common import Edit, id_tokenizer, scores
+from experiments.bench.peers import FullForwardPeer
 
 
 def _wrapped(ctx: BenchContext) -> Any:

@@ -1,6 +1,6 @@
 """Train the offline emotion judge and the fluency rule; write their artefacts with held-out figures.
 
-    python -m experiments.train_judge [--data_dir=../shared/data/official] [--labels_dir=../shared/data/labels]
+    python -m experiments.judge_training.train [--data_dir=../shared/data/official] [--labels_dir=../shared/data/labels]
 
 The judge (emojax.judge.offline) is a 7-way softmax regression over hashed n-grams, fitted on
   - Llama-3.2-3B-Instruct replies labelled by gpt-4o-mini (prompted, and written with no emotion instruction),
@@ -9,7 +9,7 @@ The judge (emojax.judge.offline) is a 7-way softmax regression over hashed n-gra
     modulation): labelled with the target when they match, else with the emotion they mainly express, else
     "none"; weighted (--rated_weight) so that they weigh as much as the official replies together.
 Its one tuned number, the offset of the match rule, is chosen by an inner cross-validation inside each
-training fold (experiments.judge_cv); the shipped offset is the one the outer held-out predictions favour.
+training fold (experiments.judge_training.cross_validation); the shipped offset is the one the outer held-out predictions favour.
 
 The fluency rule (emojax.judge.fluency) is a logistic regression over the rated replies' perplexity under
 the default model given their own prompts (one forward, cached), distinct-1, distinct-2 and repetition,
@@ -38,8 +38,8 @@ from emojax.judge.perplexity import perplexities
 from emojax.launch.launcher import run_launcher
 from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
-from experiments import judge_cv
-from experiments.judge_data import NONE, LabelledText, load_official, load_rated, sev_sentences
+from experiments.judge_training import cross_validation as judge_cv
+from experiments.judge_training.data import NONE, LabelledText, load_official, load_rated, sev_sentences
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_VERSION = "2.0"
@@ -255,7 +255,7 @@ def main(argv: Sequence[str]) -> None:
 
     offset = judge_cv.best_offset(logp, rows)
     weights, bias = fit(features, rows)
-    command = " ".join(["python -m experiments.train_judge", *sys.argv[1:]])
+    command = " ".join(["python -m experiments.judge_training.train", *sys.argv[1:]])
     all_hashes = {**hashes, **rated_hashes}
     meta = {
         "format": FORMAT_VERSION, "version": MODEL_VERSION, "classes": list(CLASSES), "features": spec.to_json(),

@@ -21,19 +21,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from experiments.bench_common import BenchContext, rss_during
-from experiments.peer_common import Edit, ScanJob, chunks
+from experiments.bench.common import BenchContext, rss_during
+from experiments.bench.peer_common import Edit, ScanJob, chunks
 
 SCAN_PEERS: dict[str, str] = {
-    "hf_hooks": "experiments.peer_hf_batched:HFHooksPeer",
-    "hf_batched": "experiments.peer_hf_batched:HFBatchedPeer",
-    "hf_prefix": "experiments.peer_hf_prefix:HFPrefixPeer",
-    "nnsight": "experiments.peer_nnsight:NNsightScanPeer",
-    "transformer_lens": "experiments.peer_transformer_lens:TransformerLensScanPeer",
+    "hf_hooks": "experiments.bench.peer_hf_batched:HFHooksPeer",
+    "hf_batched": "experiments.bench.peer_hf_batched:HFBatchedPeer",
+    "hf_prefix": "experiments.bench.peer_hf_prefix:HFPrefixPeer",
+    "nnsight": "experiments.bench.peer_nnsight:NNsightScanPeer",
+    "transformer_lens": "experiments.bench.peer_transformer_lens:TransformerLensScanPeer",
 }
 GENERATION_PEERS: dict[str, str] = {
-    "hf_hooks": "experiments.peer_hf_generate:hf_steered_generation",
-    "nnsight": "experiments.peer_nnsight:nnsight_steered_generation",
+    "hf_hooks": "experiments.bench.peer_hf_generate:hf_steered_generation",
+    "nnsight": "experiments.bench.peer_nnsight:nnsight_steered_generation",
 }
 PEER_NAMES = tuple(dict.fromkeys([*SCAN_PEERS, *GENERATION_PEERS]))
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from experiments.bench_common import BenchContext, torch_runtime
+from experiments.bench.common import BenchContext, torch_runtime
 
 
 def hf_steered_generation(ctx: BenchContext, tokens: np.ndarray, mask: np.ndarray, neuron_add: np.ndarray,

@@ -18,7 +18,7 @@ from emojax import forward
 from emojax.data.sev import BUNDLED_SPLITS, EMOTIONS, load_dataset
 from emojax.judge.offline import OfflineJudge
 from emojax.judge.perplexity import reply_nll
-from experiments.bench_common import BenchContext, peak_rss_mb, time_call, time_interleaved
+from experiments.bench.common import BenchContext, peak_rss_mb, time_call, time_interleaved
 
 # The quick preset's shape: 48 rows, 32 new tokens after prompts of about 60 tokens.
 BATCH, SEQ, REPLY = 48, 96, 32

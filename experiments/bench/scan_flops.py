@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from emojax.model.config import ModelConfig
-from experiments.bench_common import forward_flops
-from experiments.peer_common import Edit
+from experiments.bench.common import forward_flops
+from experiments.bench.peer_common import Edit
 
 AFTER_ATTENTION = ("head_in", "attn_out")  # the edit lands on the attention branch; after_mlp otherwise
 

@@ -12,9 +12,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from experiments.bench_common import torch_runtime
-from experiments.peer_common import Edit, apply_edit, by_module, rows_of, scores
-from experiments.peers import FullForwardPeer
+from experiments.bench.common import torch_runtime
+from experiments.bench.peer_common import Edit, apply_edit, by_module, rows_of, scores
+from experiments.bench.peers import FullForwardPeer
 
 
 def site_module(model: Any, layer: int, site: str) -> tuple[Any, bool]:

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.model.interventions import Intervention
-from experiments.bench_common import BenchContext, peak_rss_mb, time_interleaved
-from experiments.bench_generate import bench_prompts, circuit_style_edits, emojax_generation
+from experiments.bench.common import BenchContext, peak_rss_mb, time_interleaved
+from experiments.bench.generate import bench_prompts, circuit_style_edits, emojax_generation
 
 
 def _variants(ctx: BenchContext, rows: int) -> dict[str, Any]:

@@ -26,9 +26,9 @@ import numpy as np
 from emojax import scan
 from emojax.model.rope import rope_tables
 from emojax.scan.layers import attention_last, layer_params, mlp
-from experiments.bench_common import BenchContext, measure_matmul_peak, time_interleaved
-from experiments.bench_scans import HEAD_PROMPTS, NEURON_PROMPTS, chat_prompts
-from experiments.scan_flops import attention_layer_flops, attention_product_flops, mlp_layer_flops
+from experiments.bench.common import BenchContext, measure_matmul_peak, time_interleaved
+from experiments.bench.scan_flops import attention_layer_flops, attention_product_flops, mlp_layer_flops
+from experiments.bench.scans import HEAD_PROMPTS, NEURON_PROMPTS, chat_prompts
 
 NEURON_CHUNK = 768
 REPEATS = 5

@@ -202,7 +202,7 @@ class BenchContext:
     repeats: int
     baseline: bool  # run the HF PyTorch baseline
     baseline_device: str = "cpu"  # torch device of the baseline
-    peers: tuple[str, ...] = ("hf_hooks",)  # the baselines run beside emojax (experiments/peers.py)
+    peers: tuple[str, ...] = ("hf_hooks",)  # the baselines run beside emojax (experiments/bench/peers.py)
     sizes: BenchSizes = BenchSizes()
     _shared: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 

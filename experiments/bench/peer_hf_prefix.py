@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.bench_common import torch_runtime
-from experiments.peer_common import Edit, ScanJob, chunks, scores
-from experiments.peer_hf_batched import hooked
-from experiments.peers import ScanPeer, spread
+from experiments.bench.common import torch_runtime
+from experiments.bench.peer_common import Edit, ScanJob, chunks, scores
+from experiments.bench.peer_hf_batched import hooked
+from experiments.bench.peers import ScanPeer, spread
 
 
 class PrefixCache:

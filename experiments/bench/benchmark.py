@@ -1,15 +1,15 @@
 """Benchmarks of emojax against its baselines, by name.
 
-    python -m experiments.benchmark --only=prefill,prefill_last --json=bench.json
-    python -m experiments.benchmark --only=prefill --random_config=llama-3.2-3b --dtype=bfloat16 --nobaseline
-    python -m experiments.benchmark --only=prefill,generate --random_config=smollm2-135m --baseline_device=cuda
-    python -m experiments.benchmark --only=head_scan,sublayer_scan --peers=all --json=peers.json
+    python -m experiments.bench.benchmark --only=prefill,prefill_last --json=bench.json
+    python -m experiments.bench.benchmark --only=prefill --random_config=llama-3.2-3b --dtype=bfloat16 --nobaseline
+    python -m experiments.bench.benchmark --only=prefill,generate --random_config=smollm2-135m --baseline_device=cuda
+    python -m experiments.bench.benchmark --only=head_scan,sublayer_scan --peers=all --json=peers.json
 
 Each benchmark is `module:function` in BENCHMARKS, imported only when asked for; a name whose module
 is not present is skipped. Results go to --json as
 {name: {"emojax_s", "baseline_s", "speedup", ..., "run": {model, dtype, machine, load average}}}
 and are printed as a Markdown table. The scans and `generate_steered` also run the peers named by
---peers (experiments/peers.py) and write `peers: {name: {"seconds", "max_abs_diff", ...}}`.
+--peers (experiments/bench/peers.py) and write `peers: {name: {"seconds", "max_abs_diff", ...}}`.
 """
 from __future__ import annotations
 
@@ -24,22 +24,22 @@ from absl import app, flags, logging
 from emojax.launch.launcher import run_launcher
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.model.params import random_params
-from experiments.bench_common import CONFIG_SHAPES, BenchContext, BenchSizes, load_average, machine, shape_config
-from experiments.peers import PEER_NAMES, missing_packages, parse_peers
+from experiments.bench.common import CONFIG_SHAPES, BenchContext, BenchSizes, load_average, machine, shape_config
+from experiments.bench.peers import PEER_NAMES, missing_packages, parse_peers
 
 BENCHMARKS: dict[str, str] = {
-    "prefill": "experiments.bench_prefill:bench_prefill",
-    "prefill_last": "experiments.bench_prefill:bench_prefill_last",
-    "generate": "experiments.bench_generate:bench_generate",
-    "generate_steered": "experiments.bench_generate:bench_generate_steered",
-    "generate_edit_cost": "experiments.bench_edit_cost:bench_generate_edit_cost",
-    "head_scan": "experiments.bench_scans:bench_head_scan",
-    "head_scan_all_positions": "experiments.bench_scans:bench_head_scan_all_positions",
-    "neuron_scan": "experiments.bench_scans:bench_neuron_scan",
-    "sublayer_scan": "experiments.bench_scans:bench_sublayer_scan",
-    "suffix_parts": "experiments.bench_suffix_parts:bench_suffix_parts",
-    "judge_offline": "experiments.bench_judge:bench_judge_offline",
-    "fluency_pass": "experiments.bench_judge:bench_fluency_pass",
+    "prefill": "experiments.bench.prefill:bench_prefill",
+    "prefill_last": "experiments.bench.prefill:bench_prefill_last",
+    "generate": "experiments.bench.generate:bench_generate",
+    "generate_steered": "experiments.bench.generate:bench_generate_steered",
+    "generate_edit_cost": "experiments.bench.edit_cost:bench_generate_edit_cost",
+    "head_scan": "experiments.bench.scans:bench_head_scan",
+    "head_scan_all_positions": "experiments.bench.scans:bench_head_scan_all_positions",
+    "neuron_scan": "experiments.bench.scans:bench_neuron_scan",
+    "sublayer_scan": "experiments.bench.scans:bench_sublayer_scan",
+    "suffix_parts": "experiments.bench.suffix_parts:bench_suffix_parts",
+    "judge_offline": "experiments.bench.judge:bench_judge_offline",
+    "fluency_pass": "experiments.bench.judge:bench_fluency_pass",
 }
 # Benchmarks whose HF baseline runs on the CPU only (the hooked scans feed it host tensors).
 CPU_BASELINE_ONLY = ("head_scan", "head_scan_all_positions", "neuron_scan", "sublayer_scan")

@@ -4,7 +4,7 @@
 varied lengths when the model has no tokenizer), 64 new tokens each, emojax against HF PyTorch
 `generate` on the same weights, prompts and CPU. Both sides set `min_new_tokens` to the full length,
 so every row decodes every step and both do the same work. `products_s` is the same job's weight
-products run alone (experiments/bench_bound.py): the least time these kernels need at these shapes.
+products run alone (experiments/bench/bound.py): the least time these kernels need at these shapes.
 
 `generate_steered`: the same emojax generation with a circuit-style per-row intervention (neuron and
 head edits in every layer, different for each row, neurons on P_last and heads on P_all as in S7)
@@ -24,10 +24,10 @@ from emojax.data import load_dataset
 from emojax.generation.loop import generate_tokens
 from emojax.method.prompts import neutral_messages, tokenize_prompts
 from emojax.model.interventions import Intervention
-from experiments.bench_bound import generation_products_s
-from experiments.bench_common import (BenchContext, forward_flops, pct_of_peak, peak_rss_mb, time_call,
+from experiments.bench.bound import generation_products_s
+from experiments.bench.common import (BenchContext, forward_flops, pct_of_peak, peak_rss_mb, time_call,
                                       time_interleaved, torch_runtime)
-from experiments.peers import GENERATION_PEERS, load_peer
+from experiments.bench.peers import GENERATION_PEERS, load_peer
 
 BATCH, NEW_TOKENS = 32, 64
 
@@ -188,6 +188,6 @@ def bench_generate_steered(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
-# The names experiments/benchmark.py registers.
+# The names experiments/bench/benchmark.py registers.
 generate = bench_generate
 generate_steered = bench_generate_steered
