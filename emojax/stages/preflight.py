@@ -96,12 +96,16 @@ def check_prompt_lengths(model: Any, records: Sequence[SevRecord], source: str, 
                              f"position {limit:,}; shorten its scenario or event")
 
 
-def make_checked_judge(spec: str) -> Any:
-    """The judge of a --judge value, checked: an HTTP judge's key, URL and one authenticated request."""
+def make_checked_judge(spec: str, *, timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
+    """The judge of a --judge value, checked: an HTTP judge's key, URL and one authenticated request,
+    within the same per-request timeout and per-verdict deadline its verdicts get."""
     from emojax.judge import make_judge
 
+    for flag, value in (("judge_timeout_s", timeout_s), ("judge_deadline_s", deadline_s)):
+        if value is not None:
+            check_number(flag, value, above=0)
     try:
-        judge = make_judge(spec)
+        judge = make_judge(spec, timeout_s=timeout_s, deadline_s=deadline_s)
     except (ValueError, FileNotFoundError) as err:
         raise InputError(f"--judge={spec}: {err}") from None
     check_judge(judge, f"--judge={spec}")
