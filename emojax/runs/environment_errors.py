@@ -15,5 +15,5 @@ def environment_message(err: BaseException) -> str | None:
     """The one-line message for a full disk, an exceeded quota or a read-only filesystem, else None."""
     if not isinstance(err, OSError) or err.errno not in _ADVICE:
         return None
-    where = err.filename or "a file"
-    return f"cannot write {where}: {_ADVICE[err.errno]}"
+    what = f"cannot write {err.filename}" if err.filename else "a write failed"
+    return f"{what}: {_ADVICE[err.errno]}"
