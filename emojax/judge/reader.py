@@ -21,6 +21,8 @@ from emojax.model.taps import TapSpec
 
 RESID_ALL = TapSpec(points=("resid_post",), at="all")
 PAD_MULTIPLE = 16
+# Rows per forward; features are bit-identical for any batch composition at a fixed batch size.
+READER_BATCH_SIZE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +85,7 @@ def pool(resid: jax.Array, mask: jax.Array, layers: tuple[int, ...]) -> jax.Arra
     return mean.reshape(mean.shape[0], -1)
 
 
-def reader_features(model: Any, texts: Sequence[str], spec: ReaderSpec, *, batch_size: int = 32) -> np.ndarray:
+def reader_features(model: Any, texts: Sequence[str], spec: ReaderSpec, *, batch_size: int = READER_BATCH_SIZE) -> np.ndarray:
     """[N, len(layers) * D] float32 pooled states of `model` reading each text.
 
     Replies are grouped by width (their length rounded up) and read in batches of `batch_size` rows (the

@@ -22,7 +22,7 @@ import numpy as np
 from emojax.judge.artifact import ArtifactError, load_checked_npz
 from emojax.judge.base import JudgeResult, check_inputs
 from emojax.judge.offline import ARTIFACT_DIR, CLASSES, OfflineJudge, log_softmax, verdicts
-from emojax.judge.reader import ReaderSpec, reader_features
+from emojax.judge.reader import READER_BATCH_SIZE, ReaderSpec, reader_features
 from emojax.runs.atomic import NPZ_META_KEY
 
 DEFAULT_READER_ARTIFACT = ARTIFACT_DIR / "reader_judge.npz"
@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 class ReaderJudge:
     """`ReaderJudge()(texts, targets) -> JudgeResult`; the reader model is loaded on first use unless given."""
 
-    def __init__(self, path: str | Path = DEFAULT_READER_ARTIFACT, *, model: Any = None, batch_size: int = 32):
+    def __init__(self, path: str | Path = DEFAULT_READER_ARTIFACT, *, model: Any = None, batch_size: int = READER_BATCH_SIZE):
         self.path = Path(path)
         arrays, self.sha256 = load_checked_npz(self.path, require_manifest=self.path.parent == ARTIFACT_DIR)
         if NPZ_META_KEY not in arrays:

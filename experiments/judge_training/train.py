@@ -42,7 +42,7 @@ from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training.data import NONE, LabelledText, load_official, load_rated, sev_sentences
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # experiments/judge_training/ -> the repository
 MODEL_VERSION = "2.0"
 # Log-probabilities of these texts are stored with the artefact; tests recompute them, so any change
 # to the feature hashing or the inference code that would silently alter verdicts is caught.
