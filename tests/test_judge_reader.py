@@ -11,6 +11,7 @@ import pytest
 from emojax.data.sev import EMOTIONS
 from emojax.judge import make_judge
 from emojax.judge.artifact import MANIFEST, ArtifactError, write_manifest
+from emojax.judge.fit import lda_from_moments, weighted_moments
 from emojax.judge.offline import ARTIFACT_DIR, CLASSES, DEFAULT_ARTIFACT, OfflineJudge
 from emojax.judge.reader import ReaderSpec, reader_features
 from emojax.judge.reader_judge import DEFAULT_READER_ARTIFACT, FORMAT_VERSION, ReaderJudge
@@ -139,3 +140,21 @@ def test_shipped_judge_reproduces_the_trainer():
     judge = make_judge("reader")
     probe = json.loads(DEFAULT_READER_ARTIFACT.with_suffix(".json").read_text())["probe"]
     np.testing.assert_allclose(judge.log_probs(probe["texts"]), probe["log_probs"], atol=2e-4)
+
+
+def test_lda_head_separates_classes_and_sums_moments():
+    rng = np.random.default_rng(1)
+    centres = np.array([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    labels = np.repeat(np.arange(3), 40)
+    x = centres[labels] + rng.normal(size=(120, 4))
+    weight = np.ones(120)
+    w, b = lda_from_moments(*weighted_moments(x, labels, weight, 4), shrinkage=0.3)
+    assert w.shape == (4, 4) and b.shape == (4,)
+    assert np.mean((x @ w + b).argmax(1) == labels) > 0.95
+    assert b[3] < -1e8 and not w[:, 3].any()  # class 3 never seen: never predicted
+    # Moments of two halves add up to the moments of the whole (the cross-validation relies on it).
+    halves = [weighted_moments(x[part], labels[part], weight[part], 4) for part in (slice(0, 60), slice(60, 120))]
+    for whole, first, second in zip(weighted_moments(x, labels, weight, 4), *halves):
+        np.testing.assert_allclose(first + second, whole)
+    with pytest.raises(ValueError, match="shrinkage"):
+        lda_from_moments(*weighted_moments(x, labels, weight, 4), shrinkage=1.5)

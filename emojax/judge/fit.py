@@ -127,37 +127,35 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float, steps: 
     return theta[:d], float(theta[d])
 
 
-def fit_dense_softmax(features: np.ndarray, labels: Sequence[int] | np.ndarray, *, n_classes: int, l2: float,
-                      sample_weight: np.ndarray | None = None, max_steps: int = 500
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean cross-entropy + l2 * ||W||^2 on dense features (the reader head), by scipy's L-BFGS.
 
-    A few thousand dense columns fit in seconds in float64 on the host, deterministically. Returns W [d, C], b [C].
+def lda_from_moments(second_moment: np.ndarray, class_sums: np.ndarray, class_weights: np.ndarray, *,
+                     shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Linear discriminant analysis from weighted moments: W [d, C], b [C] with log-probs = log_softmax(x W + b).
+
+    second_moment = sum_i w_i x_i x_i^T [d, d]; class_sums[c] = sum_{i in c} w_i x_i [C, d]; class_weights[c] =
+    sum_{i in c} w_i. The pooled within-class covariance is shrunk towards its diagonal by `shrinkage` (0..1),
+    so thousands of correlated reader dimensions give a well-posed, closed-form, deterministic fit.
     """
-    import scipy.optimize
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"lda_from_moments: shrinkage must lie in [0, 1], got {shrinkage}")
+    present = class_weights > 0
+    total = float(class_weights.sum())
+    means = np.where(present[:, None], class_sums / np.maximum(class_weights, 1e-300)[:, None], 0.0)
+    between = (class_sums[present].T @ means[present])
+    covariance = (second_moment - between) / total
+    covariance = (1.0 - shrinkage) * covariance + shrinkage * np.diag(np.diag(covariance))
+    covariance += 1e-9 * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+    weights = np.linalg.solve(covariance, means.T)  # [d, C]
+    bias = -0.5 * np.einsum("dc,cd->c", weights, means) + np.log(np.maximum(class_weights / total, 1e-300))
+    bias[~present] = -1e9  # a class never seen in training is never predicted
+    weights[:, ~present] = 0.0
+    return weights, bias
 
+
+def weighted_moments(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, n_classes: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sum w x x^T, per-class sum w x, per-class sum w) of float64 features: what lda_from_moments takes."""
     x = np.asarray(features, np.float64)
-    labels = np.asarray(labels, np.int64)
-    if x.ndim != 2 or labels.shape != (x.shape[0],):
-        raise ValueError(f"fit_dense_softmax: features {x.shape} and labels {labels.shape} do not pair up")
-    if labels.min(initial=0) < 0 or labels.max(initial=0) >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}")
-    weight = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, float)
-    weight = weight / weight.sum()
-    onehot = np.eye(n_classes)[labels]
-    d = x.shape[1]
-
-    def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes:]
-        logits = x @ w + b
-        logits -= logits.max(axis=1, keepdims=True)
-        log_prob = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        value = -(weight * (onehot * log_prob).sum(axis=1)).sum() + l2 * np.sum(w * w)
-        residual = (np.exp(log_prob) - onehot) * weight[:, None]
-        grad = np.concatenate([(x.T @ residual + 2.0 * l2 * w).ravel(), residual.sum(axis=0)])
-        return float(value), grad
-
-    result = scipy.optimize.minimize(value_and_grad, np.zeros(d * n_classes + n_classes), jac=True,
-                                     method="L-BFGS-B", options={"maxiter": max_steps})
-    theta = result.x
-    return theta[: d * n_classes].reshape(d, n_classes), theta[d * n_classes:]
+    w = np.asarray(weight, np.float64)
+    onehot = np.eye(n_classes)[np.asarray(labels, np.int64)] * w[:, None]
+    return (x * w[:, None]).T @ x, onehot.T @ x, onehot.sum(axis=0)

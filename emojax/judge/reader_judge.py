@@ -1,9 +1,9 @@
 """The reader judge: a linear head on a fixed reader model's pooled states, optionally with the n-gram judge.
 
 A fixed reader (emojax.judge.reader; the embedded SmolLM2-135M-Instruct by default) reads each reply
-alone, whatever model wrote it; its mean-pooled `resid_post` states at a few layers are standardised
-and fed to a 7-way softmax regression (six emotions + "none", trained by
-`python -m experiments.judge_training.transfer --write`). Where the artefact names an n-gram artefact
+alone, whatever model wrote it; its mean-pooled `resid_post` states at a few layers, centred, feed a
+linear 7-way head (six emotions + "none"): linear discriminant analysis with the pooled covariance
+shrunk towards its diagonal, fitted in closed form by `python -m experiments.judge_training.transfer --ship=...`. Where the artefact names an n-gram artefact
 (emojax.judge.offline) with a weight w > 0, the class log-probabilities are the weighted mean
 (1 - w) log p_reader + w log p_ngram, renormalised. The match rule is the offline judge's.
 

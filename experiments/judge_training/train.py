@@ -80,12 +80,13 @@ flags.DEFINE_float("fluency_l2", 1e-3, "L2 penalty of the fluency rule's logisti
 
 
 def rated_weight(rows: Sequence[LabelledText]) -> float:
-    """--rated_weight, else official replies / rated replies among `rows`: both references weigh the same."""
+    """--rated_weight, else official replies / rated replies among `rows`: both references weigh the same
+    (1 where either is absent)."""
     if FLAGS.rated_weight is not None:
         return FLAGS.rated_weight
     rated = sum(r.source == "rated" for r in rows)
     official = sum(r.source in ("prompted", "unprompted") for r in rows)
-    return official / rated if rated else 1.0
+    return official / rated if rated and official else 1.0
 
 
 def sample_weights(rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
 from emojax.evaluation.stats import wilson_interval
 from emojax.judge.artifact import write_manifest
 from emojax.judge.features import FeatureSpec, featurize
-from emojax.judge.fit import fit_dense_softmax
+from emojax.judge.fit import lda_from_moments, weighted_moments
 from emojax.judge.fluency import measures, rule_features
 from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, OfflineJudge, log_softmax
 from emojax.judge.reader import READER_BATCH_SIZE, ReaderSpec
@@ -53,9 +53,8 @@ PROTOCOLS = {"no_llama": ({"rated", "neutral"}, {"prompted", "unprompted", "neut
              "all": ({"prompted", "unprompted", "rated", "neutral"}, {"prompted", "unprompted", "rated", "neutral"})}
 PROBE_TEXTS = train.PROBE_TEXTS
 
-flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "reader:2-5-8-11-14-17-20-23-26-29",
-                              "combined:8-17-26"], "Designs to cross-validate (layers joined by '-').")
-flags.DEFINE_float("reader_l2", 1e-3, "L2 penalty of the reader head (standardised features, weighted mean loss).")
+flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "combined:14", "combined:8-17-26"], "Designs to cross-validate (layers joined by '-').")
+flags.DEFINE_float("shrinkage", 0.3, "Shrinkage of the reader head's pooled covariance towards its diagonal.")
 flags.DEFINE_float("combined_ngram_weight", 0.5, "Weight of the n-gram log-probabilities in a combined design.")
 flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
 flags.DEFINE_string("figures_out", str(Path(__file__).resolve().parent / "transfer_figures.json"),
@@ -77,18 +76,26 @@ def layer_columns(layers: Sequence[int], d_model: int) -> np.ndarray:
     return np.concatenate([np.arange(d_model) + CANDIDATE_LAYERS.index(l) * d_model for l in layers])
 
 
-def fit_reader_head(x: np.ndarray, rows: Sequence[LabelledText]) -> dict[str, np.ndarray]:
+def group_moments(x: np.ndarray, rows: Sequence[LabelledText], folds: np.ndarray
+                  ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Moments of each (fold, source) group, rated replies at unit scale: a fit on a union of groups sums them."""
     labels, weight = train.sample_weights(rows)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    w, b = fit_dense_softmax((x - mean) / scale, labels, n_classes=len(CLASSES), l2=FLAGS.reader_l2,
-                             sample_weight=weight)
-    return {"head_weights": w.astype(np.float32), "head_bias": b.astype(np.float32),
-            "mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
+    source = np.array([r.source for r in rows])
+    weight = np.where(source == "rated", weight / train.rated_weight(rows), weight)
+    out = {}
+    for k in range(FLAGS.folds):
+        for s in sorted(PROTOCOLS["all"][0]):
+            members = np.flatnonzero((folds == k) & (source == s))
+            out[(k, s)] = weighted_moments(x[members], labels[members], weight[members], len(CLASSES))
+    return out
 
 
-def head_log_probs(head: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    return log_softmax(((x - head["mean"]) / head["scale"]) @ head["head_weights"] + head["head_bias"])
+def fit_from_groups(moments: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    groups: Sequence[tuple[int, str]], rated_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reader head (LDA) of the union of `groups`, rated replies weighted as train.sample_weights does."""
+    parts = [[m * (rated_scale if g[1] == "rated" else 1.0) for m in moments[g]] for g in groups]
+    second, sums, counts = (sum(p[i] for p in parts) for i in range(3))
+    return lda_from_moments(second, sums, counts, shrinkage=FLAGS.shrinkage)
 
 
 def combine(reader_logp: np.ndarray, ngram_logp: np.ndarray, weight: float) -> np.ndarray:
@@ -101,7 +108,9 @@ def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndar
     kind, layers = parse_design(design)
     if kind == "ngram":
         return ngram_logp
-    x = reader_x[:, layer_columns(layers, d_model)]
+    x = reader_x[:, layer_columns(layers, d_model)].astype(np.float64)
+    x -= x.mean(axis=0)  # numerics only: LDA is unchanged by a shift of every text
+    moments = group_moments(x, rows, folds)
     source = np.array([r.source for r in rows])
     out = {}
     for protocol, (train_sources, test_sources) in PROTOCOLS.items():
@@ -109,8 +118,9 @@ def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndar
         for k in range(FLAGS.folds):
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
             test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
-            head = fit_reader_head(x[fit_rows], [rows[i] for i in fit_rows])
-            logp[test] = head_log_probs(head, x[test])
+            groups = [(j, s) for j in range(FLAGS.folds) for s in sorted(train_sources) if j != k]
+            w, b = fit_from_groups(moments, groups, train.rated_weight([rows[i] for i in fit_rows]))
+            logp[test] = log_softmax(x[test] @ w + b)
             if kind == "combined":
                 logp[test] = combine(logp[test], ngram_logp[protocol][test], FLAGS.combined_ngram_weight)
         logging.info("%s / %s: held-out predictions done", design, protocol)
@@ -119,25 +129,28 @@ def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndar
 
 
 def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: str) -> dict[str, np.ndarray]:
-    """The n-gram design's held-out log-probs per protocol, cached (15 sparse fits take minutes)."""
-    key = hashlib.sha256(json.dumps([data_hash, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
-                                     FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
-                                     FLAGS.max_steps]).encode()).hexdigest()
-    path = resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            return {p: data[p] for p in PROTOCOLS}
-    features = featurize([r.text for r in rows], FeatureSpec(n_buckets=FLAGS.n_buckets))
+    """The n-gram design's held-out log-probs per protocol, each cached (5 sparse fits take minutes)."""
+    features = None
     source = np.array([r.source for r in rows])
     out = {}
     for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+        key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
+                                         FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
+                                         FLAGS.max_steps]).encode()).hexdigest()
+        path = resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                out[protocol] = data["log_probs"]
+            continue
+        if features is None:
+            features = featurize([r.text for r in rows], FeatureSpec(n_buckets=FLAGS.n_buckets))
         logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
         for k in range(FLAGS.folds):
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
             test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
             logp[test] = train.fit_predict(features, rows, fit_rows, test)
+        write_npz(path, {"log_probs": logp})
         out[protocol] = logp
-    write_npz(path, out)
     return out
 
 
@@ -189,14 +202,19 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
     kind, layers = parse_design(design)
     if kind == "ngram":
         raise ValueError("--ship: the n-gram design is the offline judge; train it with experiments.judge_training.train")
-    head = fit_reader_head(reader_x[:, layer_columns(layers, model.config.d_model)], rows)
+    x = reader_x[:, layer_columns(layers, model.config.d_model)].astype(np.float64)
+    centre = x.mean(axis=0)
+    labels, weight = train.sample_weights(rows)
+    w, b = lda_from_moments(*weighted_moments(x - centre, labels, weight, len(CLASSES)), shrinkage=FLAGS.shrinkage)
+    head = {"head_weights": w.astype(np.float32), "head_bias": b.astype(np.float32), "mean": centre.astype(np.float32),
+            "scale": np.ones(len(centre), np.float32)}
     ngram = OfflineJudge(DEFAULT_ARTIFACT)
     weight = FLAGS.combined_ngram_weight if kind == "combined" else 0.0
     meta = {"format": FORMAT_VERSION, "version": MODEL_VERSION, "classes": list(CLASSES), "design": design,
             "reader": ReaderSpec(model.name, layers, MAX_TOKENS).to_json(), "reader_hash": model.source_hash,
             "ngram": {"artifact": ngram.path.name, "sha256": ngram.sha256, "weight": weight},
             "training_command": " ".join(["python -m experiments.judge_training.transfer", *sys.argv[1:]]),
-            "hyperparameters": {"reader_l2": FLAGS.reader_l2, "offset": 0.0, "none_weight": FLAGS.none_weight,
+            "hyperparameters": {"head": "LDA", "shrinkage": FLAGS.shrinkage, "offset": 0.0, "none_weight": FLAGS.none_weight,
                                 "neutral_weight": FLAGS.neutral_weight,
                                 "rated_weight": round(train.rated_weight(rows), 4)},
             "data": {"files": hashes, "texts": len(rows)}, "held_out": figures}
