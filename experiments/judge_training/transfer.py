@@ -56,6 +56,8 @@ PROBE_TEXTS = train.PROBE_TEXTS
 flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "combined:14", "combined:8-17-26"], "Designs to cross-validate (layers joined by '-').")
 flags.DEFINE_float("shrinkage", 0.3, "Shrinkage of the reader head's pooled covariance towards its diagonal.")
 flags.DEFINE_float("combined_ngram_weight", 0.5, "Weight of the n-gram log-probabilities in a combined design.")
+flags.DEFINE_bool("fluency", True, "Cross-validate the fluency rule too (the rated replies' perplexities, cached) "
+                  "for fluent_match figures.")
 flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
 flags.DEFINE_string("figures_out", str(Path(__file__).resolve().parent / "transfer_figures.json"),
                     "Where the cross-validated figures go.")
@@ -250,8 +252,10 @@ def main(argv: Sequence[str]) -> None:
                                batch_size=READER_BATCH_SIZE)
     ngram_logp = ngram_held_out(rows, folds, data_hash)
     is_rated = np.array([r.source == "rated" for r in rows])
-    fluent = np.zeros(len(rows), np.int64)
-    fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
+    fluent = None
+    if FLAGS.fluency:
+        fluent = np.zeros(len(rows), np.int64)
+        fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
     figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
                                "designs": {}}
     for design in FLAGS.designs:
