@@ -134,7 +134,6 @@ def test_shipped_artefacts_match_the_manifest():
     assert {"no_llama", "no_smollm2", "all"} <= set(sidecar["held_out"])
 
 
-@pytest.mark.slow
 def test_shipped_judge_reproduces_the_trainer():
     """The real reader and the shipped head give the log-probabilities the trainer recorded."""
     judge = make_judge("reader")
