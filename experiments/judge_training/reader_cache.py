@@ -47,8 +47,7 @@ def cached_features(model: Any, texts: Sequence[str], spec: ReaderSpec, *, batch
     keys = [text_key(t) for t in texts]
     # Sorted by length, so a chunk's replies mostly share one row width (fewer padded batches).
     missing = sorted({k: t for k, t in zip(keys, texts) if k not in stored}.items(), key=lambda kt: (len(kt[1]), kt[0]))
-    logging.info("reader features: %d texts, %d cached, %d to compute", len(texts), len(texts) - len(missing),
-                 len(missing))
+    logging.info("reader features: %d texts (%d distinct), %d to compute", len(texts), len(set(keys)), len(missing))
     for start in range(0, len(missing), CHUNK):
         part = missing[start:start + CHUNK]
         feats = reader_features(model, [t for _, t in part], spec, batch_size=batch_size)
