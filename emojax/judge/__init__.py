@@ -1,6 +1,7 @@
 """Emotion judges: does the style of a text match its target emotion (method.md §4.3)?
 
     judge = make_judge("offline")            # default: shipped classifier, no network
+    judge = make_judge("reader")             # a fixed reader model's pooled states + the n-gram classifier
     judge = make_judge("http:gpt-4o-mini")   # the paper's judge; key from $OPENAI_API_KEY
     judge = make_judge("llm:smollm2-135m-instruct")  # any local instruct model through emojax
     result = judge(texts, targets)           # JudgeResult: match, reasons, errors, scores
@@ -12,20 +13,26 @@ from emojax.judge.base import Judge, JudgeResult
 
 __all__ = ["Judge", "JudgeResult", "make_judge"]
 
-SPEC_HELP = ('"offline", "offline:<artefact.npz>", "http:<model>" or "llm:<model name or path>"')
+SPEC_HELP = ('"offline", "offline:<artefact.npz>", "reader", "reader:<artefact.npz>", "http:<model>" or '
+             '"llm:<model name or path>"')
 
 
 def make_judge(spec: str = "offline", *, timeout_s: float | None = None, deadline_s: float | None = None) -> Judge:
-    """Build a judge from a flag value: "offline" (the default), "offline:<artefact.npz>",
-    "http:<model>" (OpenAI-compatible endpoint) or "llm:<model name or path>". `timeout_s` (per
-    request) and `deadline_s` (per verdict) apply to an HTTP judge; None keeps its defaults."""
+    """Build a judge from a flag value: "offline" (the default), "offline:<artefact.npz>", "reader",
+    "reader:<artefact.npz>", "http:<model>" (OpenAI-compatible endpoint) or "llm:<model name or path>".
+    `timeout_s` (per request) and `deadline_s` (per verdict) apply to an HTTP judge; None keeps its
+    defaults."""
     kind, _, argument = spec.partition(":")
-    if kind not in ("offline", "http", "llm"):
+    if kind not in ("offline", "reader", "http", "llm"):
         raise ValueError(f"unknown judge spec {spec!r}; expected {SPEC_HELP}")
     if kind == "offline":
         from emojax.judge.offline import DEFAULT_ARTIFACT, OfflineJudge
 
         return OfflineJudge(argument or DEFAULT_ARTIFACT)
+    if kind == "reader":
+        from emojax.judge.reader_judge import DEFAULT_READER_ARTIFACT, ReaderJudge
+
+        return ReaderJudge(argument or DEFAULT_READER_ARTIFACT)
     if not argument:
         raise ValueError(f"judge spec {spec!r} names no model; expected {SPEC_HELP}")
     if kind == "http":

@@ -125,3 +125,37 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float, steps: 
         if float(np.abs(step).max()) < tol:
             break
     return theta[:d], float(theta[d])
+
+
+
+def lda_from_moments(second_moment: np.ndarray, class_sums: np.ndarray, class_weights: np.ndarray, *,
+                     shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Linear discriminant analysis from weighted moments: W [d, C], b [C] with log-probs = log_softmax(x W + b).
+
+    second_moment = sum_i w_i x_i x_i^T [d, d]; class_sums[c] = sum_{i in c} w_i x_i [C, d]; class_weights[c] =
+    sum_{i in c} w_i. The pooled within-class covariance is shrunk towards its diagonal by `shrinkage` (0..1),
+    so thousands of correlated reader dimensions give a well-posed, closed-form, deterministic fit.
+    """
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"lda_from_moments: shrinkage must lie in [0, 1], got {shrinkage}")
+    present = class_weights > 0
+    total = float(class_weights.sum())
+    means = np.where(present[:, None], class_sums / np.maximum(class_weights, 1e-300)[:, None], 0.0)
+    between = (class_sums[present].T @ means[present])
+    covariance = (second_moment - between) / total
+    covariance = (1.0 - shrinkage) * covariance + shrinkage * np.diag(np.diag(covariance))
+    covariance += 1e-9 * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+    weights = np.linalg.solve(covariance, means.T)  # [d, C]
+    bias = -0.5 * np.einsum("dc,cd->c", weights, means) + np.log(np.maximum(class_weights / total, 1e-300))
+    bias[~present] = -1e9  # a class never seen in training is never predicted
+    weights[:, ~present] = 0.0
+    return weights, bias
+
+
+def weighted_moments(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, n_classes: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sum w x x^T, per-class sum w x, per-class sum w) of float64 features: what lda_from_moments takes."""
+    x = np.asarray(features, np.float64)
+    w = np.asarray(weight, np.float64)
+    onehot = np.eye(n_classes)[np.asarray(labels, np.int64)] * w[:, None]
+    return (x * w[:, None]).T @ x, onehot.T @ x, onehot.sum(axis=0)

@@ -16,7 +16,6 @@ allow_pickle=False; a JSON copy of the metadata sits next to it for people to re
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from emojax.data.sev import EMOTIONS
+from emojax.judge.artifact import load_checked_npz
 from emojax.judge.base import JudgeResult, check_inputs
 from emojax.judge.features import FeatureSpec, SparseRows, featurize
 from emojax.runs.atomic import NPZ_META_KEY
@@ -43,10 +43,8 @@ class OfflineJudge:
         if not self.path.is_file():
             raise FileNotFoundError(f"offline judge artefact {self.path} is missing; train one with "
                                     "`python -m experiments.judge_training.train`")
-        raw = self.path.read_bytes()
-        self.sha256 = hashlib.sha256(raw).hexdigest()
-        with np.load(self.path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        # The shipped artefacts must match their manifest; another file is checked where one lists it.
+        arrays, self.sha256 = load_checked_npz(self.path, require_manifest=self.path.parent == ARTIFACT_DIR)
         self.meta = _read_meta(arrays, self.path)
         self.spec = FeatureSpec.from_json(self.meta["features"])
         self.weights = arrays["weights"].astype(np.float32)
@@ -75,17 +73,20 @@ class OfflineJudge:
 
     def __call__(self, texts: Sequence[str], targets: Sequence[str]) -> JudgeResult:
         check_inputs(texts, targets)
-        logp = self.log_probs(texts)
-        target_idx = np.array([EMOTIONS.index(t) for t in targets], np.int64)
-        match = match_rule(logp, target_idx, self.target_offset)
-        empty = np.array([not t.strip() for t in texts], bool)
-        match[empty] = 0
-        names = np.array(CLASSES)[logp.argmax(axis=1)] if len(texts) else np.array([], str)
-        reasons = [f"p({t})={np.exp(lp[i]):.2f}, top={top}"
-                   for lp, i, t, top in zip(logp, target_idx, targets, names)]
-        errors = ["empty text" if e else None for e in empty]
-        return JudgeResult(match=match, reasons=reasons, errors=errors,
-                           scores=np.exp(logp[:, : len(EMOTIONS)]).astype(np.float32))
+        return verdicts(self.log_probs(texts), texts, targets, self.target_offset)
+
+
+def verdicts(logp: np.ndarray, texts: Sequence[str], targets: Sequence[str], target_offset: np.ndarray) -> JudgeResult:
+    """The JudgeResult of log-probabilities [n, 7] over CLASSES: the match rule, empty texts failed."""
+    target_idx = np.array([EMOTIONS.index(t) for t in targets], np.int64)
+    match = match_rule(logp, target_idx, target_offset)
+    empty = np.array([not t.strip() for t in texts], bool)
+    match[empty] = 0
+    names = np.array(CLASSES)[logp.argmax(axis=1)] if len(texts) else np.array([], str)
+    reasons = [f"p({t})={np.exp(lp[i]):.2f}, top={top}" for lp, i, t, top in zip(logp, target_idx, targets, names)]
+    errors = ["empty text" if e else None for e in empty]
+    return JudgeResult(match=match, reasons=reasons, errors=errors,
+                       scores=np.exp(logp[:, : len(EMOTIONS)]).astype(np.float32))
 
 
 def match_rule(logp: np.ndarray, target_idx: np.ndarray, target_offset: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags, logging
 
+from emojax.judge.artifact import write_manifest
 from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
 from emojax.judge.features import FeatureSpec, SparseRows, featurize
 from emojax.judge.fit import fit_logistic, fit_softmax_regression
@@ -41,7 +42,7 @@ from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training.data import NONE, LabelledText, load_official, load_rated, sev_sentences
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # experiments/judge_training/ -> the repository
 MODEL_VERSION = "2.0"
 # Log-probabilities of these texts are stored with the artefact; tests recompute them, so any change
 # to the feature hashing or the inference code that would silently alter verdicts is caught.
@@ -79,19 +80,26 @@ flags.DEFINE_float("fluency_l2", 1e-3, "L2 penalty of the fluency rule's logisti
 
 
 def rated_weight(rows: Sequence[LabelledText]) -> float:
-    """--rated_weight, else official replies / rated replies among `rows`: both references weigh the same."""
+    """--rated_weight, else official replies / rated replies among `rows`: both references weigh the same
+    (1 where either is absent)."""
     if FLAGS.rated_weight is not None:
         return FLAGS.rated_weight
     rated = sum(r.source == "rated" for r in rows)
     official = sum(r.source in ("prompted", "unprompted") for r in rows)
-    return official / rated if rated else 1.0
+    return official / rated if rated and official else 1.0
 
 
-def fit(features: SparseRows, rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
+def sample_weights(rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
+    """(class index, sample weight) of each text: what every judge head is fitted to."""
     labels = np.array([CLASSES.index(r.label) for r in rows])
     weight = np.where(labels == CLASSES.index(NONE), FLAGS.none_weight, 1.0)
     weight[[r.source == "neutral" for r in rows]] = FLAGS.neutral_weight
     weight[[r.source == "rated" for r in rows]] *= rated_weight(rows)
+    return labels, weight
+
+
+def fit(features: SparseRows, rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
+    labels, weight = sample_weights(rows)
     w, b = fit_softmax_regression(features, labels, n_classes=len(CLASSES), n_buckets=FLAGS.n_buckets,
                                   l2=FLAGS.l2, sample_weight=weight, max_steps=FLAGS.max_steps)
     return w.astype(np.float16), b  # shipped as float16, so every figure uses the rounded weights
@@ -272,6 +280,7 @@ def main(argv: Sequence[str]) -> None:
     artifact = out / DEFAULT_ARTIFACT.name
     write_npz(artifact, {"weights": weights, "bias": bias.astype(np.float32),
                          "target_offset": np.full(len(EMOTIONS), offset, np.float32)}, meta)
+    write_manifest(out, [artifact])
     judge = OfflineJudge(artifact)
     meta["unseen_neutral_sentences"] = unseen_neutral_false_matches(judge)
     meta["artifact_sha256"] = judge.sha256

@@ -1,0 +1,272 @@
+"""Cross-model validation of match-judge designs, and the reader judge's artefact.
+
+    python -m experiments.judge_training.transfer [--designs=ngram,reader:8-17-26,...] [--ship=combined:8-17-26]
+
+Designs: `ngram` (today's offline judge, refitted), `reader:<layers>` (layers joined by '-'; a linear head on the reader's
+mean-pooled resid_post at those layers) and `combined:<layers>` (the mean of both heads' log-probabilities,
+weight --combined_ngram_weight). Every design is fitted with the trainer's labels and sample weights
+(experiments.judge_training.train) and the match offset fixed at 0: nothing is tuned on held-out text.
+
+Protocols, each over the same 5 scenario folds (all texts of a scenario in one fold), fold k predicted by
+a fit on the other folds restricted to the training sources:
+  no_llama    trained on the SmolLM2 rated replies + SEV sentences, tested on the Llama replies
+  no_smollm2  trained on the Llama replies + SEV sentences, tested on the SmolLM2 rated replies
+  all         trained on every source, tested on every source
+SEV sentences are held out by fold in every protocol (false matches). The figures go to --figures_out;
+with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from absl import flags, logging
+
+from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
+from emojax.evaluation.stats import wilson_interval
+from emojax.judge.artifact import write_manifest
+from emojax.judge.features import FeatureSpec, featurize
+from emojax.judge.fit import lda_from_moments, weighted_moments
+from emojax.judge.fluency import measures, rule_features
+from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, OfflineJudge, log_softmax
+from emojax.judge.reader import READER_BATCH_SIZE, ReaderSpec
+from emojax.judge.reader_judge import DEFAULT_READER_ARTIFACT, FORMAT_VERSION, ReaderJudge
+from emojax.launch.launcher import run_launcher
+from emojax.runs.atomic import write_json, write_npz
+from emojax.weights.cache import resolve_cache_dir
+from experiments.judge_training import cross_validation as judge_cv
+from experiments.judge_training import train
+from experiments.judge_training.data import LabelledText, load_official, load_rated, sev_sentences
+from experiments.judge_training.reader_cache import cached_features
+
+FLAGS = flags.FLAGS
+MODEL_VERSION = "1.0"
+# The layers whose pooled states are cached (every third of the reader's 30); designs pick among them.
+CANDIDATE_LAYERS = tuple(range(2, 30, 3))
+MAX_TOKENS = 64
+PROTOCOLS = {"no_llama": ({"rated", "neutral"}, {"prompted", "unprompted", "neutral"}),
+             "no_smollm2": ({"prompted", "unprompted", "neutral"}, {"rated", "neutral"}),
+             "all": ({"prompted", "unprompted", "rated", "neutral"}, {"prompted", "unprompted", "rated", "neutral"})}
+PROBE_TEXTS = train.PROBE_TEXTS
+
+flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "combined:14", "combined:8-17-26"], "Designs to cross-validate (layers joined by '-').")
+flags.DEFINE_float("shrinkage", 0.3, "Shrinkage of the reader head's pooled covariance towards its diagonal.")
+flags.DEFINE_float("combined_ngram_weight", 0.5, "Weight of the n-gram log-probabilities in a combined design.")
+flags.DEFINE_bool("fluency", True, "Cross-validate the fluency rule too (the rated replies' perplexities, cached) "
+                  "for fluent_match figures.")
+flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
+flags.DEFINE_string("figures_out", str(Path(__file__).resolve().parent / "transfer_figures.json"),
+                    "Where the cross-validated figures go.")
+
+
+def parse_design(design: str) -> tuple[str, tuple[int, ...]]:
+    kind, _, layers = design.partition(":")
+    if kind == "ngram" and not layers:
+        return kind, ()
+    chosen = tuple(int(x) for x in layers.split("-") if x)
+    if kind not in ("reader", "combined") or not chosen or not set(chosen) <= set(CANDIDATE_LAYERS):
+        raise ValueError(f"--designs: {design!r}; expected ngram, reader:<layers> or combined:<layers> with "
+                         f"layers among {CANDIDATE_LAYERS}")
+    return kind, chosen
+
+
+def layer_columns(layers: Sequence[int], d_model: int) -> np.ndarray:
+    return np.concatenate([np.arange(d_model) + CANDIDATE_LAYERS.index(l) * d_model for l in layers])
+
+
+def group_moments(x: np.ndarray, rows: Sequence[LabelledText], folds: np.ndarray
+                  ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Moments of each (fold, source) group, rated replies at unit scale: a fit on a union of groups sums them."""
+    labels, weight = train.sample_weights(rows)
+    source = np.array([r.source for r in rows])
+    weight = np.where(source == "rated", weight / train.rated_weight(rows), weight)
+    out = {}
+    for k in range(FLAGS.folds):
+        for s in sorted(PROTOCOLS["all"][0]):
+            members = np.flatnonzero((folds == k) & (source == s))
+            out[(k, s)] = weighted_moments(x[members], labels[members], weight[members], len(CLASSES))
+    return out
+
+
+def fit_from_groups(moments: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    groups: Sequence[tuple[int, str]], rated_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reader head (LDA) of the union of `groups`, rated replies weighted as train.sample_weights does."""
+    parts = [[m * (rated_scale if g[1] == "rated" else 1.0) for m in moments[g]] for g in groups]
+    second, sums, counts = (sum(p[i] for p in parts) for i in range(3))
+    return lda_from_moments(second, sums, counts, shrinkage=FLAGS.shrinkage)
+
+
+def combine(reader_logp: np.ndarray, ngram_logp: np.ndarray, weight: float) -> np.ndarray:
+    return log_softmax((1 - weight) * reader_logp + weight * ngram_logp)
+
+
+def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndarray, reader_x: np.ndarray,
+                       ngram_logp: dict[str, np.ndarray], d_model: int) -> dict[str, np.ndarray]:
+    """{protocol: [n, 7] log-probs of the rows that protocol tests (NaN elsewhere)}."""
+    kind, layers = parse_design(design)
+    if kind == "ngram":
+        return ngram_logp
+    x = reader_x[:, layer_columns(layers, d_model)].astype(np.float64)
+    x -= x.mean(axis=0)  # numerics only: LDA is unchanged by a shift of every text
+    moments = group_moments(x, rows, folds)
+    source = np.array([r.source for r in rows])
+    out = {}
+    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+        logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
+        for k in range(FLAGS.folds):
+            fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
+            test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
+            groups = [(j, s) for j in range(FLAGS.folds) for s in sorted(train_sources) if j != k]
+            w, b = fit_from_groups(moments, groups, train.rated_weight([rows[i] for i in fit_rows]))
+            logp[test] = log_softmax(x[test] @ w + b)
+            if kind == "combined":
+                logp[test] = combine(logp[test], ngram_logp[protocol][test], FLAGS.combined_ngram_weight)
+        logging.info("%s / %s: held-out predictions done", design, protocol)
+        out[protocol] = logp
+    return out
+
+
+def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: str) -> dict[str, np.ndarray]:
+    """The n-gram design's held-out log-probs per protocol, each cached (5 sparse fits take minutes)."""
+    features = None
+    source = np.array([r.source for r in rows])
+    out = {}
+    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+        key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
+                                         FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
+                                         FLAGS.max_steps]).encode()).hexdigest()
+        path = resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                out[protocol] = data["log_probs"]
+            continue
+        if features is None:
+            features = featurize([r.text for r in rows], FeatureSpec(n_buckets=FLAGS.n_buckets))
+        logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
+        for k in range(FLAGS.folds):
+            fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
+            test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
+            logp[test] = train.fit_predict(features, rows, fit_rows, test)
+        write_npz(path, {"log_probs": logp})
+        out[protocol] = logp
+    return out
+
+
+def rate_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Agreement, kappa, counts, and calibration: the judged rate against the reference rate and its interval."""
+    figures = judge_cv.binary_figures(truth, pred)
+    n = len(truth)
+    if n:
+        low, high = wilson_interval(int(truth.sum()), n)
+        figures.update(judged_rate=round(float(pred.mean()), 4), reference_rate=round(float(truth.mean()), 4),
+                       reference_interval=[round(low, 4), round(high, 4)])
+    return figures
+
+
+def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None) -> dict[str, Any]:
+    tested = ~np.isnan(logp[:, 0])
+    source = np.array([r.source for r in rows])
+    condition = np.array([r.condition for r in rows])
+    truth = np.array([r.match for r in rows])
+    match = np.zeros(len(rows), np.int64)
+    match[tested] = judge_cv.matches(logp[tested], [r for r, t in zip(rows, tested) if t], 0.0)
+    out: dict[str, Any] = {}
+    subsets = {"llama_prompted": source == "prompted", "llama_steered": source == "unprompted",
+               "smollm2_all": source == "rated",
+               **{f"smollm2_{c}": (source == "rated") & (condition == c) for c in ("prompting", "steering", "circuit")}}
+    for name, mask in subsets.items():
+        mask = mask & tested
+        if mask.any():
+            out[name] = {"match": rate_figures(truth[mask], match[mask])}
+            if name.startswith("smollm2") and fluent is not None:
+                truth_fluent = np.array([r.fluent for r in rows])
+                out[name]["fluent_match"] = rate_figures((truth & truth_fluent)[mask], (match & fluent)[mask])
+    neutral = (source == "neutral") & tested
+    rates = train.false_match_rates(logp[neutral], np.zeros(neutral.sum(), np.float32))
+    out["neutral_false_match"] = {"n": int(neutral.sum()), "per_target": rates, "max": max(rates.values()),
+                                  "mean": round(float(np.mean(list(rates.values()))), 4)}
+    return out
+
+
+def held_out_fluent(rated: Sequence[LabelledText], rated_folds: np.ndarray, labels_sha: str) -> np.ndarray:
+    """The fluency rule's verdict on each rated reply, cross-validated on the same scenario folds."""
+    ppl, _ = train.rated_perplexities(rated, labels_sha)
+    x = rule_features(measures(ppl, [r.text for r in rated]))
+    return train.cross_validated_fluent(x, np.array([r.fluent for r in rated]), rated_folds)
+
+
+def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model: Any, figures: dict[str, Any],
+         hashes: dict[str, str]) -> None:
+    kind, layers = parse_design(design)
+    if kind == "ngram":
+        raise ValueError("--ship: the n-gram design is the offline judge; train it with experiments.judge_training.train")
+    x = reader_x[:, layer_columns(layers, model.config.d_model)].astype(np.float64)
+    centre = x.mean(axis=0)
+    labels, weight = train.sample_weights(rows)
+    w, b = lda_from_moments(*weighted_moments(x - centre, labels, weight, len(CLASSES)), shrinkage=FLAGS.shrinkage)
+    head = {"head_weights": w.astype(np.float32), "head_bias": b.astype(np.float32), "mean": centre.astype(np.float32),
+            "scale": np.ones(len(centre), np.float32)}
+    ngram = OfflineJudge(DEFAULT_ARTIFACT)
+    weight = FLAGS.combined_ngram_weight if kind == "combined" else 0.0
+    meta = {"format": FORMAT_VERSION, "version": MODEL_VERSION, "classes": list(CLASSES), "design": design,
+            "reader": ReaderSpec(model.name, layers, MAX_TOKENS).to_json(), "reader_hash": model.source_hash,
+            "ngram": {"artifact": ngram.path.name, "sha256": ngram.sha256, "weight": weight},
+            "training_command": " ".join(["python -m experiments.judge_training.transfer", *sys.argv[1:]]),
+            "hyperparameters": {"head": "LDA", "shrinkage": FLAGS.shrinkage, "offset": 0.0, "none_weight": FLAGS.none_weight,
+                                "neutral_weight": FLAGS.neutral_weight,
+                                "rated_weight": round(train.rated_weight(rows), 4)},
+            "data": {"files": hashes, "texts": len(rows)}, "held_out": figures}
+    path = Path(FLAGS.out) / DEFAULT_READER_ARTIFACT.name
+    write_npz(path, {**head, "target_offset": np.zeros(len(EMOTIONS), np.float32)}, meta)
+    write_manifest(path.parent, [path])
+    judge = ReaderJudge(path, model=model)
+    bundled = [t for s in BUNDLED_SPLITS for t, _ in sev_sentences(BUNDLED_DIR / f"{s}.jsonl")]
+    spec = ReaderSpec(model.name, CANDIDATE_LAYERS, MAX_TOKENS)
+    wide = cached_features(model, bundled, spec, batch_size=READER_BATCH_SIZE)
+    logp = judge.log_probs_from(wide[:, layer_columns(layers, model.config.d_model)], bundled)
+    meta["unseen_neutral_sentences"] = {
+        "texts": f"{len(bundled)} scenario and event sentences of emojax's bundled SEV splits",
+        "false_match_rate": train.false_match_rates(logp, np.zeros(len(bundled), np.float32))}
+    meta["artifact_sha256"] = judge.sha256
+    meta["probe"] = {"texts": list(PROBE_TEXTS), "log_probs": np.round(judge.log_probs(PROBE_TEXTS), 5).tolist()}
+    write_json(path.with_suffix(".json"), meta)
+    logging.info("wrote %s and its sidecar", path)
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    from emojax.loading import load_model
+
+    official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
+    rated, rated_hashes = load_rated(Path(FLAGS.labels_dir))
+    rows = official + rated
+    all_hashes = {**hashes, **rated_hashes}
+    data_hash = hashlib.sha256(json.dumps(all_hashes, sort_keys=True).encode()).hexdigest()
+    folds = judge_cv.scenario_folds([r.scenario for r in rows], FLAGS.folds, FLAGS.seed)
+    model = load_model(FLAGS.model)
+    reader_x = cached_features(model, [r.text for r in rows], ReaderSpec(model.name, CANDIDATE_LAYERS, MAX_TOKENS),
+                               batch_size=READER_BATCH_SIZE)
+    ngram_logp = ngram_held_out(rows, folds, data_hash)
+    is_rated = np.array([r.source == "rated" for r in rows])
+    fluent = None
+    if FLAGS.fluency:
+        fluent = np.zeros(len(rows), np.int64)
+        fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
+    figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
+                               "designs": {}}
+    for design in FLAGS.designs:
+        logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, model.config.d_model)
+        figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in PROTOCOLS}
+    write_json(Path(FLAGS.figures_out), figures)
+    logging.info("figures: %s", Path(FLAGS.figures_out))
+    if FLAGS.ship:
+        ship(FLAGS.ship, rows, reader_x, model, figures["designs"][FLAGS.ship],
+             all_hashes)
+
+
+if __name__ == "__main__":
+    run_launcher(main)
