@@ -111,7 +111,7 @@ def test_rule_round_trip_and_refusals(tmp_path) -> None:
         FluencyRule.load(path)
     with pytest.raises(ValueError, match="4 values"):
         FluencyRule((1.0,), (1.0,), (1.0,), 0.0)
-    with pytest.raises(FileNotFoundError, match="train_judge"):
+    with pytest.raises(FileNotFoundError, match="judge_training.train"):
         FluencyRule.load(tmp_path / "missing.json")
 
 

@@ -164,7 +164,7 @@ def test_a_malformed_artefact_is_refused(tmp_path):
     write_npz(bad, {"weights": np.zeros((4, 7), np.float16)})
     with pytest.raises(ValueError, match="__meta__"):
         OfflineJudge(bad)
-    with pytest.raises(FileNotFoundError, match="train_judge"):
+    with pytest.raises(FileNotFoundError, match="judge_training.train"):
         OfflineJudge(tmp_path / "missing.npz")
 
 
