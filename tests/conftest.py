@@ -49,7 +49,24 @@ TINY_HF_CONFIGS: dict[str, dict[str, Any]] = {
                     "tie_word_embeddings": True, "rope_theta": 500000.0,
                     "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+    # The newer families, each with the options its block adds (emojax/model/block.py). Windows of 4 so
+    # that short prompts cross them; 6 layers so that Gemma's sliding and full layers both occur.
+    "qwen3_qk_norm": {**_TINY_BASE, "model_type": "qwen3", "num_key_value_heads": 2, "head_dim": 24,
+                      "tie_word_embeddings": False, "rope_theta": 1000000.0},
+    "mistral_window": {**_TINY_BASE, "model_type": "mistral", "num_key_value_heads": 2, "sliding_window": 4,
+                       "tie_word_embeddings": False, "rope_theta": 10000.0},
+    # Small soft-caps, so that tanh bends the scores and logits of a random model.
+    "gemma2_softcap": {**_TINY_BASE, "model_type": "gemma2", "num_hidden_layers": 6, "num_key_value_heads": 2,
+                       "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 24,
+                       "sliding_window": 4, "attn_logit_softcapping": 10.0, "final_logit_softcapping": 5.0,
+                       "tie_word_embeddings": True, "rope_theta": 10000.0},
+    "gemma3_local_global": {**_TINY_BASE, "model_type": "gemma3_text", "num_hidden_layers": 6,
+                            "num_key_value_heads": 1, "head_dim": 32, "hidden_activation": "gelu_pytorch_tanh",
+                            "query_pre_attn_scalar": 24, "sliding_window": 4, "tie_word_embeddings": True,
+                            "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0},
 }
+# Configs with post-sublayer norms (Gemma), whose exact shortcuts pass through those norms.
+POST_NORM_CONFIGS = ("gemma2_softcap", "gemma3_local_global")
 
 
 def pytest_report_header() -> str:
@@ -77,11 +94,12 @@ def _hf_model_from_dict(raw: dict[str, Any], seed: int):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager", dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
+    centre = 0.0 if raw["model_type"].startswith("gemma") else 1.0  # Gemma norms are used as (1 + w)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
             if "norm" in name:
-                p.copy_(1.0 + 0.2 * noise)
+                p.copy_(centre + 0.2 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.3 * noise)
             elif "embed_tokens" in name:
@@ -91,28 +109,27 @@ def _hf_model_from_dict(raw: dict[str, Any], seed: int):
     return model.eval()
 
 
+class _StateDict:
+    """A torch state dict as the TensorSource of emojax.weights.families.convert."""
+
+    def __init__(self, model: Any):
+        self._tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+
+    def names(self) -> set[str]:
+        return set(self._tensors)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._tensors[name]
+
+    def location(self, name: str) -> str:
+        return "state dict"
+
+
 def params_from_torch(model: Any, config: ModelConfig) -> dict[str, Any]:
-    """The emojax parameter pytree of an HF Llama/Qwen2 causal LM (Linear weights made input-major)."""
-    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    per_layer = {
-        "attn_norm": ("input_layernorm.weight", False), "mlp_norm": ("post_attention_layernorm.weight", False),
-        "wq": ("self_attn.q_proj.weight", True), "wk": ("self_attn.k_proj.weight", True),
-        "wv": ("self_attn.v_proj.weight", True), "wo": ("self_attn.o_proj.weight", True),
-        "w_gate": ("mlp.gate_proj.weight", True), "w_up": ("mlp.up_proj.weight", True),
-        "w_down": ("mlp.down_proj.weight", True),
-    }
-    if config.qkv_bias:
-        per_layer.update(bq=("self_attn.q_proj.bias", False), bk=("self_attn.k_proj.bias", False),
-                         bv=("self_attn.v_proj.bias", False))
-    layers = {
-        ours: np.stack([sd[f"model.layers.{i}.{theirs}"].T if transpose else sd[f"model.layers.{i}.{theirs}"]
-                        for i in range(config.n_layers)])
-        for ours, (theirs, transpose) in per_layer.items()
-    }
-    params = {"embed": sd["model.embed_tokens.weight"], "final_norm": sd["model.norm.weight"], "layers": layers}
-    if not config.tie_embeddings:
-        params["lm_head"] = sd["lm_head.weight"].T
-    return params
+    """The emojax parameter pytree of an HF causal LM, by the family's weight-name rules."""
+    from emojax.weights.families import convert
+
+    return convert(config, _StateDict(model), what="torch model")
 
 
 def hf_logits(model: Any, tokens: np.ndarray) -> np.ndarray:

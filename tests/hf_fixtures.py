@@ -1,6 +1,7 @@
-"""Tiny random HF checkpoints on disk (llama and qwen2), written by transformers itself.
+"""Tiny random HF checkpoints on disk (every family emojax runs), written by transformers itself.
 
     path = make_tiny_checkpoint(tmp_path, family="qwen2", n_kv_heads=2, tie=True)
+    path = make_tiny_checkpoint(tmp_path, family="gemma3", n_kv_heads=1, tie=True)   # 6 layers, window 4
     torch_model = load_hf_model(path)          # float32, eval mode, eager attention
     gguf_file = write_gguf(path, tmp_path / "tiny.gguf")   # the same model as llama.cpp would store it
 
@@ -21,8 +22,8 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast,
-                          Qwen2Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GenerationConfig, LlamaConfig,
+                          MistralConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen3Config)
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 ENDOFTEXT_ID, IM_START_ID, IM_END_ID = 0, 1, 2
@@ -35,6 +36,11 @@ LLAMA3_ROPE_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 
 
 TINY_DIMS = dict(vocab_size=288, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=96, max_position_embeddings=256, rms_norm_eps=1e-5)
+# The newer families: 6 layers, so that Gemma's local and global layers both occur (Gemma 3: five
+# sliding, then one full), and a window of 4, which short prompts already cross.
+WINDOW = 4
+FAMILY_LAYERS = {"qwen3": 6, "mistral": 6, "gemma2": 6, "gemma3": 6}
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3")
 
 
 def _hf_config(family: str, n_kv_heads: int, tie: bool, rope_scaling: dict | None) -> Any:
@@ -49,16 +55,36 @@ def _hf_config(family: str, n_kv_heads: int, tie: bool, rope_scaling: dict | Non
         if rope_scaling:
             raise ValueError("rope scaling is only exercised on llama checkpoints")
         return Qwen2Config(**common, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
-    raise ValueError(f"unknown family {family!r}; use 'llama' or 'qwen2'")
+    if rope_scaling:
+        raise ValueError("rope scaling is only exercised on llama checkpoints")
+    common["num_hidden_layers"] = FAMILY_LAYERS.get(family, common["num_hidden_layers"])
+    if family == "qwen3":  # an explicit head width; the window on the layers from max_window_layers on
+        return Qwen3Config(**common, head_dim=24, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=3,
+                           rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    if family == "mistral":
+        return MistralConfig(**common, sliding_window=WINDOW, rope_parameters={"rope_type": "default",
+                                                                                "rope_theta": 1e4})
+    # Gemma: small soft-caps (Gemma 2) so that tanh bends a random model's scores and logits, and an
+    # attention scale that differs from head_dim^-1/2.
+    gemma = dict(common, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, sliding_window=WINDOW)
+    if family == "gemma2":
+        return Gemma2Config(**gemma, head_dim=16, attn_logit_softcapping=10.0, final_logit_softcapping=5.0,
+                            rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    if family == "gemma3":
+        return Gemma3TextConfig(**gemma, head_dim=32, rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
+    centre = 0.0 if model.config.model_type.startswith("gemma") else 1.0  # Gemma norms are used as (1 + w)
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
             if "norm" in name:
-                param.copy_(1.0 + 0.1 * noise)
+                param.copy_(centre + 0.1 * noise)
             else:
                 param.copy_(0.05 * noise)
 
@@ -92,6 +118,7 @@ def make_tiny_checkpoint(tmp_path: Path, family: str = "llama", n_kv_heads: int 
 
     `n_kv_heads` < 4 gives grouped-query attention (4 query heads); `rope_scaling` is e.g.
     `LLAMA3_ROPE_SCALING`; `sharded` splits the weights over several files with an index json.
+    `family` is one of FAMILIES; the newer ones have 6 layers and a window of 4 (`_hf_config`).
     """
     name = f"{family}-kv{n_kv_heads}-{'tied' if tie else 'untied'}-{'llama3rope' if rope_scaling else 'rope'}"
     path = Path(tmp_path) / f"{name}-{'sharded' if sharded else 'single'}-seed{seed}"

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax.model import forward as model
+from emojax.model import block as model
 from parallel_checks import tiny_config
 
 CONFIG = tiny_config(n_heads=6, n_kv_heads=2, head_dim=16)

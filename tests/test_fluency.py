@@ -9,7 +9,7 @@ import pytest
 
 from emojax.judge.fit import fit_logistic
 from emojax.judge.fluency import DEFAULT_RULE, MEASURES, FluencyRule, as_json, measures, text_measures, words
-from emojax.judge.perplexity import perplexities, reply_batch
+from emojax.judge.perplexity import LOGITS_BUDGET, column_chunk, perplexities, reply_batch, reply_nll
 from emojax.method.prompts import NEUTRAL_SYSTEM, chat, user_message
 from emojax.model.forward import forward
 from stage_fixtures import tiny_loaded_model
@@ -86,6 +86,32 @@ def test_perplexity_pass_equals_the_full_logits_forward() -> None:
         expected = np.exp(-logp[row, columns - 1, batch.tokens[row, columns]].mean())
         np.testing.assert_allclose(got[row], expected, rtol=2e-4)
     assert np.isnan(got[3])
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_tied", "gemma2_softcap"])
+def test_reply_nll_in_column_chunks_equals_full_logits(tiny_model, name) -> None:
+    """A budget too small for all reply columns at once changes nothing, and the final soft-cap
+    (Gemma 2) is applied as in the forward's logits."""
+    m = tiny_model(name)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, m.config.vocab_size, (3, 24))
+    mask = np.ones(tokens.shape, bool)
+    mask[1, :5] = False
+    width = 9
+    reply_mask = np.arange(width)[None] >= np.array([[0], [3], [6]])
+    logits = np.asarray(forward(m.params, jnp.asarray(tokens), config=m.config, mask=jnp.asarray(mask)).logits,
+                        np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    columns = np.arange(tokens.shape[1] - width, tokens.shape[1])
+    picked = np.take_along_axis(logp[:, columns - 1], tokens[:, columns, None], axis=-1)[..., 0]
+    expected = -(picked * reply_mask).sum(1)
+    one_column = 4 * 3 * m.config.vocab_size * 2  # two columns' logits: 5 chunks, the last padded
+    assert column_chunk(3, width, m.config.vocab_size, one_column) == 2
+    for budget in (LOGITS_BUDGET, one_column):
+        got = reply_nll(m.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(reply_mask), config=m.config,
+                        reply_width=width, logits_budget=budget)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
 
 
 def test_fit_logistic_separates_and_refuses_bad_input() -> None:

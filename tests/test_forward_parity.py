@@ -143,8 +143,9 @@ _BASE = TINY_HF_CONFIGS["llama_gqa_tied"]
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"model_type": "gemma2"}, "model_type"),
-    ({"model_type": "mistral"}, "model_type"),
+    ({"model_type": "gemma"}, "model_type"),
+    ({"model_type": "phi3"}, "model_type"),
+    ({"model_type": "gemma3"}, "model_type"),  # the multimodal wrapper, not its text model
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling"),
@@ -152,6 +153,21 @@ _BASE = TINY_HF_CONFIGS["llama_gqa_tied"]
     ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
     ({"final_logit_softcapping": 30.0}, "final_logit_softcapping"),
     ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"layer_types": ["full_attention", "sliding_attention", "full_attention"]}, "layer_types"),
+    # Options of the newer families that emojax does not implement, each refused by name.
+    ({"model_type": "gemma2", "hidden_activation": "gelu"}, "hidden_activation"),
+    ({"model_type": "gemma3_text", "attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ({"model_type": "gemma3_text", "use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ({"model_type": "gemma3_text", "rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}}, "sliding_attention"),
+    ({"model_type": "gemma3_text", "rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "rope_scaling"),
+    ({"model_type": "gemma2", "layer_types": ["full_attention", "chunked_attention", "full_attention"]},
+     "layer_types"),
+    ({"model_type": "qwen3", "attention_bias": True}, "attention_bias"),
+    ({"model_type": "mistral", "sliding_window": 8,
+      "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}, "layer_types"),
+    ({"model_type": "qwen2", "mlp_bias": True}, "mlp_bias"),
 ])
 def test_unsupported_config_is_rejected_naming_the_field(changes, field):
     with pytest.raises(ConfigError, match=field):

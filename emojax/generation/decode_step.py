@@ -6,8 +6,9 @@ when that small axis is the *last* one (W[out, in] @ h[in, B]) as when it leads 
 memory traffic of a step that is already bound by reading the weights. So this step keeps
 activations transposed, [D, B], and runs the layers as an unrolled loop over per-layer weights that
 `decode_weights` transposes once per `generate` call. The cache is kept as per-layer buffers in the
-layouts the attention products read (`KVCache.per_layer`). The math is `model.forward` with a cache
-and one token per row, edits included; tests hold the two to the same logits and cache.
+layouts the attention products read (`KVCache.per_layer`). The math is that of `emojax.model.block`
+in its COLUMNS layout, i.e. `model.forward` with a cache and one token per row, edits included; tests
+hold the two to the same logits and cache.
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from emojax.model import block
+from emojax.model.block import COLUMNS
 from emojax.model.config import ModelConfig
-from emojax.model.forward import lm_head, rms, rms_norm
+from emojax.model.forward import rms
 from emojax.model.interventions import SHARED_RANK, Intervention, selectors
 from emojax.model.kv_cache import KVCache
-from emojax.model.rope import rope_tables, rotate
 
 Array = Any
 _MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -35,12 +37,7 @@ def decode_weights(params: dict[str, Any], config: ModelConfig) -> dict[str, Any
         layers.append({**layer, **{name: layer[name].T for name in _MATRICES}})
     # A tied head's two transposes cancel when this runs inside `generate`'s jit.
     return {"layers": layers, "embed": params["embed"], "final_norm": params["final_norm"],
-            "head": lm_head(params).T}
-
-
-def _norm(x: Array, gain: Array, eps: float) -> Array:
-    """`model.rms_norm` of each column of x [D, B]."""
-    return rms_norm(x, gain[:, None], eps, axis=0)
+            "head": block.lm_head(params).T}
 
 
 def _columns(value: Array, shared_rank: int) -> Array:
@@ -60,20 +57,6 @@ def _edit_resid(h: Array, edits: dict[str, Array], site: int, sel: Array) -> Arr
     return jnp.where(sel, h + add + rms(h, axis=0) * add_rms, h)
 
 
-def _attend(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
-    """Softmax attention of q [K, G, Dh, B] over keys [B, K, Dh, S] and values [B, K, S, Dh] where
-    `allowed` [B, S]; returns [K, G, Dh, B]. The products take their operands in the layout XLA's dot
-    wants (batch, contracted, free); only the small query and output are transposed."""
-    # Products of low-precision operands are formed in float32 (exact) and summed in float32, as
-    # `model.forward`'s attention does; XLA's CPU runtime has no bf16 x bf16 -> f32 batched dot.
-    f32 = jnp.float32
-    scores = jnp.einsum("bkgd,bkds->bkgs", q.transpose(3, 0, 1, 2).astype(f32), keys.astype(f32))
-    scores = jnp.where(allowed[:, None, None], scores * (q.shape[2] ** -0.5), jnp.finfo(f32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    z = jnp.einsum("bkgs,bksd->bkgd", probs.astype(f32), values.astype(f32)).astype(values.dtype)
-    return z.transpose(1, 2, 3, 0)
-
-
 def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config: ModelConfig,
                 iv: Intervention | None = None) -> tuple[Array, KVCache]:
     """Feed one token per row [B] after the cache's filled slots; returns (logits [B, V] float32, cache).
@@ -87,49 +70,45 @@ def decode_step(weights: dict[str, Any], token: Array, cache: KVCache, *, config
     t_star = jnp.where(cache.t_star >= 0, cache.t_star, cache.next_pos)
     # [B] per group that is on, broadcast on the last axis of the [..., B] activations.
     sel = {} if iv is None else {group: s[:, 0] for group, s in selectors(iv, positions, real, t_star).items()}
-    cos, sin = (table[:, 0].T for table in rope_tables(positions, c))  # [Dh, B]
     slot_valid = jax.lax.dynamic_update_slice(cache.valid, real, (0, cache.length))
-    allowed = (jnp.arange(cache.slots) <= cache.length)[None] & slot_valid  # [B, S]
-    groups = c.n_heads // c.n_kv_heads
+    slots = jnp.arange(cache.slots)
+    allowed = (slots <= cache.length)[None] & slot_valid  # [B, S]
+    geo = block.geometry(positions, allowed, (cache.length - slots)[None], c)
+    geo = geo._replace(**{name: None if table is None else table[:, 0].T  # [Dh, B]
+                          for name, table in zip(("cos", "sin", "cos_local", "sin_local"), geo[:4])})
 
-    x = jnp.take(weights["embed"], token, axis=0).T  # [D, B]
+    x = block.embed(weights, token, c).T  # [D, B]
     keys, values = list(cache.k), list(cache.v)
     layer_edits = None if iv is None else iv.layer_edits()
     for layer, p in enumerate(weights["layers"]):
         edits = None if iv is None else {name: value[layer] for name, value in layer_edits.items()}
-        h = _norm(x, p["attn_norm"], c.rms_eps)
-        q, k, v = p["wq"] @ h, p["wk"] @ h, p["wv"] @ h
-        if c.qkv_bias:
-            q, k, v = q + p["bq"][:, None], k + p["bk"][:, None], v + p["bv"][:, None]
-        q = rotate(q.reshape(c.n_heads, c.head_dim, b), cos, sin, axis=1)
-        k = rotate(k.reshape(c.n_kv_heads, c.head_dim, b), cos, sin, axis=1).astype(keys[layer].dtype)
-        v = v.reshape(c.n_kv_heads, c.head_dim, b).astype(values[layer].dtype)
+        cos, sin, allowed_l = block.layer_geometry(geo, *block.layer_settings(c, layer=layer))
+        q, k, v = block.qkv(block.norm(x, p["attn_norm"], c, COLUMNS), p, cos, sin, c, COLUMNS)
+        k, v = k.astype(keys[layer].dtype), v.astype(values[layer].dtype)  # [K, Dh, B]
         # Each layer writes its own buffer and then reads it, so XLA updates it in place.
         at = (0, 0, 0, cache.length)
         keys[layer] = jax.lax.dynamic_update_slice(keys[layer], k.transpose(2, 0, 1)[..., None], at)
         values[layer] = jax.lax.dynamic_update_slice(values[layer], v.transpose(2, 0, 1)[:, :, None],
                                                      (0, 0, cache.length, 0))
-        z = _attend(q.reshape(c.n_kv_heads, groups, c.head_dim, b), keys[layer], values[layer], allowed)
-        z = z.reshape(c.n_heads, c.head_dim, b)
+        z = block.attention_columns(q, keys[layer], values[layer], allowed_l, c)  # [H, Dh, B]
         if "head" in sel:
             scale = _layer_edit(edits, "head_scale")[:, None]
             add = _layer_edit(edits, "head_add")
             z = jnp.where(sel["head"], z * scale + add, z)
-        m = x + p["wo"] @ z.reshape(c.q_dim, b)
+        m = x + block.attn_out(block.merge_heads(z, COLUMNS), p, c, COLUMNS)
         if "resid" in sel:
             m = _edit_resid(m, edits, 0, sel["resid"])
-        u = _norm(m, p["mlp_norm"], c.rms_eps)
-        g = jax.nn.silu(p["w_gate"] @ u) * (p["w_up"] @ u)
+        g = block.mlp_hidden(block.norm(m, p["mlp_norm"], c, COLUMNS), p, c, COLUMNS)
         if "neuron" in sel:
             scale = _layer_edit(edits, "neuron_scale")
             add = _layer_edit(edits, "neuron_add")
             g = jnp.where(sel["neuron"], g * scale + add, g)
-        x = m + p["w_down"] @ g
+        x = m + block.mlp_out(g, p, c, COLUMNS)
         if "resid" in sel:
             x = _edit_resid(x, edits, 1, sel["resid"])
 
-    final = _norm(x, weights["final_norm"], c.rms_eps)
-    logits = jnp.matmul(weights["head"].astype(jnp.float32), final.astype(jnp.float32)).T
+    final = block.final_norm(x, weights, c, COLUMNS)
+    logits = block.logits(final, weights["head"], c, COLUMNS)
     new_cache = cache.replace(k=tuple(keys), v=tuple(values), valid=slot_valid, length=cache.length + 1,
                               next_pos=cache.next_pos + 1, t_star=t_star.astype(jnp.int32))
     return logits, new_cache

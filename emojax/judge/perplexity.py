@@ -3,7 +3,9 @@
 Each row is the chat-rendered prompt followed by the reply's tokens, left-padded so that every reply ends
 in the last column. One forward (`logits="none"`, the post-norm `final` state at every position) gives
 the states that predict the reply; the LM head is applied to the last `reply_width` of them only, so the
-pass costs one plain prefill of the same tokens plus the head over the reply columns.
+pass costs one plain prefill of the same tokens plus the head over the reply columns. Those logits are
+formed a few columns at a time (at most LOGITS_BUDGET bytes of them at once) and reduced at once to each
+column's negative log-likelihood, so a 262k vocabulary (Gemma 3) never holds [B, R, V] logits.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.method.prompts import DEFAULT_DATE_STRING, Messages, tokenize_prompts
+from emojax.model import block
 from emojax.model.forward import forward, lm_head
 from emojax.model.taps import TapSpec
 
 FINAL_STATES = TapSpec(points=("final",), at="all")
 PAD_MULTIPLE = 16
+LOGITS_BUDGET = 1 << 28  # bytes of float32 logits alive at once in `reply_nll` (256 MiB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,17 +73,36 @@ def reply_batch(tokenizer: Any, prompts: Sequence[Messages], replies: Sequence[s
     return ReplyBatch(tokens, mask, reply_lengths, reply_width)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "reply_width"))
+@functools.partial(jax.jit, static_argnames=("config", "reply_width", "logits_budget"))
 def reply_nll(params: dict[str, Any], tokens: jax.Array, mask: jax.Array, reply_mask: jax.Array, *,
-              config: Any, reply_width: int) -> jax.Array:
-    """[B] summed negative log-likelihood of the reply tokens (the `reply_mask` [B, R] of the last R columns)."""
+              config: Any, reply_width: int, logits_budget: int = LOGITS_BUDGET) -> jax.Array:
+    """[B] summed negative log-likelihood of the reply tokens (the `reply_mask` [B, R] of the last R columns).
+    At most `logits_budget` bytes of float32 logits exist at once (see `column_chunk`)."""
     out = forward(params, tokens, config=config, mask=mask, taps=FINAL_STATES, logits="none")
     states = out.taps["final"][:, -reply_width - 1:-1]  # the state before each reply column predicts it
-    logits = jnp.einsum("btd,dv->btv", states, lm_head(params), preferred_element_type=jnp.float32)
     targets = tokens[:, -reply_width:]
-    chosen = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    token_nll = jax.nn.logsumexp(logits, axis=-1) - chosen
+    head = lm_head(params)
+
+    def column_nll(states: jax.Array, targets: jax.Array) -> jax.Array:
+        logits = block.logits(states, head, config)  # [B, c, V], the final soft-cap included
+        chosen = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return jax.nn.logsumexp(logits, axis=-1) - chosen
+
+    b = tokens.shape[0]
+    columns = column_chunk(b, reply_width, config.vocab_size, logits_budget)
+    if columns >= reply_width:
+        token_nll = column_nll(states, targets)
+    else:  # a few columns at a time: [n, B, c, D] chunks, the last one padded by repeating a column
+        n = -(-reply_width // columns)
+        index = jnp.minimum(jnp.arange(n * columns), reply_width - 1).reshape(n, columns)
+        parts = jax.lax.map(lambda idx: column_nll(states[:, idx], targets[:, idx]), index)  # [n, B, c]
+        token_nll = jnp.moveaxis(parts, 0, 1).reshape(b, n * columns)[:, :reply_width]
     return jnp.sum(jnp.where(reply_mask, token_nll, 0.0), axis=1)
+
+
+def column_chunk(batch: int, reply_width: int, vocab_size: int, budget: int = LOGITS_BUDGET) -> int:
+    """Reply columns whose float32 logits fit in `budget` bytes (at least one, at most all)."""
+    return int(min(reply_width, max(1, budget // (4 * batch * vocab_size))))
 
 
 def batch_perplexities(params: dict[str, Any], config: Any, batch: ReplyBatch, rows: np.ndarray) -> np.ndarray:

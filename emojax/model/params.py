@@ -10,6 +10,13 @@ Layout (L layers, D model width, H query heads, K kv heads, Dh head width, F MLP
       wq [L, D, H*Dh]   wk [L, D, K*Dh]   wv [L, D, K*Dh]   wo [L, H*Dh, D]
       bq [L, H*Dh]      bk [L, K*Dh]      bv [L, K*Dh]       (only when config.qkv_bias)
       w_gate [L, D, F]  w_up [L, D, F]    w_down [L, F, D]
+      q_norm [L, Dh]    k_norm [L, Dh]                          (only when config.qk_norm)
+      attn_post_norm [L, D]   mlp_post_norm [L, D]              (only when config.post_norms)
+
+attn_norm is the attention's input norm and mlp_norm the MLP's (Llama's post_attention_layernorm,
+Gemma's pre_feedforward_layernorm); the post norms act on the branch outputs before the residual add
+(Gemma's post_attention_layernorm and post_feedforward_layernorm). Norm gains are stored as the
+checkpoint stores them: with `config.norm_offset` (Gemma: 1) the gain used is offset + w.
 
 Matrices are stored input-major (x @ w), i.e. transposed relative to torch's Linear.weight.
 """
@@ -37,6 +44,10 @@ def param_shapes(cfg: ModelConfig) -> dict[str, Any]:
     }
     if cfg.qkv_bias:
         layers.update(bq=(L, cfg.q_dim), bk=(L, cfg.kv_dim), bv=(L, cfg.kv_dim))
+    if cfg.qk_norm:
+        layers.update(q_norm=(L, cfg.head_dim), k_norm=(L, cfg.head_dim))
+    if cfg.post_norms:
+        layers.update(attn_post_norm=(L, D), mlp_post_norm=(L, D))
     shapes: dict[str, Any] = {"embed": (cfg.vocab_size, D), "final_norm": (D,), "layers": layers}
     if not cfg.tie_embeddings:
         shapes["lm_head"] = (D, cfg.vocab_size)
@@ -72,8 +83,8 @@ def random_params(cfg: ModelConfig, seed: int = 0, dtype: Any = jnp.float32, sca
         shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
     out = []
     for key, shape, path in zip(keys, leaves, paths):
-        if "norm" in path:
-            out.append(1.0 + 0.1 * jax.random.normal(key, shape, dtype))
+        if "norm" in path:  # gains near 1 whatever the checkpoint convention
+            out.append(1.0 - cfg.norm_offset + 0.1 * jax.random.normal(key, shape, dtype))
         else:
             out.append(scale * jax.random.normal(key, shape, dtype))
     return jax.tree_util.tree_unflatten(treedef, out)

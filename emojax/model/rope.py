@@ -9,11 +9,15 @@ import numpy as np
 from emojax.model.config import ModelConfig
 
 
-def inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """[Dh/2] inverse frequencies, with Llama 3's frequency-dependent rescaling when configured."""
+def inverse_frequencies(config: ModelConfig, local: bool = False) -> np.ndarray:
+    """[Dh/2] inverse frequencies, with Llama 3's frequency-dependent rescaling when configured.
+
+    `local`: those of the sliding layers that have their own base (`config.rope_local_theta`, plain
+    RoPE: Gemma 3's local layers), as transformers computes them per layer type."""
     dh = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dh, 2, dtype=np.int64).astype(np.float32) / dh))
-    if config.rope_scaling is None:
+    theta = config.rope_local_theta if local else config.rope_theta
+    inv_freq = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.int64).astype(np.float32) / dh))
+    if local or config.rope_scaling is None:
         return inv_freq.astype(np.float32)
     s = dict(config.rope_scaling)
     factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
@@ -27,9 +31,10 @@ def inverse_frequencies(config: ModelConfig) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_tables(positions: jnp.ndarray, config: ModelConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """cos and sin, each [B, T, Dh], for integer position ids [B, T]."""
-    inv_freq = jnp.asarray(inverse_frequencies(config))
+def rope_tables(positions: jnp.ndarray, config: ModelConfig,
+                local: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """cos and sin, each [B, T, Dh], for integer position ids [B, T] (`local`: see inverse_frequencies)."""
+    inv_freq = jnp.asarray(inverse_frequencies(config, local))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)

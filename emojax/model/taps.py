@@ -6,11 +6,16 @@ Names follow the vocabulary researchers know from TransformerLens (per layer l):
     attn_out    o^attn_l        attention branch output (before residual edits) [D]
     resid_mid   m_l             after the attention add (and its edits)         [D]
     z           z_l             o-projection input, query heads concatenated    [H*Dh]
-    g           a_l             post-SwiGLU activation, down-projection input   [F]
+    g           a_l             gated MLP activation, down-projection input     [F]
     mlp_out     o^mlp_l         MLP branch output (before residual edits)       [D]
     resid_post  x_{l+1}         layer output (after its edits)                  [D]
 
 and one model-level point, `final` = N^final(x_L), the post-norm state the LM head reads.
+
+A branch output is what enters the residual: for families with post-sublayer norms (Gemma 2/3) that
+is after the norm, attn_out = N_attn_post(z W_O) and mlp_out = N_mlp_post(g W_down), so that
+resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out hold for every family
+(emojax/model/block.py).
 
 Taps are taken at the last token of the call (`at="last"`, which is t* for a left-padded prompt)
 or at every token (`at="all"`), and may be projected on device onto per-layer direction stacks so

@@ -25,7 +25,8 @@ MeshAxes = tuple[str, ...]
 Rules = tuple[tuple[str, MeshAxes], ...]
 
 # The parameter layout of emojax/model/params.py, one name per dimension. Every family shares it; the
-# q/k/v biases (qwen2) join when config.qkv_bias and lm_head only when embeddings are untied.
+# q/k/v biases (qwen2) join when config.qkv_bias, q/k norms when config.qk_norm, the post-sublayer norms
+# when config.post_norms, and lm_head only when embeddings are untied.
 _LAYER_PARAM_AXES: dict[str, LogicalAxes] = {
     "attn_norm": ("layers", "norm"),
     "mlp_norm": ("layers", "norm"),
@@ -37,6 +38,8 @@ _LAYER_PARAM_AXES: dict[str, LogicalAxes] = {
     "w_up": ("layers", "embed", "mlp"),
     "w_down": ("layers", "mlp", "embed"),
 }
+_QK_NORM_AXES: dict[str, LogicalAxes] = {"q_norm": ("layers", "head_dim"), "k_norm": ("layers", "head_dim")}
+_POST_NORM_AXES: dict[str, LogicalAxes] = {"attn_post_norm": ("layers", "norm"), "mlp_post_norm": ("layers", "norm")}
 _BIAS_AXES: dict[str, LogicalAxes] = {
     "bq": ("layers", "q_heads"),
     "bk": ("layers", "kv_heads"),
@@ -72,6 +75,10 @@ def param_logical_axes(config: ModelConfig) -> dict[str, Any]:
     layers = dict(_LAYER_PARAM_AXES)
     if config.qkv_bias:
         layers.update(_BIAS_AXES)
+    if config.qk_norm:
+        layers.update(_QK_NORM_AXES)
+    if config.post_norms:
+        layers.update(_POST_NORM_AXES)
     axes: dict[str, Any] = {"embed": ("vocab", "embed"), "final_norm": ("norm",), "layers": layers}
     if not config.tie_embeddings:
         axes["lm_head"] = ("embed", "vocab")

@@ -17,9 +17,9 @@ Replacements follow emojax.scan.ablation (None = zero; [L, W] mean; [B, L, W] gr
 at the K midpoints alpha = (k - 1/2)/K, so saturation (SiLU, softmax) along the path is accounted
 for. It costs K * L forward+backward passes per kind.
 
-The probes are additive perturbations of z (all positions) and of g (t*), placed in a re-implementation
-of the forward pass on the same layer math as the other scans; they are zero when scoring, so the
-forward values equal `emojax.forward`'s.
+The probes are additive perturbations of z (all positions) and of g (t*), placed in a pass composed of
+the same block pieces as `emojax.forward` (post-sublayer norms included, so the gradients go through
+them); they are zero when scoring, so the forward values equal `emojax.forward`'s.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax.model import block
 from emojax.model.config import ModelConfig
 from emojax.scan import ablation, chunking
 from emojax.scan.layers import (attention_heads_full, final_norm, mlp_activation, project_readout,
@@ -48,19 +49,20 @@ def _probed_score(params: dict[str, Any], tokens: Array, mask: Array, readout: A
                   probe_g: Array, config: ModelConfig) -> tuple[Array, tuple[Array, Array]]:
     """sum_b <h_final[b, t*], readout[b]> with z[l] += probe_z[l] (every position) and
     g[l][t*] += probe_g[l]; also returns the (probed) z [L, B, T, H*Dh] and g at t* [L, B, F]."""
-    _, cos, sin, allowed = sequence_geometry(mask, config)
+    geo = sequence_geometry(mask, config)
 
     @jax.checkpoint
-    def body(x: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, tuple[Array, Array]]:
-        p, pz, pg = xs
+    def body(x: Array, xs: tuple[Array, Array, Array, Any]) -> tuple[Array, tuple[Array, Array]]:
+        p, pz, pg, table_l = xs
+        cos, sin, allowed = block.layer_geometry(geo, *block.layer_settings(config, table_l))
         z = attention_heads_full(x, p, cos, sin, allowed, config) + pz
-        m = x + z @ p["wo"]
+        m = x + block.attn_out(z, p, config)
         g = mlp_activation(m, p, config)
         g = g.at[:, -1].add(pg)
-        return m + g @ p["w_down"], (z, g[:, -1])
+        return m + block.mlp_out(g, p, config), (z, g[:, -1])
 
-    x = params["embed"][tokens]
-    x, (z, g_last) = jax.lax.scan(body, x, (params["layers"], probe_z, probe_g))
+    x = block.embed(params, tokens, config)
+    x, (z, g_last) = jax.lax.scan(body, x, (params["layers"], probe_z, probe_g, block.layer_table(config)))
     score = jnp.sum(project_readout(final_norm(x[:, -1], params, config), readout))
     return score, (z, g_last)
 

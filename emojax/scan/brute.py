@@ -9,6 +9,7 @@ Interventions in chunks. Read-outs and shapes follow the fast scans:
     brute_neuron_scan(...)                                                    -> ScanResult [L, F, B(, R)]
     brute_sublayer_scan(...)                                                  -> [2, L, A, B(, R)] scores
     brute_head_same_layer(...)                                                -> (importance [B, L, H], base [B, L])
+    brute_neuron_contributions(...)                                           -> c [B, L, F]
 
 Replacement values (mean / group-mean ablation) use the capture layouts: heads [L, H*Dh] or
 [B, L, H*Dh], neurons [L, F] or [B, L, F]; None means zero-ablation.
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.model.config import ModelConfig
-from emojax.model.forward import forward, rms_norm
+from emojax.model import block
+from emojax.model.forward import forward
 from emojax.model.interventions import Intervention, stack_variants
 from emojax.model.taps import TapSpec
 from emojax.scan import chunking
@@ -166,7 +168,7 @@ def _mlp_input_chunk(params: dict[str, Any], tokens: Array, mask: Array, ivs: In
     def one(iv: Intervention) -> Array:
         mid = forward(params, tokens, config=config, mask=mask, iv=iv, logits="none",
                       taps=TapSpec(points=("resid_mid",), at="last")).taps["resid_mid"]
-        u = rms_norm(mid, params["layers"]["mlp_norm"], config.rms_eps)
+        u = block.norm(mid, params["layers"]["mlp_norm"], config)
         return jnp.einsum("bld,bld->bl", u, jnp.broadcast_to(directions, u.shape))
 
     return jax.vmap(one)(ivs)
@@ -176,7 +178,8 @@ def brute_head_same_layer(params: dict[str, Any], tokens: Array, mask: Array, *,
                           config: ModelConfig, layers: Sequence[int] | None = None,
                           chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """The S4b head importance by definition: zero head (l, h) at every position, run the model and
-    read s_l = <N^post_l(m_l)[t*], directions[l]>. directions [L, D] or [B, L, D].
+    read s_l = <N^post_l(m_l)[t*], directions[l]> (N^post_l: the MLP's input norm). directions [L, D]
+    or [B, L, D].
     Returns (importance s_l - s'_l [B, len(layers), H], baseline s_l [B, L])."""
     tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
     directions = jnp.asarray(directions, jnp.float32)
@@ -192,3 +195,36 @@ def brute_head_same_layer(params: dict[str, Any], tokens: Array, mask: Array, *,
     ablated = ablated.reshape(len(layers), config.n_heads, *base.shape)
     own_layer = ablated[np.arange(len(layers)), :, :, np.asarray(layers)]  # [len(layers), H, B]
     return base[:, layers, None] - np.transpose(own_layer, (2, 0, 1)), base
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _mlp_out_chunk(params: dict[str, Any], tokens: Array, mask: Array, ivs: Intervention,
+                   directions: Array, *, config: ModelConfig) -> Array:
+    def one(iv: Intervention) -> Array:
+        out = forward(params, tokens, config=config, mask=mask, iv=iv, logits="none",
+                      taps=TapSpec(points=("mlp_out",), at="last")).taps["mlp_out"]
+        return jnp.einsum("bld,bld->bl", out, jnp.broadcast_to(directions, out.shape))
+
+    return jax.vmap(one)(ivs)
+
+
+def brute_neuron_contributions(params: dict[str, Any], tokens: Array, mask: Array, *, directions: Array,
+                               config: ModelConfig, layers: Sequence[int] | None = None,
+                               neurons: Sequence[int] | None = None, chunk: int = 16) -> np.ndarray:
+    """The S4a contributions by definition: zero a_{l,j}[t*], run the model and read how much
+    <o^mlp_l[t*], directions[l]> drops (o^mlp: what the MLP adds to the residual, after its post norm
+    where there is one). directions [L, D] or [B, L, D]. Returns [B, len(layers), len(neurons)]."""
+    tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
+    directions = jnp.asarray(directions, jnp.float32)
+    layers = list(range(config.n_layers)) if layers is None else list(layers)
+    neurons = list(range(config.d_ff)) if neurons is None else list(neurons)
+    sites = [(l, j) for l in layers for j in neurons]
+    neurons_only = Intervention.identity(config, resid_where="none", neuron_where="last", head_where="none")
+    ivs = stack_variants([neurons_only] + [neurons_only.zero_neurons([s]) for s in sites])
+    scores = chunking.map_chunks(
+        lambda idx: _mlp_out_chunk(params, tokens, mask, jax.tree_util.tree_map(lambda a: a[idx], ivs),
+                                   directions, config=config),
+        len(sites) + 1, chunk, desc="brute-force neuron ablations")
+    base, ablated = scores[0], scores[1:].reshape(len(layers), len(neurons), *scores.shape[1:])
+    own_layer = ablated[np.arange(len(layers)), :, :, np.asarray(layers)]  # [len(layers), F', B]
+    return base[:, layers, None] - np.transpose(own_layer, (2, 0, 1))

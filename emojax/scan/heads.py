@@ -2,7 +2,13 @@
 
 Same-layer importance (method.md S4b, T5). Zeroing head h of layer l at every position leaves
 layer l's own state at t* equal to m' = m_l[t*] - W_O[:, h] z_{l,h}[t*], so with
-s = <N^post_l(m), v^{attn,l}> (post-attention RMSNorm with gain, D5):
+s = <N^post_l(m), v^{attn,l}> (the MLP's input RMSNorm with gain, D5; Gemma's pre-feedforward norm):
+
+For families with post-sublayer norms (Gemma 2/3) the attention branch adds N_attn_post(z W_O) to the
+residual, so the head's removal is taken inside that norm: m' = m - N_attn_post(o) + N_attn_post(o -
+W_O[:, h] z_{l,h}) with o = z_l[t*] W_O. This is still exact (zeroing at earlier positions cannot
+change layer l's output at t*), and exact for head sets too (their changes are summed inside the
+norm); only the contributions no longer add outside it.
 
     importance, base = head_ablation_same_layer(params, z, resid_mid, directions, config=cfg)
         z [N, L, H*Dh], resid_mid [N, L, D] at t* (e.g. prefix.z, prefix.resid_mid);
@@ -32,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax.model import block
 from emojax.model.config import ModelConfig
-from emojax.model.forward import rms_norm
 from emojax.scan import ablation, chunking
 from emojax.scan.layers import project_readout
 from emojax.scan.prefix import Prefix
@@ -58,19 +64,26 @@ def _per_head_wo(params: dict[str, Any], config: ModelConfig) -> Array:
 @functools.partial(jax.jit, static_argnames=("config",))
 def _same_layer_chunk(params: dict[str, Any], z: Array, mid: Array, directions: Array, ref: Array,
                       sets: Array | None, *, config: ModelConfig) -> tuple[Array, Array]:
+    layers = params["layers"]
     n = z.shape[0]
     zh = z.reshape(n, config.n_layers, config.n_heads, config.head_dim)
     ref = ref.reshape(ref.shape[:-1] + (config.n_heads, config.head_dim))
     contrib = jnp.einsum("nlhd,lhde->nlhe", zh - ref, _per_head_wo(params, config))  # [N, L, H, D]
-    gain = params["layers"]["mlp_norm"]
+    gain = layers["mlp_norm"]
     dirs = jnp.broadcast_to(directions, mid.shape)
-    base = jnp.einsum("nld,nld->nl", rms_norm(mid, gain, config.rms_eps), dirs)
+    base = jnp.einsum("nld,nld->nl", block.norm(mid, gain, config), dirs)
+    # With post-sublayer norms m = x + N_post(z W_O): the edited z changes the branch output inside the
+    # norm (o = z W_O at t*, recomputed from z), so m' = m + N_post(o - contrib) - N_post(o).
+    o = jnp.einsum("nlq,lqd->nld", z, layers["wo"]) if config.post_norms else None
+    post = layers.get("attn_post_norm")
     if sets is None:
-        ablated_mid = mid[:, :, None] - contrib
-        ablated = jnp.einsum("nlhd,nld->nlh", rms_norm(ablated_mid, gain[:, None], config.rms_eps), dirs)
+        change = block.residual_change(None if o is None else o[:, :, None], -contrib,
+                                       None if post is None else post[:, None], config)
+        ablated = jnp.einsum("nlhd,nld->nlh", block.norm(mid[:, :, None] + change, gain[:, None], config), dirs)
     else:
-        ablated_mid = mid[:, None] - jnp.einsum("slh,nlhd->nsld", sets, contrib)
-        ablated = jnp.einsum("nsld,nld->nsl", rms_norm(ablated_mid, gain, config.rms_eps), dirs)
+        change = block.residual_change(None if o is None else o[:, None],
+                                       -jnp.einsum("slh,nlhd->nsld", sets, contrib), post, config)
+        ablated = jnp.einsum("nsld,nld->nsl", block.norm(mid[:, None] + change, gain, config), dirs)
     return ablated, base
 
 
@@ -119,28 +132,35 @@ def head_set_ablation_same_layer(params: dict[str, Any], z: Array, resid_mid: Ar
     return np.moveaxis(ablated, 1, 0), base
 
 
-def _head_deltas(z: Array, wo_l: Array, scale: Array, add: Array, config: ModelConfig) -> Array:
-    """Residual deltas of the edits z_h <- scale_h z_h + add_h.
+def _head_deltas(params: dict[str, Any], layer: Array, z: Array, scale: Array, add: Array,
+                 config: ModelConfig) -> Array:
+    """Residual deltas of the edits z_h <- scale_h z_h + add_h at layer `layer`: the change of what the
+    attention branch adds to the residual, through the post-sublayer norm where there is one (exact).
 
-    z [B, (T,) H*Dh]; wo_l [H, Dh, D]; scale [S, H]; add [S, B, H, Dh] -> [S, B, (T,) D]."""
+    z [B, (T,) H*Dh]; scale [S, H]; add [S, B, H, Dh] -> [S, B, (T,) D]."""
+    wo_l = _per_head_wo(params, config)[layer]
     zh = z.reshape(z.shape[:-1] + (config.n_heads, config.head_dim))
     if z.ndim == 3:  # every position: the add is the same at each position of a row
         change = (scale[:, None, None, :, None] - 1.0) * zh[None] + add[:, :, None]
-        return jnp.einsum("sbthd,hde->sbte", change, wo_l)
-    change = (scale[:, None, :, None] - 1.0) * zh[None] + add
-    return jnp.einsum("sbhd,hde->sbe", change, wo_l)
+        change = jnp.einsum("sbthd,hde->sbte", change, wo_l)
+    else:
+        change = (scale[:, None, :, None] - 1.0) * zh[None] + add
+        change = jnp.einsum("sbhd,hde->sbe", change, wo_l)
+    if not config.post_norms:
+        return change
+    o = z @ params["layers"]["wo"][layer]
+    return block.residual_change(o[None], change, params["layers"]["attn_post_norm"][layer], config)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "positions"))
 def _edit_chunk(params: dict[str, Any], prefix: Prefix, layer: Array, scale: Array, add: Array,
                 readout: Array, *, config: ModelConfig, positions: str) -> Array:
-    wo_l = _per_head_wo(params, config)[layer]
     if positions == "last":
-        deltas = _head_deltas(prefix.z[:, layer], wo_l, scale, add, config)
+        deltas = _head_deltas(params, layer, prefix.z[:, layer], scale, add, config)
         final = suffix_final(params, prefix, layer, 0, deltas, config)
     else:
         start, z = clean_site_state(params, prefix, layer, 0, config)
-        deltas = _head_deltas(z, wo_l, scale, add, config) * prefix.mask[None, :, :, None]
+        deltas = _head_deltas(params, layer, z, scale, add, config) * prefix.mask[None, :, :, None]
         final = recompute_final(params, prefix, layer, 0, start, deltas, config)
     return project_readout(final, readout)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from emojax.model.config import ModelConfig
 from emojax.scan import chunking
-from emojax.scan.layers import (attention_full, final_norm, layer_params, mlp, project_readout,
+from emojax.scan.layers import (attention_full, final_norm, layer_attention, layer_params, mlp, project_readout,
                                 sequence_geometry)
 from emojax.scan.prefix import Prefix
 from emojax.scan.suffix import SUBLAYERS, sublayer_index
@@ -43,7 +43,7 @@ def clean_site_state(params: dict[str, Any], prefix: Prefix, layer: Array, subla
     """The clean state right after sublayer (layer, sublayer) at every position [B, T, D], and layer
     l's head outputs z [B, T, H*Dh] (recomputed from x_l; needed to turn head edits into deltas)."""
     seq = prefix.resid_all
-    _, cos, sin, allowed = sequence_geometry(prefix.mask, config)
+    cos, sin, allowed = layer_attention(sequence_geometry(prefix.mask, config), config, layer)
     x_l = seq[:, layer]
     o_attn, z = attention_full(x_l, layer_params(params["layers"], layer), cos, sin, allowed, config)
     state = jnp.where(sublayer == 0, x_l + o_attn, seq[:, layer + 1])
@@ -55,12 +55,13 @@ def recompute_final(params: dict[str, Any], prefix: Prefix, layer: Array, sublay
     """h_final[t*] [V, B, D] from the clean site state start [B, T, D] plus deltas [V, B, T, D].
 
     Pure and traceable; layer/sublayer may be traced scalars (one compilation for every site)."""
-    _, cos, sin, allowed = sequence_geometry(prefix.mask, config)
+    geo = sequence_geometry(prefix.mask, config)
     x0 = start[None] + deltas
     skip_first_attention = sublayer == 0
 
     def body(i: Array, x: Array) -> Array:
         p = layer_params(params["layers"], i)
+        cos, sin, allowed = layer_attention(geo, config, i)
 
         def with_attention(x: Array) -> Array:
             attend = lambda xv: attention_full(xv, p, cos, sin, allowed, config)[0]

@@ -1,7 +1,9 @@
 """One-token suffix passes: exact perturbed runs for edits and read-outs at t* alone (method.md T6).
 
 Every single-layer edit at t* (zeroing or scaling heads or neurons, mean ablation, adding to a
-branch output or to the residual) is a residual delta added right after one sublayer:
+branch output or to the residual) is a residual delta added right after one sublayer (a branch
+output is what enters the residual; for head and neuron edits under post-sublayer norms the delta is
+taken through the norm, exactly: `emojax.model.block.residual_change`):
 
     site (l, "attn"):  m_l[t*]     += delta      (head edits, attention-branch injections)
     site (l, "mlp"):   x_{l+1}[t*] += delta      (neuron edits, MLP-branch injections, steering)
@@ -34,10 +36,10 @@ import numpy as np
 from emojax.model.config import ModelConfig
 from emojax.model.forward import forward
 from emojax.model.interventions import Intervention
-from emojax.model.rope import rope_tables
 from emojax.model.taps import TapSpec
 from emojax.scan import chunking
-from emojax.scan.layers import attention_last, final_norm, layer_params, mlp, project_readout
+from emojax.scan.layers import (attention_last, final_norm, last_geometry, layer_attention, layer_params, mlp,
+                                project_readout)
 from emojax.scan.prefix import Prefix
 
 Array = Any
@@ -79,15 +81,16 @@ def suffix_final(params: dict[str, Any], prefix: Prefix, layer: Array, sublayer:
     """
     start = jnp.where(sublayer == 0, prefix.resid_mid[:, layer], prefix.resid_post[:, layer])
     x0 = start[None] + deltas
-    cos, sin = rope_tables(prefix.last_pos[:, None], config)
+    geo = last_geometry(prefix.last_pos, prefix.valid, config)
     skip_first_attention = sublayer == 0
 
     def body(i: Array, x: Array) -> Array:
         p = layer_params(params["layers"], i)
         past_k, past_v = prefix.k[i], prefix.v[i]
+        cos, sin, allowed = layer_attention(geo, config, i)
 
         def with_attention(x: Array) -> Array:
-            attend = lambda xv: attention_last(xv, p, past_k, past_v, prefix.valid, cos, sin, config)[0]
+            attend = lambda xv: attention_last(xv, p, past_k, past_v, cos, sin, allowed, config)[0]
             return x + jax.vmap(attend)(x)
 
         m = jax.lax.cond(skip_first_attention & (i == layer), lambda x: x, with_attention, x)

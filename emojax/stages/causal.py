@@ -77,7 +77,7 @@ def prompt_scores(params: dict[str, Any], tokens: np.ndarray, mask: np.ndarray, 
     gradient = attribution_scores(params, tokens, mask, readout, config=config, head_positions="all")
     out["neuron_gradient"] = -np.moveaxis(gradient.neurons, -1, 0)
     out["head_gradient"] = -np.moveaxis(gradient.heads, -1, 0)
-    out["neuron_analytic"] = neuron_contributions(params, prefix.g, geometry["dirs_mlp"][emotion])
+    out["neuron_analytic"] = neuron_contributions(params, prefix.g, geometry["dirs_mlp"][emotion], config=config)
     out["head_analytic"] = head_ablation_same_layer(params, prefix.z, prefix.resid_mid, geometry["dirs_attn"][emotion],
                                                     config=config)[0]
     return {name: np.asarray(value, np.float32) for name, value in out.items()}

@@ -3,6 +3,9 @@
 S4a, neurons (analytic). With beta^l_e = W_down^(l)^T v^{mlp,l}_e, neuron j of layer l contributes
 c = a_{l,j}[t*] * beta^l_{e,j} to <o^mlp_l[t*], v^{mlp,l}_e>, and the contributions of a layer sum to
 exactly that projection. Per (e, l, j), over the samples I_e: C_mean, C_pos, C_neg, beta, H_mean.
+With post-sublayer norms (Gemma 2/3) o^mlp = N_post(a W_down), and c is the exact drop of the
+projection when the neuron alone is zeroed, through that norm (emojax.scan.neurons); the head closed
+form likewise removes the head inside the attention's post norm.
 Ranking: signed C_mean, descending, within each layer (D6).
 
 S4b, heads (closed form, method.md T5). s_l = <N^post_l(m_l[t*]), v^{attn,l}_e> and s'_{l,h} the same
@@ -60,9 +63,10 @@ def ranking(scores: np.ndarray) -> np.ndarray:
 
 
 def neuron_statistics(params: dict[str, Any], g: np.ndarray, emotion: np.ndarray,
-                      dirs_mlp: np.ndarray) -> dict[str, np.ndarray]:
-    """S4a aggregates [6, L, F] (and count [6]) from activations g [N, L, F] at t*."""
-    stats = neuron_stats(params, g, emotion, dirs_mlp)
+                      dirs_mlp: np.ndarray, config: ModelConfig | None = None) -> dict[str, np.ndarray]:
+    """S4a aggregates [6, L, F] (and count [6]) from activations g [N, L, F] at t* (`config` is needed
+    for models with post-sublayer norms, whose contributions pass through the MLP's post norm)."""
+    stats = neuron_stats(params, g, emotion, dirs_mlp, config=config)
     return {**stats, "order": ranking(stats["C_mean"])}
 
 
@@ -236,7 +240,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return done
     cfg, params = ctx.config, ctx.model.params
     emotion = _emotion_labels(table, ctx.run.path / capture.STAGE / "items.json")
-    neurons = neuron_statistics(params, acts["g"], emotion, geometry["dirs_mlp"])
+    neurons = neuron_statistics(params, acts["g"], emotion, geometry["dirs_mlp"], cfg)
     heads = head_statistics(params, acts["z"], acts["resid_mid"], emotion, geometry["dirs_attn"], cfg)
 
     out = ctx.run.stage(STAGE)

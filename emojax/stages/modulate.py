@@ -70,8 +70,15 @@ def component_edits(circuits: Mapping[str, Circuit], delta_mlp: np.ndarray, delt
 
 def residual_vectors(params: dict[str, Any], neuron_add: np.ndarray, head_add: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(u_attn, u_mlp) [6, L, D]: the branch-output additions the component edits amount to (§2.5)."""
+    """(u_attn, u_mlp) [6, L, D]: the branch-output additions the component edits amount to (§2.5).
+
+    Refused for models with post-sublayer norms (Gemma 2/3): there a component edit changes the branch
+    output inside a norm, which is no fixed residual vector (the edits themselves are exact)."""
     layers = params["layers"]
+    if "attn_post_norm" in layers or "mlp_post_norm" in layers:
+        raise ValueError("residual_vectors: this model normalises each branch output before the residual add "
+                         "(post-sublayer norms), so component edits are not equivalent to fixed residual vectors; "
+                         "apply them as head_add / neuron_add edits")
     w_o = np.asarray(layers["wo"], np.float32)          # [L, H*Dh, D]
     w_down = np.asarray(layers["w_down"], np.float32)   # [L, F, D]
     flat_heads = head_add.reshape(head_add.shape[0], head_add.shape[1], -1)

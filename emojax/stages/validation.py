@@ -14,7 +14,10 @@ stage) and layer l:
 Read-outs, reported as the change from the unedited score of the same prompt:
 - local: neurons <x_{l+1}[t*], v^{mlp,l}_e>, which moves by exactly -sum_j c_j under ablation and by
   lambda sum_j Delta_j beta_j under enhancement; heads s_l = <N^post_l(m_l[t*]), v^{attn,l}_e> by the
-  closed form of T5 (exact for head sets: the contributions add);
+  closed form of T5 (exact for head sets: the contributions add). With post-sublayer norms (Gemma) the
+  branch outputs are normed before the residual add, so neither read-out is a sum over the set: the
+  neuron read-out is computed per set through the MLP's post norm (`neuron_set_local_changes`) and the
+  head closed form sums the set's changes inside the attention's post norm; both stay exact;
 - global: <h_final[t*], v_ref,e>; neuron edits are one-token suffix passes (T6), head edits at every
   position recompute from layer l (emojax.scan.recompute).
 All variants of one (emotion, kind, layer, lambda) run as one vmapped sweep; identical random sets
@@ -47,11 +50,12 @@ from emojax.data import EMOTIONS, SevRecord  # noqa: E402
 from emojax.method import prompts  # noqa: E402
 from emojax.method.hparams import map_layer  # noqa: E402
 from emojax.model.config import ModelConfig  # noqa: E402
-from emojax.model.forward import rms_norm  # noqa: E402
+from emojax.model import block  # noqa: E402
 from emojax.runs import ChunkedJob, InputError, hash_path, write_csv  # noqa: E402
 from emojax.runs.stage_record import (digest, finished_summary, mark_finished, model_hash, records_digest)  # noqa: E402
 from emojax.scan import (Prefix, capture_prefix, clean_scores, head_edit_scores,  # noqa: E402
                          head_set_ablation_same_layer, neuron_edit_scores, neuron_write_alignment)
+from emojax.scan.neurons import neuron_set_local_changes  # noqa: E402
 from emojax.stages import components, upstream  # noqa: E402
 from emojax.stages.context import StageContext  # noqa: E402
 
@@ -157,6 +161,8 @@ class Unit:
 
 
 def neuron_local(unit: Unit, lam: float | None) -> ScoreFn:
+    if unit.config.post_norms:
+        return _neuron_local_through_norm(unit, lam)
     beta = neuron_write_alignment(unit.params, unit.v_mlp)[unit.layer].astype(np.float64)
     if lam is None:
         contributions = np.asarray(unit.emotion_prefix.g[:, unit.layer], np.float64) * beta  # [n, F]
@@ -164,6 +170,24 @@ def neuron_local(unit: Unit, lam: float | None) -> ScoreFn:
     n = unit.neutral_prefix.batch
     shift = lam * np.asarray(unit.delta, np.float64) * beta  # the same for every prompt
     return lambda masks: np.repeat((masks @ shift)[:, None], n, axis=1)
+
+
+def _neuron_local_through_norm(unit: Unit, lam: float | None) -> ScoreFn:
+    """The local read-out under a post-normed MLP (Gemma): o^mlp = N_post(a W_down) is not linear in the
+    neurons, so each set's change is computed exactly through the norm (not as a sum over its members)."""
+    prefix = unit.emotion_prefix if lam is None else unit.neutral_prefix
+    g = np.asarray(prefix.g[:, unit.layer], np.float32)
+
+    def score(masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks, np.float32)
+        if lam is None:
+            scale, add = 1.0 - masks, None
+        else:
+            scale, add = np.ones_like(masks), lam * masks * unit.delta[None]
+        return neuron_set_local_changes(unit.params, g, unit.layer, unit.v_mlp[unit.layer], scale=scale, add=add,
+                                        config=unit.config)
+
+    return score
 
 
 def neuron_global(unit: Unit, lam: float | None) -> ScoreFn:
@@ -236,7 +260,7 @@ def clean_mean(unit: Unit, kind: str, readout: str, lam: float | None) -> float:
     if kind == "neuron":
         return float((np.asarray(prefix.resid_post[:, unit.layer]) @ unit.v_mlp[unit.layer]).mean())
     gain = unit.params["layers"]["mlp_norm"][unit.layer]
-    mlp_input = rms_norm(jnp.asarray(prefix.resid_mid[:, unit.layer]), gain, unit.config.rms_eps)
+    mlp_input = block.norm(jnp.asarray(prefix.resid_mid[:, unit.layer]), gain, unit.config)
     return float((np.asarray(mlp_input) @ unit.v_attn[unit.layer]).mean())
 
 

@@ -68,12 +68,12 @@ class Family:
 
 _LAYER = "model.layers.{layer}."
 
-_DECODER_RULES = (
+_EMBEDDINGS_AND_HEAD = (
     TensorRule("embed", "model.embed_tokens.weight"),
     TensorRule("final_norm", "model.norm.weight"),
     TensorRule("lm_head", "lm_head.weight", transpose=True, when=_untied),
-    TensorRule("layers.attn_norm", _LAYER + "input_layernorm.weight"),
-    TensorRule("layers.mlp_norm", _LAYER + "post_attention_layernorm.weight"),
+)
+_PROJECTIONS = (
     TensorRule("layers.wq", _LAYER + "self_attn.q_proj.weight", transpose=True),
     TensorRule("layers.wk", _LAYER + "self_attn.k_proj.weight", transpose=True),
     TensorRule("layers.wv", _LAYER + "self_attn.v_proj.weight", transpose=True),
@@ -82,6 +82,24 @@ _DECODER_RULES = (
     TensorRule("layers.w_up", _LAYER + "mlp.up_proj.weight", transpose=True),
     TensorRule("layers.w_down", _LAYER + "mlp.down_proj.weight", transpose=True),
 )
+# Llama's two norms: before attention, and before the MLP (which HF calls post_attention_layernorm).
+_LLAMA_NORMS = (
+    TensorRule("layers.attn_norm", _LAYER + "input_layernorm.weight"),
+    TensorRule("layers.mlp_norm", _LAYER + "post_attention_layernorm.weight"),
+)
+# Gemma 2/3's four: HF's post_attention_layernorm is the norm of the attention *output*; the MLP's input
+# norm is pre_feedforward_layernorm. Stored as w, used as (1 + w) (config.norm_offset).
+_GEMMA_NORMS = (
+    TensorRule("layers.attn_norm", _LAYER + "input_layernorm.weight"),
+    TensorRule("layers.attn_post_norm", _LAYER + "post_attention_layernorm.weight"),
+    TensorRule("layers.mlp_norm", _LAYER + "pre_feedforward_layernorm.weight"),
+    TensorRule("layers.mlp_post_norm", _LAYER + "post_feedforward_layernorm.weight"),
+)
+_QK_NORMS = (
+    TensorRule("layers.q_norm", _LAYER + "self_attn.q_norm.weight"),
+    TensorRule("layers.k_norm", _LAYER + "self_attn.k_norm.weight"),
+)
+_DECODER_RULES = _EMBEDDINGS_AND_HEAD + _LLAMA_NORMS + _PROJECTIONS
 _QKV_BIAS_RULES = (
     TensorRule("layers.bq", _LAYER + "self_attn.q_proj.bias", when=_has_qkv_bias),
     TensorRule("layers.bk", _LAYER + "self_attn.k_proj.bias", when=_has_qkv_bias),
@@ -93,8 +111,16 @@ _ROTARY_CACHE = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
 LLAMA = Family("llama", _DECODER_RULES + _QKV_BIAS_RULES, gguf_permutes_qk=True, ignorable=(_ROTARY_CACHE,))
 # Qwen2: always q/k/v biases (the config sets qkv_bias for this family).
 QWEN2 = Family("qwen2", _DECODER_RULES + _QKV_BIAS_RULES, gguf_permutes_qk=False, ignorable=(_ROTARY_CACHE,))
+# Qwen3: Llama's layout plus q/k norms, no biases; head_dim is explicit in the config.
+QWEN3 = Family("qwen3", _DECODER_RULES + _QK_NORMS, gguf_permutes_qk=False, ignorable=(_ROTARY_CACHE,))
+# Mistral: Llama's layout (the window is config only); llama.cpp converts it as a Llama model.
+MISTRAL = Family("mistral", _DECODER_RULES, gguf_permutes_qk=True, ignorable=(_ROTARY_CACHE,))
+# Gemma 2: four norms per layer, tied embeddings (softcaps, window and scale are config only).
+GEMMA2 = Family("gemma2", _EMBEDDINGS_AND_HEAD + _GEMMA_NORMS + _PROJECTIONS, gguf_permutes_qk=False)
+# Gemma 3 (text): Gemma 2's layout plus q/k norms.
+GEMMA3 = Family("gemma3", _EMBEDDINGS_AND_HEAD + _GEMMA_NORMS + _QK_NORMS + _PROJECTIONS, gguf_permutes_qk=False)
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2, QWEN3, MISTRAL, GEMMA2, GEMMA3)}
 
 
 def family_of(cfg: ModelConfig) -> Family:
