@@ -55,7 +55,7 @@ def check_model_source(spec: str) -> None:
     from emojax.loading import HF_TOKENIZER_FILES, resolve_source
 
     try:
-        source, _ = resolve_source(spec)
+        source, _ = resolve_source(spec, join=False)  # a model split over packages is joined at load time
     except (FileNotFoundError, ValueError) as err:
         raise InputError(f"--model={spec}: {err}") from None
     if source.is_dir() and not any((source / name).is_file() for name in HF_TOKENIZER_FILES):
