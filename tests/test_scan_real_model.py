@@ -1,10 +1,13 @@
-"""The fast scans on the default model (SmolLM2-135M-Instruct) == brute-force forwards, on a few
-short chat prompts and a few components per scan. Tolerance: float32, 2e-5 relative to the
-largest score."""
+"""The fast scans on real weights == brute-force forwards: the default model (SmolLM2-135M-Instruct,
+two chat prompts) and Gemma-3-270M (four prompts in its turn format; post-sublayer norms, q/k norms,
+local and global layers), a few components per scan. Tolerance: float32, 2e-5 relative to the
+largest score. The Gemma case skips, with the pip command as the reason, without its packages."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import gemma_fixtures as gemma
 
 from emojax.method.prompts import chat, tokenize_prompts
 from emojax.model.interventions import Intervention, stack_variants
@@ -20,11 +23,23 @@ def assert_close(fast, slow, scale):
     np.testing.assert_allclose(fast, slow, rtol=0, atol=RTOL * max(1.0, scale))
 
 
-@pytest.fixture(scope="module")
-def setup(default_model):
-    model = default_model
-    prompts = [chat("Keep the reply short.", "The bus was late again."),
-               chat("Keep the reply to at most two sentences.", "My friend called me after work today.")]
+PROMPTS = {"smollm2": [chat("Keep the reply short.", "The bus was late again."),
+                        chat("Keep the reply to at most two sentences.", "My friend called me after work today.")],
+           "gemma": [chat("Keep the reply short.", "The bus was late again."),
+                     chat("Keep the reply to at most two sentences.", "My friend called me after work today."),
+                     chat("Answer in one sentence.", "I found an old letter from my grandmother."),
+                     chat("Keep the reply short.", "The neighbours are having a party until three in the morning.")]}
+
+
+@pytest.fixture(scope="module", params=sorted(PROMPTS))
+def setup(request):
+    if request.param == "gemma":
+        gemma.require_gemma()
+        from emojax.loading import load_model
+        model = load_model(gemma.GEMMA, cache_dir=gemma.gemma_cache_dir())
+    else:
+        model = request.getfixturevalue("default_model")
+    prompts = PROMPTS[request.param]
     batch = tokenize_prompts(model.tokenizer, prompts)
     assert batch.mask[:, 0].sum() < len(prompts)  # the rows differ in length: left padding is exercised
     prefix = capture_prefix(model.params, batch.tokens, batch.mask, config=model.config, keep_sequence=True)
@@ -36,7 +51,7 @@ def setup(default_model):
 def test_suffix_passes(setup):
     model, tokens, mask, prefix, readout = setup
     cfg = model.config
-    sites = [(0, 0), (15, 1), (cfg.n_layers - 1, 1)]
+    sites = [(0, 0), (cfg.n_layers // 2, 1), (cfg.n_layers - 1, 1)]
     deltas = np.random.default_rng(1).normal(size=(len(sites), tokens.shape[0], cfg.d_model)).astype(np.float32)
     fast = suffix_scores(model.params, prefix, deltas, layer=[l for l, _ in sites], sublayer=[s for _, s in sites],
                          readout=readout, config=cfg)
@@ -52,7 +67,7 @@ def test_suffix_passes(setup):
 def test_head_scans(setup):
     model, tokens, mask, prefix, readout = setup
     cfg = model.config
-    for positions, layers in (("last", [cfg.n_layers - 2]), ("all", [10])):
+    for positions, layers in (("last", [cfg.n_layers - 2]), ("all", [cfg.n_layers // 3])):
         fast = causal_head_scan(model.params, prefix, readout, config=cfg, positions=positions, layers=layers)
         slow = brute_head_scan(model.params, tokens, mask, readout=readout, config=cfg, positions=positions,
                                layers=layers)
@@ -64,7 +79,7 @@ def test_same_layer_head_importance(setup):
     cfg = model.config
     directions = np.random.default_rng(2).normal(size=(cfg.n_layers, cfg.d_model)).astype(np.float32)
     directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-    layers = [5, 20]
+    layers = [cfg.n_layers // 6, (3 * cfg.n_layers) // 4]
     imp, base = head_ablation_same_layer(model.params, prefix.z, prefix.resid_mid, directions, config=cfg)
     want_imp, want_base = brute_head_same_layer(model.params, tokens, mask, directions=directions, config=cfg,
                                                 layers=layers)
