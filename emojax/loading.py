@@ -1,7 +1,8 @@
 """`load_model`: a registered model name, an HF checkpoint directory or a GGUF file -> params, config, tokenizer.
 
 The first load converts the checkpoint and stores the result in the cache (see `emojax.weights.cache`);
-later loads of the same files (same content hash) read the cache instead.
+later loads of the same files (same content hash) read the cache instead, once its checksums verify. The
+cache directory is checked to be writable before any conversion.
 
 Registered models ship in installable packages, none of which the runtime install requires: a GGUF
 file inside one package (SmolLM2), or a GGUF split over several packages (Gemma-3-270M), joined into
@@ -28,6 +29,7 @@ from emojax.console import say
 from emojax.model.config import ModelConfig, config_from_hf
 from emojax.model.params import Params
 from emojax.weights import cache
+from emojax.weights.cache_dir import check_cache_dir
 from emojax.weights.gguf_loader import convert_gguf, read_gguf
 from emojax.weights.gguf_tokenizer import tokenizer_from_gguf_metadata
 from emojax.weights.safetensors_loader import (INDEX_FILE, PICKLE_SUFFIXES, hf_config_dict, load_hf_checkpoint,
@@ -107,7 +109,7 @@ class _Chunked:
         target = cache.resolve_cache_dir(cache_dir) / "sources" / self.file
         if not join or _stamp_matches(target, self.sha256):
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        check_cache_dir(target.parent)
         say("joining %s from its %d packages into %s (first use) ...", self.file, len(self.parts), target.parent)
         handle, staging_name = tempfile.mkstemp(prefix=f".{self.file}.", dir=target.parent)
         os.close(handle)
@@ -172,6 +174,9 @@ class LoadedModel:
     source: Path
     source_hash: str
     from_cache: bool
+    # Hash of the cache entry's bytes the params were read from or written to (emojax.weights.checksums);
+    # None when no cache was used, so the params are the source's conversion itself.
+    weights_hash: str | None = None
 
 
 def registered_path(name: str, cache_dir: str | Path | None = None, join: bool = True) -> Path:
@@ -239,16 +244,19 @@ def load_model(name_or_path: str | Path, *, dtype: Any = jnp.float32, cache_dir:
     source, name = resolve_source(name_or_path, cache_dir)
     files = source_files(source)
     source_hash = cache.hash_files(files, root=source.parent if _is_gguf(source) else source)
-    entry_path = cache.entry_path(cache.resolve_cache_dir(cache_dir), source_hash, dtype)
+    cache_root = cache.resolve_cache_dir(cache_dir)
+    if use_cache:
+        check_cache_dir(cache_root)
+    entry_path = cache.entry_path(cache_root, source_hash, dtype)
 
-    entry = cache.read_entry(entry_path) if use_cache else None
+    entry = cache.read_entry(entry_path, source_hash) if use_cache else None
     from_cache = entry is not None
     if entry is None:
         say("converting %s to emojax weights (first use; later runs load the cached copy) ...", source)
         converted = _convert(source)
         entry = dataclasses.replace(converted, params=_cast(converted.params, dtype))
         if use_cache:
-            cache.write_entry(entry_path, entry)
+            entry = dataclasses.replace(entry, weights_hash=cache.write_entry(entry_path, entry, source_hash))
         say("converted %s in %.1f s%s", name, time.perf_counter() - start,
             f"; cached at {entry_path}" if use_cache else "")
     config = config_from_hf(entry.raw_config, source=str(source)).replace(name=name)
@@ -258,4 +266,5 @@ def load_model(name_or_path: str | Path, *, dtype: Any = jnp.float32, cache_dir:
         say("%s is a base model (pretrained, not instruction-tuned): it continues chat prompts rather than "
             "following instructions", name)
     return LoadedModel(params=_cast(entry.params, dtype), config=config, tokenizer=entry.tokenizer, name=name,
-                       source=source, source_hash=source_hash, from_cache=from_cache)
+                       source=source, source_hash=source_hash, from_cache=from_cache,
+                       weights_hash=entry.weights_hash)

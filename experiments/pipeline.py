@@ -34,8 +34,11 @@ def main(argv: list[str]) -> None:
                                  causal=FLAGS.causal, validation=FLAGS.validation,
                                  random_circuits=FLAGS.random_circuits)
     result = run_pipeline(ctx, options, until=FLAGS.until)
-    logging.info("pipeline finished: %s", result["summaries"].get("report"))
-    print(f"report: {ctx.run.path / 'report.md'}")
+    if "report" in result["summaries"]:
+        logging.info("pipeline finished: %s", result["summaries"]["report"])
+        print(f"report: {ctx.run.path / 'report.md'}")
+    else:  # --until stopped before the report
+        print(f"stopped after --until={FLAGS.until}; no report written (run without --until for it): {ctx.run.path}")
 
 
 if __name__ == "__main__":

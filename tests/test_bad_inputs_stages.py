@@ -14,12 +14,13 @@ from absl import flags as absl_flags
 
 from emojax.data import load_dataset
 from emojax.launch.launcher import open_context
-from emojax.launch.preflight import CHARS_PER_POSITION
+from emojax.method.prompts import CHARS_PER_POSITION
 from emojax.runs import InputError, RunDir, check_array_file, check_circuit, write_npz
 from emojax.runs.stage_record import finished_summary, mark_finished
 from emojax.stages import directions_stage, elicit, steer
 from emojax.stages.context import Settings
-from emojax.stages.judged import MAX_JUDGE_ERROR_FRACTION, JudgeFailure
+from emojax.judge.verdicts import MAX_JUDGE_ERROR_FRACTION
+from emojax.stages.judged import JudgeFailure
 from stage_fixtures import TINY_CONFIG, TINY_PRESET, FakeJudge, make_context, split, tiny_loaded_model
 
 N_EMOTIONS = 6

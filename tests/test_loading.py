@@ -60,7 +60,7 @@ def test_hf_directory_then_cache_hit(checkpoint, tmp_path):
     assert_same_tokenizer(first.tokenizer, second.tokenizer)
     entry, = (tmp_path / "cache").iterdir()
     assert entry.name == f"{first.source_hash}-float32"
-    assert {p.name for p in entry.iterdir()} == {"params", "config.json", "tokenizer"}
+    assert {p.name for p in entry.iterdir()} == {"params", "config.json", "tokenizer", "checksums.json"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.name = "other"
 

@@ -15,7 +15,7 @@ from emojax.runs import ChunkedJob, ModelIdentity, RunDir, write_csv, write_npz
 CONFIG = ModelConfig(family="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                      head_dim=8, d_ff=48, rms_eps=1e-5, rope_theta=10000.0, tie_embeddings=True,
                      qkv_bias=False, name="tiny")
-RUN_RECORDS = {"manifest.json", "invocations.jsonl", "run.log", "done.json"}
+RUN_RECORDS = {"manifest.json", "invocations.jsonl", "run.log", "done.json", ".lock"}
 
 
 def numpy_params(shapes: dict, rng: np.random.Generator) -> dict:

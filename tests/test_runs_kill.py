@@ -16,8 +16,8 @@ from conftest import load_script, subprocess_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER = REPO_ROOT / "tests" / "helpers" / "chunked_worker.py"
-# Files that legitimately differ between runs: start times, argv, logs.
-RUN_RECORDS = {"manifest.json", "invocations.jsonl", "run.log", "done.json"}
+# Files that legitimately differ between runs: start times, argv, logs, the lock holder's pid.
+RUN_RECORDS = {"manifest.json", "invocations.jsonl", "run.log", "done.json", ".lock"}
 
 if not hasattr(signal, "SIGKILL"):
     pytest.skip("needs SIGKILL", allow_module_level=True)

@@ -9,6 +9,7 @@ import pytest
 
 from emojax.data import EMOTIONS, VALENCES, items
 from emojax.evaluation.accuracy import accuracy_markdown, accuracy_tables, overall_fraction
+from emojax.judge import verdicts
 from emojax.judge.perplexity import perplexities
 from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import read_jsonl
@@ -155,7 +156,7 @@ def test_verdicts_validate_judge_output() -> None:
     class Result:
         match = np.array([1, 0])
         errors = [None, "unparsable JSON"]
-    assert judged.verdicts(Result(), 2) == [{"match": 1, "reason": "", "error": None},
+    assert verdicts.verdicts(Result(), 2) == [{"match": 1, "reason": "", "error": None},
                                           {"match": 0, "reason": "", "error": "unparsable JSON"}]
     with pytest.raises(ValueError, match="for 3 texts"):
-        judged.verdicts(Result(), 3)
+        verdicts.verdicts(Result(), 3)

@@ -231,6 +231,9 @@ def _text(value: object, path: Path, number: int, field: str) -> str:
         raise DatasetError(f"expected a string, got {_json_type(value)}", path=path, line=number, field=field)
     if not value.strip():
         raise DatasetError("empty text", path=path, line=number, field=field)
+    if "\0" in value:  # it would go into the prompt, where no tokenizer means anything by it
+        raise DatasetError(f"holds a NUL character (at {value.index(chr(0))}); remove it", path=path, line=number,
+                           field=field)
     return value
 
 
@@ -264,6 +267,9 @@ def resolve_dataset(spec: str | Path) -> Path:
                                "pass its path instead of 'official'")
         return OFFICIAL_SEV_PATH
     path = Path(text).expanduser()
+    if path.is_dir():
+        raise DatasetError("is a directory, not a SEV .jsonl file (expected a SEV .jsonl path, 'official', "
+                           "'bundled:train' or 'bundled:test')", path=path)
     if not path.is_file():
         raise DatasetError("no such file (expected a SEV .jsonl path, 'official', "
                            "'bundled:train' or 'bundled:test')", path=path)

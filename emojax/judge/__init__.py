@@ -15,9 +15,10 @@ __all__ = ["Judge", "JudgeResult", "make_judge"]
 SPEC_HELP = ('"offline", "offline:<artefact.npz>", "http:<model>" or "llm:<model name or path>"')
 
 
-def make_judge(spec: str = "offline") -> Judge:
+def make_judge(spec: str = "offline", *, timeout_s: float | None = None, deadline_s: float | None = None) -> Judge:
     """Build a judge from a flag value: "offline" (the default), "offline:<artefact.npz>",
-    "http:<model>" (OpenAI-compatible endpoint) or "llm:<model name or path>"."""
+    "http:<model>" (OpenAI-compatible endpoint) or "llm:<model name or path>". `timeout_s` (per
+    request) and `deadline_s` (per verdict) apply to an HTTP judge; None keeps its defaults."""
     kind, _, argument = spec.partition(":")
     if kind not in ("offline", "http", "llm"):
         raise ValueError(f"unknown judge spec {spec!r}; expected {SPEC_HELP}")
@@ -30,7 +31,8 @@ def make_judge(spec: str = "offline") -> Judge:
     if kind == "http":
         from emojax.judge.http import HttpJudge
 
-        return HttpJudge(argument)
+        limits = {k: v for k, v in (("timeout_s", timeout_s), ("deadline_s", deadline_s)) if v is not None}
+        return HttpJudge(argument, **limits)
     from emojax.judge.llm import LlmJudge
 
     return LlmJudge(argument)

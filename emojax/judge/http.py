@@ -6,6 +6,13 @@ fence stripping, failures = match 0 and flagged). Only the standard library is u
 `check()` is what a launcher runs before any generation: the key variable is set, the base URL is
 an http(s) URL, and one 1-token request with the key is answered.
 
+Time limits: each request waits at most `timeout_s` for the server (per connect or read), and one
+verdict (every attempt, backoff and `Retry-After` wait together) at most `deadline_s`, so a hung
+endpoint fails a verdict, and the start-up check, within the deadline (defaults: 30 s and 110 s).
+A `Retry-After` header (seconds or an HTTP date) is honoured when it ends before the deadline. A
+reply cut mid-body, a reset connection and a body that is not the expected JSON are transient
+failures, retried like a 5xx.
+
 The API key is read from an environment variable at call time and goes into the Authorization
 header only: it is never stored on the object, logged, put in an error message, a cache or a
 description. Replies are cached on disk (emojax.judge.cache) by a hash of (model, prompt); transport
@@ -14,6 +21,8 @@ failures are not cached, so a later run retries them. The model version the serv
 """
 from __future__ import annotations
 
+import email.utils
+import http.client
 import json
 import os
 import threading
@@ -38,6 +47,8 @@ BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 # Statuses worth another try: rate limiting and server-side failures.
 _RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_DEADLINE_S = 110.0  # with the default timeout, a hung endpoint fails a verdict within 2 minutes
 
 
 class RateLimiter:
@@ -71,16 +82,19 @@ class HttpJudge:
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
                  temperature: float = 0.1, max_tokens: int = 200, retries: int = 4,
                  backoff_base: float = 1.8, backoff_scale: float = 1.0,
-                 requests_per_second: float = 5.0, workers: int = 4, timeout_s: float = 60.0,
-                 cache_dir: str | os.PathLike | None = None, use_cache: bool = True):
+                 requests_per_second: float = 5.0, workers: int = 4, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 deadline_s: float = DEFAULT_DEADLINE_S, cache_dir: str | os.PathLike | None = None,
+                 use_cache: bool = True):
         if not model:
             raise ValueError("HttpJudge needs a model name")
+        if not (timeout_s > 0 and deadline_s > 0):
+            raise ValueError(f"HttpJudge needs timeout_s and deadline_s > 0, got {timeout_s} and {deadline_s}")
         self.model = model
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.api_key_env = api_key_env
         self.temperature, self.max_tokens = temperature, max_tokens
         self.retries, self.backoff_base, self.backoff_scale = retries, backoff_base, backoff_scale
-        self.workers, self.timeout_s = max(1, workers), timeout_s
+        self.workers, self.timeout_s, self.deadline_s = max(1, workers), timeout_s, deadline_s
         self._limiter = RateLimiter(requests_per_second)
         self.cache = VerdictCache(_cache_path(cache_dir, model)) if use_cache else None
         self.model_versions: set[str] = set()
@@ -91,7 +105,8 @@ class HttpJudge:
         return {"name": "http", "model": self.model, "base_url": self.base_url,
                 "api_key_env": self.api_key_env, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "retries": self.retries,
-                "backoff": f"{self.backoff_scale} * {self.backoff_base}**i s",
+                "backoff": f"{self.backoff_scale} * {self.backoff_base}**i s", "timeout_s": self.timeout_s,
+                "deadline_s": self.deadline_s,
                 "model_versions": sorted(self.model_versions),
                 "cache": None if self.cache is None else str(self.cache.path)}
 
@@ -147,27 +162,42 @@ class HttpJudge:
                 self.model_versions.add(version)
 
     def _complete(self, messages: list[dict[str, str]], max_tokens: int | None = None) -> tuple[str, str | None]:
-        """(reply text, server model version); retries transient failures with backoff."""
+        """(reply text, server model version); retries transient failures with backoff, all within
+        `deadline_s`."""
         body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
                            "max_tokens": self.max_tokens if max_tokens is None else max_tokens}).encode()
-        last = "no attempt"
+        deadline = time.monotonic() + self.deadline_s
+        last, wait = "no attempt", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_scale * self.backoff_base ** (attempt - 1))
+                wait = max(wait, self.backoff_scale * self.backoff_base ** (attempt - 1))
+                if time.monotonic() + wait >= deadline:
+                    last += f"; the next try (in {wait:.0f} s) would pass the {self.deadline_s:g} s deadline"
+                    break
+                time.sleep(wait)
             self._limiter.wait()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                last += f"; the {self.deadline_s:g} s deadline passed"
+                break
+            wait = 0.0
             try:
-                payload = self._post(body)
+                payload = self._post(body, timeout=min(self.timeout_s, remaining))
             except urllib.error.HTTPError as err:
                 last = f"HTTP {err.code}"
                 if err.code in (401, 403) and not os.environ.get(self.api_key_env):
                     last += f" (${self.api_key_env} is not set)"
                 if err.code not in _RETRY_STATUSES:
                     break
+                wait = retry_after_s(err.headers.get("Retry-After") if err.headers else None) or 0.0
                 continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last = f"connection error ({type(err).__name__})"
+            except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as err:
+                reason = getattr(err, "reason", None)
+                timed_out = isinstance(err, TimeoutError) or isinstance(reason, TimeoutError)
+                last = (f"no reply within {min(self.timeout_s, remaining):.0f} s" if timed_out
+                        else f"connection error ({type(reason or err).__name__})")
                 continue
-            except ValueError:
+            except ValueError:  # JSON and UTF-8 decoding errors
                 last = "the server's reply is not JSON"
                 continue
             try:
@@ -177,15 +207,31 @@ class HttpJudge:
         logging.warning("judge request to %s failed: %s", self.base_url, last)
         raise ApiError(last)
 
-    def _post(self, body: bytes) -> dict[str, Any]:
+    def _post(self, body: bytes, timeout: float) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body,
                                          headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read().decode("utf-8"))
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks to wait (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _cache_path(cache_dir: str | os.PathLike | None, model: str) -> Path:

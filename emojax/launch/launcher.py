@@ -7,7 +7,9 @@
     ctx = context_from_flags(FLAGS)   check the whole configuration, then load the model, the splits
                                       (subsampled by the preset), the judge, and open (or resume) the
                                       run directory
-    run_launcher(main)                `app.run(main)`, with known input errors as one line and exit 2
+    run_launcher(main)                `app.run(main)`, with known input errors and environment errors (a
+                                      full disk, a read-only filesystem) as one line and exit 2, and
+                                      SIGINT / SIGTERM as one line and exit 130 / 143
 
 `open_context` does the same from plain arguments, for library use and tests (a judge object may be
 passed instead of a spec).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import jax
@@ -28,13 +31,19 @@ from jax.sharding import Mesh
 from emojax import console
 from emojax.data import DatasetError, load_dataset, resolve_dataset, subsample
 from emojax.judge import SPEC_HELP
+from emojax.judge.http import DEFAULT_DEADLINE_S, DEFAULT_TIMEOUT_S
 from emojax.launch import preflight
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.parallel import mesh_from_spec, shard_params
 from emojax.parallel.distributed import initialize_distributed
-from emojax.runs import InputError, ModelIdentity, RunDir, define_run_flags
+from emojax.runs import InputError, ModelIdentity, RunDir, define_run_flags, lock
+from emojax.runs.environment_errors import environment_message
+from emojax.runs.interrupt import INTERRUPTED, Terminated, exit_status, handle_sigterm
+from emojax.runs.rundir import check_out_creatable
 from emojax.runs.stage_record import judge_identity
 from emojax.stages.context import PRESETS, Preset, Settings, StageContext
+from emojax.weights.cache import resolve_cache_dir
+from emojax.weights.cache_dir import check_cache_dir
 from emojax.weights.errors import WeightsError
 
 _CHOICES = {"directions_rule": ("accepted", "all"), "ratio_mode": ("fixed", "auto"),
@@ -72,8 +81,17 @@ def define_flags() -> None:
                              "prompt rows) or DATAxMODEL, e.g. 8x1 or 4x2 (heads and MLP width over MODEL). "
                              "Results are the same on any mesh.")
     absl_flags.DEFINE_string("cache_dir", None, "Converted-model cache (default $EMOJAX_CACHE_DIR or ~/.cache/emojax).")
+    define_judge_deadline_flags()
     for field in dataclasses.fields(Settings):
         _define_setting(field)
+
+
+def define_judge_deadline_flags() -> None:
+    """--judge_timeout_s and --judge_deadline_s (an HTTP judge's limits; they change no verdict)."""
+    absl_flags.DEFINE_float("judge_timeout_s", DEFAULT_TIMEOUT_S, "HTTP judge: seconds one request may wait "
+                            "for the server (per connect or read).")
+    absl_flags.DEFINE_float("judge_deadline_s", DEFAULT_DEADLINE_S, "HTTP judge: seconds one verdict may take, "
+                            "every retry and Retry-After wait included; then it fails.")
 
 
 def no_extra_arguments(argv: Sequence[str]) -> None:
@@ -103,16 +121,27 @@ KNOWN_ERRORS = (InputError, DatasetError, WeightsError, app.UsageError)
 def run_launcher(main: Callable[[list[str]], Any]) -> None:
     """`app.run(main)` for a launcher: a known input error (a bad flag, file, dataset, checkpoint or
     judge) is printed as one line and exits with status 2; its traceback only with --verbosity=1 or
-    higher. Any other error keeps its traceback. The terminal shows console lines unless a logging
-flag asks for the full log (emojax.console)."""
+    higher. A full disk, an exceeded quota or a read-only filesystem is one line and status 2 too. SIGINT
+    and SIGTERM print "interrupted; rerun the same command to resume" and exit 130 and 143. Any other
+    error keeps its traceback. The terminal shows console lines unless a logging flag asks for the full
+    log (emojax.console)."""
     def guarded(argv: list[str]) -> Any:
         console.configure(absl_flags.FLAGS)
+        handle_sigterm()
         try:
             return main(argv)
         except KNOWN_ERRORS as err:
             if absl_flags.FLAGS.verbosity >= 1:
                 raise
             _exit_with(err)
+        except OSError as err:
+            message = environment_message(err)
+            if message is None or absl_flags.FLAGS.verbosity >= 1:
+                raise
+            _exit_with(InputError(message))
+        except (KeyboardInterrupt, Terminated) as err:
+            sys.stderr.write(f"{INTERRUPTED}\n")
+            sys.exit(exit_status(err))
 
     app.run(guarded, flags_parser=_parse_flags)
 
@@ -153,12 +182,14 @@ def settings_from(values: Mapping[str, Any]) -> Settings:
 def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:train",
                  test: str = "bundled:test", preset: str | Preset = "quick", judge: Any = "offline",
                  settings: Settings | None = None, force_new: bool = False,
-                 cache_dir: str | None = None, mesh: Mesh | None = None) -> StageContext:
+                 cache_dir: str | None = None, mesh: Mesh | None = None,
+                 judge_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 judge_deadline_s: float = DEFAULT_DEADLINE_S) -> StageContext:
     """Check the configuration, load everything a stage needs and open the run directory.
 
     `model`: a name/path for `load_model`, or an already loaded model; `preset`: a name of PRESETS or
     a Preset; `judge`: a spec for `make_judge` or a judge callable. These arguments are the run's
-    identity; `mesh` is not part of it (a run resumes on any mesh with the same results).
+    identity; `mesh` and the judge's time limits are not part of it (they change no result).
     """
     if isinstance(preset, str) and preset not in PRESETS:
         raise InputError(f"--preset={preset!r}: expected one of {sorted(PRESETS)}")
@@ -174,11 +205,15 @@ def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:
         logging.info("%s split %s: %d records (of %d)", split, spec, len(splits[split]), len(records))
     if isinstance(model, str):
         preflight.check_model_source(model)
+    check_cache_dir(resolve_cache_dir(cache_dir))  # the converted weights and the HTTP judge's verdicts
     if isinstance(judge, str):
-        judge_fn = preflight.make_checked_judge(judge)
+        judge_fn = preflight.make_checked_judge(judge, timeout_s=judge_timeout_s, deadline_s=judge_deadline_s)
     else:
         judge_fn = judge
         preflight.check_judge(judge_fn)
+    out_path = Path(out)
+    check_out_creatable(out_path)
+    lock.check_not_locked(out_path, force_new)  # a busy --out fails before the model loads
     loaded = load_model(model, cache_dir=cache_dir) if isinstance(model, str) else model
     preflight.check_tokenizer(loaded)
     for split in ("train", "test"):
@@ -193,7 +228,9 @@ def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:
     # resume the same run directory; stage-specific options go into that stage's own fingerprint.
     flags = {"model": loaded.name, "train": str(train), "test": str(test), "preset": dataclasses.asdict(chosen),
              "judge": judge if isinstance(judge, str) else judge_identity(judge), **dataclasses.asdict(settings)}
-    run = RunDir.open(out, flags=flags, model=identity, inputs=sources, force_new=force_new)
+    weights = {"source_hash": loaded.source_hash, "weights_hash": getattr(loaded, "weights_hash", None),
+               "from_cache": getattr(loaded, "from_cache", None)}
+    run = RunDir.open(out, flags=flags, model=identity, inputs=sources, force_new=force_new, weights=weights)
     return StageContext(model=loaded, run=run, train=splits["train"], test=splits["test"], judge=judge_fn,
                         preset=chosen, settings=settings, mesh=mesh)
 
@@ -220,4 +257,5 @@ def context_from_flags(values: Any) -> StageContext:
     return open_context(out=run_directory_of_host(values.out), model=values.model, train=values.train, test=values.test,
                         preset=values.preset, judge=values.judge,
                         settings=settings_from(values.flag_values_dict()), force_new=values.force_new_run,
-                        cache_dir=values.cache_dir, mesh=mesh)
+                        cache_dir=values.cache_dir, mesh=mesh, judge_timeout_s=values.judge_timeout_s,
+                        judge_deadline_s=values.judge_deadline_s)

@@ -16,14 +16,10 @@ import math
 from typing import Any, Sequence
 
 from emojax.data import SevRecord, VALENCES, items
-from emojax.method.prompts import emotion_messages, render
+from emojax.method.prompts import CHARS_PER_POSITION, emotion_messages, render
 from emojax.runs import InputError
 from emojax.stages.context import Settings
 
-# A token of a byte-level BPE vocabulary rarely spans more than a few characters of prose, so a
-# record this many characters per position long cannot fit; refusing it before tokenising keeps a
-# huge scenario from stalling the tokenizer.
-CHARS_PER_POSITION = 32
 SEED_LIMIT = 2 ** 32   # jax.random.key takes a uint32 seed
 
 
@@ -96,12 +92,16 @@ def check_prompt_lengths(model: Any, records: Sequence[SevRecord], source: str, 
                              f"position {limit:,}; shorten its scenario or event")
 
 
-def make_checked_judge(spec: str) -> Any:
-    """The judge of a --judge value, checked: an HTTP judge's key, URL and one authenticated request."""
+def make_checked_judge(spec: str, *, timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
+    """The judge of a --judge value, checked: an HTTP judge's key, URL and one authenticated request,
+    within the same per-request timeout and per-verdict deadline its verdicts get."""
     from emojax.judge import make_judge
 
+    for flag, value in (("judge_timeout_s", timeout_s), ("judge_deadline_s", deadline_s)):
+        if value is not None:
+            check_number(flag, value, above=0)
     try:
-        judge = make_judge(spec)
+        judge = make_judge(spec, timeout_s=timeout_s, deadline_s=deadline_s)
     except (ValueError, FileNotFoundError) as err:
         raise InputError(f"--judge={spec}: {err}") from None
     check_judge(judge, f"--judge={spec}")

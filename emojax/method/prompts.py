@@ -16,6 +16,10 @@ import numpy as np
 from emojax.data.sev import EMOTIONS, Item, SevRecord
 
 DEFAULT_DATE_STRING = "15 Sep 2025"  # date of the official SEV elicitation run [D14]
+# A token of a byte-level BPE vocabulary rarely spans more than a few characters of prose, so a
+# record this many characters per position long cannot fit; refusing it before tokenising keeps a
+# huge scenario from stalling the tokenizer.
+CHARS_PER_POSITION = 32
 
 LENGTH_LINE = "Keep the reply to at most two sentences."
 NEUTRAL_SYSTEM = LENGTH_LINE

@@ -55,8 +55,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(final)  # a failed write() names no file; a full disk should say which
         raise
     _fsync_dir(final.parent)
 

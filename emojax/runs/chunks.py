@@ -27,7 +27,7 @@ from absl import logging
 from emojax.console import say
 from emojax.runs.atomic import write_json, write_jsonl, write_npz
 from emojax.runs.manifest import finite_jsonable, hash_file
-from emojax.runs.progress import Progress
+from emojax.runs.progress import DEFAULT_LOG_EVERY_S, Progress
 from emojax.runs.validate import InputError, read_json, read_jsonl, read_npz
 
 Arrays = dict[str, np.ndarray]
@@ -121,14 +121,17 @@ class ChunkedJob:
         self._index["chunks"] = dict(sorted(self._index["chunks"].items(), key=lambda kv: int(kv[0])))
         write_json(self.path / INDEX_NAME, self._index)
 
-    def run(self, compute_fn: ComputeFn, desc: str | None = None) -> Arrays | list[Any]:
-        """Compute every missing chunk with compute_fn(start, stop), then return `assemble()`."""
+    def run(self, compute_fn: ComputeFn, desc: str | None = None,
+            log_every_s: float = DEFAULT_LOG_EVERY_S) -> Arrays | list[Any]:
+        """Compute every missing chunk with compute_fn(start, stop), then return `assemble()`; progress
+        is a console line at most every `log_every_s` seconds (emojax.runs.progress)."""
         self.path.mkdir(parents=True, exist_ok=True)
         todo = [c for c in range(self.n_chunks) if not self.is_done(c)]
         done_items = self.n_items - sum(stop - start for start, stop in map(self.bounds, todo))
         if done_items:
             say("  %s: resuming, %d of %d items already done", desc or self.name, done_items, self.n_items)
-        with Progress(self.n_items, desc or self.name, unit="item", initial=done_items) as progress:
+        with Progress(self.n_items, desc or self.name, unit="item", initial=done_items,
+                      log_every_s=log_every_s) as progress:
             for chunk in todo:
                 start, stop = self.bounds(chunk)
                 self._store(chunk, compute_fn(start, stop))

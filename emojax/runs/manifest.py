@@ -263,4 +263,8 @@ def environment_differences(recorded: Mapping[str, Any], current: Mapping[str, A
     if (old_dev.get("backend"), old_dev.get("kinds"), old_dev.get("count")) != \
             (new_dev.get("backend"), new_dev.get("kinds"), new_dev.get("count")):
         diffs.append(f"devices {old_dev.get('count')}x{old_dev.get('kinds')} -> {new_dev.get('count')}x{new_dev.get('kinds')}")
+    old_weights, new_weights = recorded.get("weights") or {}, current.get("weights") or {}
+    if old_weights.get("weights_hash") != new_weights.get("weights_hash"):
+        diffs.append(f"loaded weights {str(old_weights.get('weights_hash'))[:12]} -> "
+                     f"{str(new_weights.get('weights_hash'))[:12]}")
     return diffs

@@ -3,11 +3,13 @@
     <run>/manifest.json      identity (flags, model, input hashes) + environment of the first start
     <run>/invocations.jsonl  one record per start or resume (time, argv, versions, commit, devices)
     <run>/run.log            absl log of every invocation (also shown on stderr)
+    <run>/.lock              held by the one process writing the run (emojax.runs.lock)
     <run>/<stage>/           one subdirectory per stage; <stage>/done.json once it has finished
 
 `RunDir.open` creates the directory, or resumes it when its manifest has the same identity. A
 different identity is refused with one line naming the differences, unless `force_new` is set: then
-the old directory is renamed to `<run>.old-<UTC time>` and a fresh run starts.
+the old directory is renamed to `<run>.old-<UTC time>` and a fresh run starts. A directory another
+live process holds is refused (`RunLockedError`), and never moved aside.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from emojax.console import say
+from emojax.runs import lock
 from emojax.runs import manifest as manifest_lib
 from emojax.runs.atomic import write_json, write_jsonl
 from emojax.runs.manifest import NON_SEMANTIC_FLAGS, ModelIdentity
@@ -54,8 +57,37 @@ def _utc_stamp() -> str:
 
 
 def _is_empty(path: Path) -> bool:
-    """No entries other than leftover temporaries of an interrupted first manifest write."""
-    return all(p.name.startswith(".") and p.name.endswith(".tmp") for p in path.iterdir())
+    """No entries other than the lock file and leftover temporaries of an interrupted first manifest write."""
+    return all(p.name == lock.LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp"))
+               for p in path.iterdir())
+
+
+def check_out_creatable(path: Path) -> None:
+    """`path` is a directory, or could be created: its nearest existing ancestor is a writable
+    directory. Checked before a model loads; creates nothing."""
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"--out={path}: exists and is not a directory; choose another --out")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"--out={path}: the directory is not writable; choose another --out")
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"--out={path}: cannot be created, because {ancestor} is not a directory; choose "
+                         "another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"--out={path}: cannot be created, because {ancestor} is not writable; choose another "
+                         "--out")
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out={path}: cannot create the run directory ({err.strerror or err}); choose "
+                         "another --out") from None
 
 
 def _move_aside(path: Path) -> Path:
@@ -75,6 +107,7 @@ class RunDir:
         self.path = Path(path)
         self.moved_aside: Path | None = None
         self._log_handler: std_logging.Handler | None = None
+        self._locked = False  # only a handle from `open` holds the lock
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -94,16 +127,22 @@ class RunDir:
     def open(cls, path: str | os.PathLike, *, flags: Any, model: ModelIdentity | None = None,
              inputs: Mapping[str, str | os.PathLike] | None = None,
              non_semantic: tuple[str, ...] = NON_SEMANTIC_FLAGS, force_new: bool = False,
-             log_to_file: bool = True) -> "RunDir":
+             log_to_file: bool = True, weights: Mapping[str, Any] | None = None) -> "RunDir":
         """Start a run in `path`, or resume the run there if it has the same identity.
 
         `flags`: an absl FlagValues or a dict. `inputs`: named data files and upstream artefacts,
         recorded by content hash. `non_semantic`: flag names that cannot change any result.
+        `weights`: what this invocation loaded (e.g. the cache entry's weights hash), recorded in the
+        manifest's environment and in each invocation's record. The directory stays locked by this
+        process until `close()` or exit.
         """
         run = cls(path)
         identity = manifest_lib.identity(flags, model, inputs, tuple(non_semantic))
         environment = manifest_lib.environment()
+        if weights is not None:
+            environment["weights"] = dict(weights)
         resumed = run._claim(identity, force_new)
+        run._locked = True
         if not resumed:
             write_json(run.path / MANIFEST_NAME, {"format": 1, "identity": identity, "environment": environment})
         if log_to_file:
@@ -121,18 +160,26 @@ class RunDir:
         return run
 
     def _claim(self, identity: dict[str, Any], force_new: bool) -> bool:
-        """Make `path` ours; True when an existing run with the same identity is resumed."""
-        if not self.path.exists():
-            self.path.mkdir(parents=True)
-            return False
-        if not self.path.is_dir():
+        """Lock `path` and make it ours; True when an existing run with the same identity is resumed."""
+        if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path} exists and is not a directory")
+        _make_dir(self.path)
+        lock.acquire(self.path, force_new)
+        try:
+            return self._claim_locked(identity, force_new)
+        except BaseException:
+            lock.release(self.path)
+            raise
+
+    def _claim_locked(self, identity: dict[str, Any], force_new: bool) -> bool:
         has_manifest = (self.path / MANIFEST_NAME).is_file()
         if not has_manifest and _is_empty(self.path):
             return False
         if force_new:
             self.moved_aside = _move_aside(self.path)
-            self.path.mkdir(parents=True)
+            lock.release(self.path, every_handle=True)  # its lock file moved with it; the new one gets its own
+            _make_dir(self.path)
+            lock.acquire(self.path, force_new)
             return False
         if not has_manifest:
             raise RunMismatchError(f"{self.path} exists but is not a run directory (no {MANIFEST_NAME}); "
@@ -152,11 +199,14 @@ class RunDir:
         self._log_handler = handler
 
     def close(self) -> None:
-        """Stop copying log records to run.log."""
+        """Stop copying log records to run.log, and release the directory's lock."""
         if self._log_handler is not None:
             std_logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+        if self._locked:
+            lock.release(self.path)
+            self._locked = False
 
     def __enter__(self) -> "RunDir":
         return self

@@ -37,6 +37,7 @@ from emojax.evaluation.accuracy import accuracy_markdown, accuracy_tables
 from emojax.generation.loop import generate
 from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
+from emojax.judge.verdicts import MAX_JUDGE_ERROR_FRACTION, judge_failed, verdicts
 from emojax.method.prompts import tokenize_prompts
 from emojax.model.interventions import Intervention
 from emojax.runs import ChunkedJob, InputError, read_jsonl, write_json, write_jsonl, write_text
@@ -46,7 +47,6 @@ PAD_MULTIPLE = 16          # prompt widths rounded up to this, so similar splits
 JUDGE_CHUNK = 256
 # A stage fails rather than finishes when the judge failed on more than this fraction of its replies:
 # such rows would count as non-matches and make accuracies silently too low.
-MAX_JUDGE_ERROR_FRACTION = 0.05
 RETRIED_NAME = "retried.jsonl"   # in a judge job's directory: verdicts of rows judged again
 
 
@@ -165,11 +165,6 @@ def judge_in_chunks(ctx: Any, directory: Path, texts: Sequence[str], targets: Se
     return judged
 
 
-def judge_failed(text: str, verdict: Mapping[str, Any]) -> bool:
-    """The judge could not give a verdict on a non-empty reply (an empty reply is a non-match)."""
-    return verdict["error"] is not None and bool(text.strip())
-
-
 def _retry_failed(ctx: Any, path: Path, texts: Sequence[str], targets: Sequence[str],
                   judged: list[dict[str, Any]], fresh: set[int]) -> list[dict[str, Any]]:
     """`judged` with the verdicts of rows judged again (kept in `path`); rows that failed in an earlier
@@ -207,21 +202,6 @@ def _stage_label(ctx: Any, directory: Path) -> str:
         return directory.relative_to(ctx.run.path).as_posix()
     except ValueError:
         return directory.name
-
-
-def verdicts(result: Any, n: int) -> list[dict[str, Any]]:
-    """§3.3 judge fields from a JudgeResult: match (0/1), reason, error (None or the failure)."""
-    match = np.asarray(result.match).astype(int).reshape(-1)
-    errors, reasons = getattr(result, "errors", None), getattr(result, "reasons", None)
-    errors = [None] * n if errors is None else list(errors)
-    reasons = [""] * n if reasons is None else list(reasons)
-    if not len(match) == len(errors) == len(reasons) == n:
-        raise ValueError(f"the judge returned {len(match)} matches, {len(errors)} errors and {len(reasons)} "
-                         f"reasons for {n} texts")
-    if not set(match.tolist()) <= {0, 1}:
-        raise ValueError(f"the judge returned matches other than 0/1: {sorted(set(match.tolist()))}")
-    return [{"match": int(m), "reason": str(r), "error": None if e is None else str(e)}
-            for m, r, e in zip(match, reasons, errors)]
 
 
 @functools.cache

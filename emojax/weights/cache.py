@@ -5,7 +5,9 @@ An entry is a directory `<cache_dir>/<source_hash>-<dtype>/` holding
     config.json    the HF-style config dict the ModelConfig is parsed from (parsed again on every
                    load, so a fix in the config parser is never hidden behind a stale entry)
     tokenizer/     the tokenizer (tokenizer.json, tokenizer_config.json, chat template), if any
-An entry is built in a temporary directory and renamed into place, so a visible entry is complete.
+    checksums.json size and sha256 of every other file, and the source hash (emojax.weights.checksums)
+An entry is built in a temporary directory and renamed into place, so a visible entry is complete; it
+is verified against its checksums before use, and a damaged one is converted again.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from emojax.model.config import config_from_hf
 from emojax.model.params import Params, param_shapes
+from emojax.weights import checksums
 
 CACHE_DIR_ENV = "EMOJAX_CACHE_DIR"
 # Part of every hash: bump when the conversion changes what an entry holds.
@@ -62,6 +65,7 @@ class CacheEntry:
     params: Params
     raw_config: dict[str, Any]
     tokenizer: PreTrainedTokenizerBase | None
+    weights_hash: str | None = None  # emojax.weights.checksums.weights_hash of the entry read or written
 
 
 def entry_path(cache_dir: Path, source_hash: str, dtype: Any) -> Path:
@@ -78,10 +82,15 @@ def _read_tokenizer(directory: Path) -> PreTrainedTokenizerBase | None:
     return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
 
 
-def read_entry(path: Path) -> CacheEntry | None:
-    """The cached entry at `path` (params as numpy arrays), or None when absent or unreadable (it is
-    then removed)."""
+def read_entry(path: Path, source_hash: str) -> CacheEntry | None:
+    """The cached entry at `path` (params as numpy arrays), or None when absent, damaged (its files differ
+    from the checksums written with it) or unreadable; a damaged or unreadable entry is removed."""
     if not path.is_dir():
+        return None
+    verified, problem = checksums.verify(path, source_hash)
+    if verified is None:
+        logging.warning("the cached conversion %s is not used: %s; converting the checkpoint again", path, problem)
+        shutil.rmtree(path, ignore_errors=True)
         return None
     try:
         raw_config = json.loads((path / "config.json").read_text())
@@ -92,15 +101,16 @@ def read_entry(path: Path) -> CacheEntry | None:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             tokenizer = pool.submit(_read_tokenizer, path / "tokenizer")
             params = _checkpointer().restore(path / "params", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-            return CacheEntry(params, raw_config, tokenizer.result())
+            return CacheEntry(params, raw_config, tokenizer.result(), checksums.weights_hash(verified))
     except Exception as err:  # a damaged or stale entry must never block loading the source itself
         logging.warning("Discarding unreadable cache entry %s (%s)", path, err)
         shutil.rmtree(path, ignore_errors=True)
         return None
 
 
-def write_entry(path: Path, entry: CacheEntry) -> None:
-    """Store `entry` at `path` atomically; a concurrent writer of the same entry wins silently."""
+def write_entry(path: Path, entry: CacheEntry, source_hash: str) -> str:
+    """Store `entry` at `path` atomically with its checksums; returns its weights hash. A concurrent
+    writer of the same entry wins silently (its bytes are the same conversion)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -108,10 +118,12 @@ def write_entry(path: Path, entry: CacheEntry) -> None:
         (staging / "config.json").write_text(json.dumps(entry.raw_config, indent=1, sort_keys=True))
         if entry.tokenizer is not None:
             entry.tokenizer.save_pretrained(str(staging / "tokenizer"))
+        written = checksums.weights_hash(checksums.record(staging, source_hash))
         try:
             staging.rename(path)
         except OSError:
             if not path.is_dir():
                 raise
+        return written
     finally:
         shutil.rmtree(staging, ignore_errors=True)

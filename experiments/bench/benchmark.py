@@ -18,13 +18,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import jax.numpy as jnp
 from absl import app, flags, logging
 
 from emojax.launch.launcher import run_launcher
 from emojax.loading import DEFAULT_MODEL, load_model
 from emojax.model.params import random_params
-from experiments.bench.common import CONFIG_SHAPES, BenchContext, BenchSizes, load_average, machine, shape_config
+from experiments.bench.common import (CONFIG_SHAPES, DTYPES, BenchContext, BenchSizes, load_average, machine,
+                                     shape_config)
 from experiments.bench.peers import PEER_NAMES, missing_packages, parse_peers
 
 BENCHMARKS: dict[str, str] = {
@@ -43,7 +43,6 @@ BENCHMARKS: dict[str, str] = {
 }
 # Benchmarks whose HF baseline runs on the CPU only (the hooked scans feed it host tensors).
 CPU_BASELINE_ONLY = ("head_scan", "head_scan_all_positions", "neuron_scan", "sublayer_scan")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 flags.DEFINE_list("only", None, f"Benchmarks to run (default: all). Known: {', '.join(BENCHMARKS)}.")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax.model.config import ModelConfig, config_from_hf
+from emojax.model.params import param_shapes
 
 _LLAMA32_SCALING = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                     "original_max_position_embeddings": 8192}
@@ -49,7 +50,31 @@ CONFIG_SHAPES: dict[str, dict[str, Any]] = {
     "qwen2.5-1.5b": _shape("qwen2", 151936, 1536, 28, 12, 2, 8960, True, 1000000.0, 1e-6),
     "qwen2.5-3b": _shape("qwen2", 151936, 2048, 36, 16, 2, 11008, True, 1000000.0, 1e-6),
     "qwen2.5-7b": _shape("qwen2", 152064, 3584, 28, 28, 4, 18944, False, 1000000.0, 1e-6),
+    # Not a published model: the smallest shape with every feature above (GQA, qkv bias, an untied
+    # head), for tests of the launchers that run at a named shape.
+    "tiny": _shape("qwen2", 256, 64, 3, 4, 2, 96, False, 10000.0, 1e-6),
 }
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def host_random_params(config: ModelConfig, dtype: Any, seed: int = 0, scale: float = 0.05) -> dict[str, Any]:
+    """Random weights of `config`'s shapes with `random_params`' distribution (norm gains 1 + 0.1 N,
+    the rest `scale` N), drawn on the host one layer slice at a time and then placed on the device:
+    JAX's generator holds about 9x an array in temporaries, which at the 3B and 7B shapes is more than
+    a 24 GiB host has for their largest stacked weight."""
+    rng = np.random.default_rng(seed)
+    target = np.dtype(dtype)
+
+    def draw(path: str, shape: tuple[int, ...]) -> jax.Array:
+        out = np.empty(shape, target)
+        for part in (range(shape[0]) if len(shape) == 3 else [slice(None)]):
+            noise = rng.standard_normal(out[part].shape, dtype=np.float32)
+            out[part] = (1.0 + 0.1 * noise) if "norm" in path else scale * noise
+        return jnp.asarray(out)
+
+    shapes = param_shapes(config)
+    return jax.tree_util.tree_map_with_path(lambda path, shape: draw(jax.tree_util.keystr(path), shape), shapes,
+                                            is_leaf=lambda x: isinstance(x, tuple))
 
 
 def shape_config(name: str) -> ModelConfig:
@@ -102,10 +127,10 @@ def pct_of_peak(flop: float, seconds: float, peak_gflops: float) -> float:
     return 100 * flop / seconds / 1e9 / peak_gflops
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 7) -> float:
-    """GFLOP/s of an n x n float32 matmul in JAX on the default device (median of `repeats`)."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+def measure_matmul_peak(n: int = 2048, repeats: int = 7, dtype: Any = jnp.float32) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` in JAX on the default device (median of `repeats`)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     matmul = jax.jit(jnp.matmul)
     return 2 * n ** 3 / time_call(lambda: matmul(a, b), repeats).median_s / 1e9
 

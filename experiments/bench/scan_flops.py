@@ -12,6 +12,8 @@ edits themselves are left out. Three ways of running a scan of variants over B p
     suffix_scan_flops(..., whole_edited_layer=True)
                               the same, rerunning the whole edited layer (hf_prefix, whose hooks
                               edit inside the block)
+    recompute_scan_flops      the prefix forward once, then for each variant the B x T batch from its
+                              layer upward (emojax's edits at every position)
 """
 from __future__ import annotations
 
@@ -55,3 +57,11 @@ def suffix_scan_flops(config: ModelConfig, edits: Sequence[Edit], prompts: int, 
 def full_forward_scan_flops(config: ModelConfig, variants: int, prompts: int, tokens: int) -> int:
     """One decoder forward of the prompt batch per variant, and the clean forward."""
     return (variants + 1) * forward_flops(config, prompts, tokens, logits="none")
+
+
+def recompute_scan_flops(config: ModelConfig, variant_layers: Sequence[int], prompts: int, tokens: int) -> int:
+    """The prefix forward of prompts x tokens, then each variant's whole batch from its layer up
+    (one entry of `variant_layers` per variant; the edited layer counted whole)."""
+    per_layer = forward_flops(config, prompts, tokens, logits="none") // config.n_layers
+    return forward_flops(config, prompts, tokens, logits="none") + sum(
+        (config.n_layers - layer) * per_layer for layer in variant_layers)

@@ -1,0 +1,82 @@
+"""The memory planner: chunk sizes from a budget change no scan result (up to float32 rounding), and a budget too small for
+one row is refused in one line naming the stage and what it needs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emojax import scan
+from emojax.model.params import random_params
+from emojax.scan.memory_plan import (BudgetTooSmall, available_bytes, default_budget, plan_chunk, prefix_bytes,
+                                     sequence_bytes, token_bytes, weight_bytes)
+from experiments.bench.common import shape_config
+
+PROMPTS, TOKENS = 2, 7
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = shape_config("tiny")
+    params = random_params(config, seed=3)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (PROMPTS, TOKENS), np.int32)
+    mask = np.ones(tokens.shape, bool)
+    mask[0, :2] = False  # a left-padded row
+    prefix = scan.capture_prefix(params, tokens, mask, config=config, keep_sequence=True)
+    readout = np.random.default_rng(1).normal(size=(PROMPTS, config.d_model)).astype(np.float32)
+    return config, params, prefix, readout
+
+
+def _plans(config, budget_rows: int | None):
+    """Neuron-, head- and sublayer-scan chunk plans, for a budget roomy enough for everything (None)
+    or for exactly `budget_rows` rows of each."""
+    resident = weight_bytes(config, np.float32) + prefix_bytes(config, PROMPTS, TOKENS, np.float32, keep_sequence=True)
+    rows = {"neuron scan": (PROMPTS * token_bytes(config, TOKENS), config.d_ff),
+            "head scan": (PROMPTS * sequence_bytes(config, TOKENS), config.n_heads),
+            "sublayer influence": (PROMPTS * token_bytes(config, TOKENS), 4)}
+    plans = {}
+    for stage, (row, wanted) in rows.items():
+        budget = 2 ** 40 if budget_rows is None else resident + budget_rows * row
+        plans[stage] = plan_chunk(stage, budget=budget, resident=resident, row_bytes=row, wanted=wanted).rows
+    return plans
+
+
+def _scans(tiny, plans):
+    config, params, prefix, readout = tiny
+    neurons = scan.causal_neuron_scan(params, prefix, readout, config=config, chunk=plans["neuron scan"])
+    heads = scan.causal_head_scan(params, prefix, readout, config=config, positions="all", chunk=plans["head scan"])
+    sigma = np.ones((2, config.n_layers), np.float32)
+    directions = np.random.default_rng(2).normal(size=(2, config.n_layers, config.d_model)).astype(np.float32)
+    influence = scan.sublayer_influence(params, prefix, directions, sigma, (0.1, 0.3, 0.5, 0.7), readout,
+                                        config=config, chunk=plans["sublayer influence"])
+    return neurons.effect, heads.effect, influence.perturbed
+
+
+def test_two_budgets_give_the_same_scans_in_different_chunks(tiny):
+    roomy, tight = _plans(tiny[0], None), _plans(tiny[0], 1)
+    assert roomy == {"neuron scan": tiny[0].d_ff, "head scan": tiny[0].n_heads, "sublayer influence": 4}
+    assert tight == {"neuron scan": 1, "head scan": 1, "sublayer influence": 1}
+    # Equal up to float32 rounding: a chunk's shape changes how the matmul kernels block their sums.
+    scale = np.abs(tiny[2].final @ tiny[3].T).max()  # the size of the clean scores the effects are taken from
+    for big, small in zip(_scans(tiny, roomy), _scans(tiny, tight)):
+        assert np.abs(big).max() > 1e-3 * scale
+        np.testing.assert_allclose(small, big, rtol=0, atol=1e-5 * scale)
+
+
+def test_the_plan_takes_the_most_rows_that_fit():
+    plan = plan_chunk("neuron scan", budget=1000, resident=300, row_bytes=100, wanted=50)
+    assert (plan.rows, plan.peak_bytes) == (7, 1000)
+    assert plan_chunk("neuron scan", budget=10 ** 9, resident=300, row_bytes=100, wanted=50).rows == 50
+
+
+def test_a_budget_without_room_for_one_row_is_refused_in_one_line():
+    mib = 2 ** 20
+    with pytest.raises(BudgetTooSmall) as err:
+        plan_chunk("neuron scan", budget=100 * mib, resident=90 * mib, row_bytes=20 * mib, wanted=8)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("neuron scan: one row needs 110.0 MiB (90.0 MiB resident + 20.0 MiB per row)")
+    assert message.endswith("the memory budget is 100.0 MiB")
+
+
+def test_the_default_budget_leaves_a_margin():
+    assert 0 < default_budget() < available_bytes()
