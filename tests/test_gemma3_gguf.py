@@ -379,3 +379,13 @@ def test_joined_into_the_cache_once_and_checked(tmp_path, monkeypatch):
 def test_tokenizer_refuses_other_sentencepiece_files():
     with pytest.raises(WeightsError, match=r"x\.gguf: tokenizer model .*'llama' is not supported for architecture 'llama'"):
         tokenizer_from_gguf_metadata({"general.architecture": "llama", "tokenizer.ggml.model": "llama"}, Path("x.gguf"))
+
+
+def test_unusable_cache_dir_refused_before_joining(tmp_path):
+    gemma.require_gemma()
+    from emojax.weights.cache_dir import CacheDirError
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(CacheDirError, match="cannot be used"):
+        registered_path(gemma.GEMMA, cache_dir=blocker)
