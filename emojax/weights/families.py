@@ -60,8 +60,6 @@ class TensorRule:
 class Family:
     name: str
     rules: tuple[TensorRule, ...]
-    # llama.cpp interleaves the rotary halves of Q and K rows when it converts Llama-family models.
-    gguf_permutes_qk: bool
     # Tensors a checkpoint may carry that hold nothing emojax needs (e.g. cached rotary tables).
     ignorable: tuple[str, ...] = ()
 
@@ -108,17 +106,17 @@ _QKV_BIAS_RULES = (
 _ROTARY_CACHE = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
 
 # Llama and SmolLM2: no biases unless the config sets `attention_bias`; embeddings tied or not.
-LLAMA = Family("llama", _DECODER_RULES + _QKV_BIAS_RULES, gguf_permutes_qk=True, ignorable=(_ROTARY_CACHE,))
+LLAMA = Family("llama", _DECODER_RULES + _QKV_BIAS_RULES, ignorable=(_ROTARY_CACHE,))
 # Qwen2: always q/k/v biases (the config sets qkv_bias for this family).
-QWEN2 = Family("qwen2", _DECODER_RULES + _QKV_BIAS_RULES, gguf_permutes_qk=False, ignorable=(_ROTARY_CACHE,))
+QWEN2 = Family("qwen2", _DECODER_RULES + _QKV_BIAS_RULES, ignorable=(_ROTARY_CACHE,))
 # Qwen3: Llama's layout plus q/k norms, no biases; head_dim is explicit in the config.
-QWEN3 = Family("qwen3", _DECODER_RULES + _QK_NORMS, gguf_permutes_qk=False, ignorable=(_ROTARY_CACHE,))
+QWEN3 = Family("qwen3", _DECODER_RULES + _QK_NORMS, ignorable=(_ROTARY_CACHE,))
 # Mistral: Llama's layout (the window is config only); llama.cpp converts it as a Llama model.
-MISTRAL = Family("mistral", _DECODER_RULES, gguf_permutes_qk=True, ignorable=(_ROTARY_CACHE,))
+MISTRAL = Family("mistral", _DECODER_RULES, ignorable=(_ROTARY_CACHE,))
 # Gemma 2: four norms per layer, tied embeddings (softcaps, window and scale are config only).
-GEMMA2 = Family("gemma2", _EMBEDDINGS_AND_HEAD + _GEMMA_NORMS + _PROJECTIONS, gguf_permutes_qk=False)
+GEMMA2 = Family("gemma2", _EMBEDDINGS_AND_HEAD + _GEMMA_NORMS + _PROJECTIONS)
 # Gemma 3 (text): Gemma 2's layout plus q/k norms.
-GEMMA3 = Family("gemma3", _EMBEDDINGS_AND_HEAD + _GEMMA_NORMS + _QK_NORMS + _PROJECTIONS, gguf_permutes_qk=False)
+GEMMA3 = Family("gemma3", _EMBEDDINGS_AND_HEAD + _GEMMA_NORMS + _QK_NORMS + _PROJECTIONS)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2, QWEN3, MISTRAL, GEMMA2, GEMMA3)}
 
