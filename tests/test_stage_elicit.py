@@ -14,7 +14,7 @@ from emojax.judge.perplexity import perplexities
 from emojax.method.prompts import emotion_messages, tokenize_prompts
 from emojax.runs import read_jsonl
 from emojax.stages import elicit, judged
-from stage_fixtures import FakeJudge, make_context
+from stage_fixtures import TINY_CONFIG, TINY_GEMMA_CONFIG, FakeJudge, make_context
 
 RECORD_FIELDS = {"key", "skeleton_id", "theme", "valence", "emotion", "scenario", "event", "gen_text", "meta",
                  "judge", "fluency"}
@@ -69,6 +69,14 @@ def test_decoding_rows_follow_the_method() -> None:
     assert (steering.min_new_tokens, steering.repetition_penalty, steering.no_repeat_ngram_size) == (10, 1.05, 3)
     with pytest.raises(ValueError, match="unknown generation condition"):
         judged.decoding_for("sampling", 100)
+
+
+def test_float16_conditions_decode_in_bfloat16_where_float16_overflows() -> None:
+    # Gemma's residual stream leaves float16's range: its circuit and baseline rows would be inf.
+    assert judged.decoding_for("circuit", 100, config=TINY_CONFIG).dtype == "float16"
+    assert judged.decoding_for("baseline", 100, config=TINY_GEMMA_CONFIG).dtype == "bfloat16"
+    assert judged.decoding_for("circuit", 100, config=TINY_GEMMA_CONFIG).dtype == "bfloat16"
+    assert judged.decoding_for("steering", 100, config=TINY_GEMMA_CONFIG).dtype == "float32"
 
 
 class Interrupt(Exception):

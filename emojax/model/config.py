@@ -84,6 +84,12 @@ class ModelConfig:
         return 2 * self.n_layers
 
     @property
+    def float16_overflows(self) -> bool:
+        """Gemma's residual stream exceeds float16's range (its weights were trained in bfloat16), so a
+        float16 forward of it becomes inf; conditions the paper decodes in float16 use bfloat16 there."""
+        return self.family in GEMMA_FAMILIES
+
+    @property
     def attn_scale(self) -> float:
         scalar = self.head_dim if self.query_pre_attn_scalar is None else self.query_pre_attn_scalar
         return scalar ** -0.5

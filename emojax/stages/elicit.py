@@ -39,7 +39,7 @@ def split_records(ctx: StageContext, split: str):
 
 
 def fingerprint(ctx: StageContext, split: str) -> dict[str, Any]:
-    decoding = decoding_for("prompting", ctx.preset.max_new_tokens, ctx.settings.harmonised)
+    decoding = decoding_for("prompting", ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     return {"stage": "elicit", "split": split, "dataset": records_digest(split_records(ctx, split)),
             "model": model_hash(ctx), "decoding": decoding.to_json(), "judge": judge_identity(ctx.judge),
             "date": ctx.settings.date_string, "batch_size": ctx.preset.batch_size}
@@ -53,7 +53,7 @@ def run(ctx: StageContext, split: str = "train") -> dict[str, Any]:
     if done is not None:
         return done
     items = all_items(split_records(ctx, split))
-    decoding = decoding_for("prompting", ctx.preset.max_new_tokens, ctx.settings.harmonised)
+    decoding = decoding_for("prompting", ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     out = ctx.run.stage(name)
     records, tables = run_judged_generation(ctx, out, items, [emotion_messages(i) for i in items], decoding,
                                             fingerprint=stamp, meta={"condition": "prompting"})

@@ -39,6 +39,7 @@ from emojax.judge.fluency import MEASURES, FluencyRule, as_json, measures
 from emojax.judge.perplexity import batch_perplexities, reply_batch
 from emojax.judge.verdicts import MAX_JUDGE_ERROR_FRACTION, judge_failed, verdicts
 from emojax.method.prompts import tokenize_prompts
+from emojax.model.config import ModelConfig
 from emojax.model.interventions import Intervention
 from emojax.runs import ChunkedJob, InputError, read_jsonl, write_json, write_jsonl, write_text
 from emojax.runs.stage_record import digest, judge_identity, model_hash
@@ -89,11 +90,15 @@ _CONDITIONS = {
 _HARMONISED = (10, 1.1, 3, "float32")
 
 
-def decoding_for(condition: str, max_new_tokens: int, harmonised: bool = False) -> Decoding:
-    """§6 settings of `condition` with the preset's max_new_tokens (paper: 100)."""
+def decoding_for(condition: str, max_new_tokens: int, harmonised: bool = False,
+                 config: ModelConfig | None = None) -> Decoding:
+    """§6 settings of `condition` with the preset's max_new_tokens (paper: 100); a model whose
+    activations overflow float16 (`config.float16_overflows`) decodes float16 conditions in bfloat16."""
     if condition not in _CONDITIONS:
         raise ValueError(f"unknown generation condition {condition!r}; expected one of {sorted(_CONDITIONS)}")
     min_new, penalty, ngram, dtype = _HARMONISED if harmonised else _CONDITIONS[condition]
+    if dtype == "float16" and config is not None and config.float16_overflows:
+        dtype = "bfloat16"
     return Decoding(condition, max_new_tokens, min_new, penalty, ngram, dtype)
 
 

@@ -109,7 +109,7 @@ def modulated_generation(ctx: StageContext, out: Path, items: Sequence[Item], ed
     of the stacked `edits` (see `stacked_edits`)."""
     neuron_add, head_add = edits
     rows = np.asarray(variant, np.int32) * len(EMOTIONS) + np.asarray([EMOTIONS.index(i.emotion) for i in items])
-    decoding = decoding_for("circuit", ctx.preset.max_new_tokens, ctx.settings.harmonised)
+    decoding = decoding_for("circuit", ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     return run_judged_generation(
         ctx, out, items, [neutral_messages(i) for i in items], decoding, fingerprint=stamp,
         row_iv=lambda chunk: row_intervention(neuron_add, head_add, rows[chunk], ctx.config),
@@ -119,7 +119,7 @@ def modulated_generation(ctx: StageContext, out: Path, items: Sequence[Item], ed
 def fingerprint(ctx: StageContext, stage: str, records: Sequence[Any], scales: np.ndarray | None,
                 circuit_subdir: str | None = None) -> dict[str, Any]:
     condition = "baseline" if scales is None else "circuit"
-    decoding = decoding_for(condition, ctx.preset.max_new_tokens, ctx.settings.harmonised)
+    decoding = decoding_for(condition, ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     stamp = {"stage": stage, "dataset": records_digest(records), "model": model_hash(ctx),
              "decoding": decoding.to_json(), "judge": judge_identity(ctx.judge), "date": ctx.settings.date_string,
              "batch_size": ctx.preset.batch_size}
@@ -175,7 +175,7 @@ def run_baseline(ctx: StageContext) -> dict[str, Any]:
         return done
     out = ctx.run.stage(BASELINE_STAGE)
     groups = all_groups(ctx.test)
-    decoding = decoding_for("baseline", ctx.preset.max_new_tokens, ctx.settings.harmonised)
+    decoding = decoding_for("baseline", ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     # The six emotions of a group share the neutral prompt: generate once, judge against every target.
     prompts = [neutral_messages(g.items[0]) for g in groups]
     generations = generate_in_chunks(ctx, out, [g.key for g in groups], prompts, decoding, fingerprint=stamp)

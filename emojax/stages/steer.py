@@ -61,7 +61,7 @@ def steer_items(ctx: StageContext, directory: Path, items: Sequence[Item], dirs_
     layers = list(ctx.hparams.steer_layers)
     emotion = np.array([EMOTIONS.index(i.emotion) for i in items])
     per_row = np.broadcast_to(np.asarray(alpha, np.float32), emotion.shape)
-    decoding = decoding_for("steering", ctx.preset.max_new_tokens, ctx.settings.harmonised)
+    decoding = decoding_for("steering", ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     return run_judged_generation(
         ctx, directory, items, [neutral_messages(i) for i in items], decoding, fingerprint=fingerprint,
         row_iv=lambda rows: steering_intervention(ctx.config, dirs_mlp, emotion[rows], layers, per_row[rows]),
@@ -70,7 +70,7 @@ def steer_items(ctx: StageContext, directory: Path, items: Sequence[Item], dirs_
 
 
 def _base_stamp(ctx: StageContext, records: Sequence[SevRecord], split: str) -> dict[str, Any]:
-    decoding = decoding_for("steering", ctx.preset.max_new_tokens, ctx.settings.harmonised)
+    decoding = decoding_for("steering", ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     layers = ctx.hparams.steer_layers
     return {"split": split, "dataset": records_digest(records), "model": model_hash(ctx),
             "directions": hash_file(ctx.run.path / directions_stage.STAGE / "directions.npz"),
