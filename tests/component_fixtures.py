@@ -42,9 +42,9 @@ def write_upstream(ctx: StageContext, dropped: set[int] = DROPPED) -> dict[str, 
     return acts
 
 
-def tiny_context(tmp_path: Path, train=None, **preset_changes) -> StageContext:
-    """A tiny-model context with capture and directions done (train split and preset fields may be
-    changed)."""
-    ctx = make_context(tmp_path, train=train, preset=dataclasses.replace(TINY_PRESET, **preset_changes))
+def tiny_context(tmp_path: Path, train=None, model=None, **preset_changes) -> StageContext:
+    """A tiny-model context with capture and directions done (train split, model and preset fields may
+    be changed)."""
+    ctx = make_context(tmp_path, model=model, train=train, preset=dataclasses.replace(TINY_PRESET, **preset_changes))
     write_upstream(ctx)
     return ctx

@@ -26,14 +26,20 @@ TINY_CONFIG = ModelConfig(family="llama", vocab_size=len(tiny_vocab()), d_model=
                           n_kv_heads=2, head_dim=8, d_ff=48, rms_eps=1e-5, rope_theta=10000.0, tie_embeddings=True,
                           qkv_bias=False, max_position=1024, bos_token_id=IM_START_ID,
                           eos_token_ids=(IM_END_ID,), name="tiny")
+# The same sizes with Gemma 3's block (post-sublayer norms, q/k norms, local and global layers, two RoPE
+# bases, tanh-GELU, embedding scale), for the stages' shortcuts under post norms.
+TINY_GEMMA_CONFIG = TINY_CONFIG.replace(
+    family="gemma3", norm_offset=1.0, qk_norm=True, post_norms=True, activation="gelu_tanh",
+    query_pre_attn_scalar=8.0, sliding_window=4, sliding_layers=(True, True, False, True), rope_theta=1e6,
+    rope_local_theta=1e4, embed_scale=32 ** 0.5, name="tiny-gemma")
 TINY_PRESET = Preset("tiny", train_per_theme=None, test_per_theme=None, max_new_tokens=4, batch_size=12,
                      validation_draws=1, causal_prompts=0, sweeps=False)
 
 
-def tiny_loaded_model(seed: int = 0) -> LoadedModel:
-    params = random_params(TINY_CONFIG, seed=seed, scale=0.3)
-    identity = ModelIdentity.from_params("tiny", params, TINY_CONFIG)
-    return LoadedModel(params=params, config=TINY_CONFIG, tokenizer=tiny_tokenizer(), name="tiny",
+def tiny_loaded_model(seed: int = 0, config: ModelConfig = TINY_CONFIG) -> LoadedModel:
+    params = random_params(config, seed=seed, scale=0.3)
+    identity = ModelIdentity.from_params(config.name, params, config)
+    return LoadedModel(params=params, config=config, tokenizer=tiny_tokenizer(), name=config.name,
                        source=Path("<random>"), source_hash=identity.content_hash, from_cache=False)
 
 

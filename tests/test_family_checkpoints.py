@@ -127,3 +127,32 @@ def test_greedy_generation_matches_hf_generate(family):
                              max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, eos_token_id=None,
                              pad_token_id=0).numpy()[:, tokens.shape[1]:]
     np.testing.assert_array_equal(np.asarray(ours.tokens), theirs, err_msg=name)
+
+
+# The HF tensor of each parameter, written out by hand (the loader's rules are emojax/weights/families.py).
+_HF_NAMES = {"attn_norm": "input_layernorm", "wq": "self_attn.q_proj", "wk": "self_attn.k_proj",
+             "wv": "self_attn.v_proj", "wo": "self_attn.o_proj", "w_gate": "mlp.gate_proj", "w_up": "mlp.up_proj",
+             "w_down": "mlp.down_proj", "bq": "self_attn.q_proj", "bk": "self_attn.k_proj", "bv": "self_attn.v_proj",
+             "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+_LLAMA_NORMS = {"mlp_norm": "post_attention_layernorm"}
+_GEMMA_NORMS = {"attn_post_norm": "post_attention_layernorm", "mlp_norm": "pre_feedforward_layernorm",
+                "mlp_post_norm": "post_feedforward_layernorm"}
+
+
+def test_params_equal_the_state_dict_bitwise(family):
+    name, model, hf = family
+    cfg, params = model.config, model.params
+    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    names = {**_HF_NAMES, **(_GEMMA_NORMS if cfg.post_norms else _LLAMA_NORMS)}
+    expected_layers = set(names) - ({"bq", "bk", "bv"} if not cfg.qkv_bias else set()) - (
+        {"q_norm", "k_norm"} if not cfg.qk_norm else set())
+    assert set(params["layers"]) == expected_layers
+    for ours in expected_layers:
+        kind = "bias" if ours.startswith("b") else "weight"
+        stored = [state[f"model.layers.{i}.{names[ours]}.{kind}"] for i in range(cfg.n_layers)]
+        if ours.startswith("w"):
+            stored = [s.T for s in stored]
+        np.testing.assert_array_equal(np.asarray(params["layers"][ours]), np.stack(stored), err_msg=ours)
+    np.testing.assert_array_equal(np.asarray(params["embed"]), state["model.embed_tokens.weight"])
+    np.testing.assert_array_equal(np.asarray(params["final_norm"]), state["model.norm.weight"])
+    assert ("lm_head" in params) == (not cfg.tie_embeddings)

@@ -17,14 +17,15 @@ import pytest
 
 from emojax.data import EMOTIONS, items, load_dataset
 from emojax.method.prompts import emotion_messages, neutral_messages, tokenize_prompts
-from emojax.model.forward import forward, rms_norm
+from emojax.model import block
+from emojax.model.forward import forward
 from emojax.model.interventions import Intervention, stack_variants
 from emojax.model.taps import TapSpec
 from emojax.runs import InputError, read_npz
 from emojax.scan import capture_prefix
 from emojax.stages import components, validation
 from component_fixtures import tiny_context
-from stage_fixtures import split, tiny_loaded_model
+from stage_fixtures import TINY_GEMMA_CONFIG, split, tiny_loaded_model
 
 TAPS = TapSpec(points=("resid_mid", "resid_post", "final"), at="last")
 LAMBDAS = (1.0, 2.0)   # a short lambda grid keeps the stage test fast
@@ -68,7 +69,7 @@ def brute_changes(params, config, tokens, mask, ivs, unit, kind):
     if kind == "neuron":
         local = jnp.einsum("vbd,d->vb", taps["resid_post"][:, :, l], unit.v_mlp[l])
     else:
-        mid = rms_norm(taps["resid_mid"][:, :, l], params["layers"]["mlp_norm"][l], config.rms_eps)
+        mid = block.norm(taps["resid_mid"][:, :, l], params["layers"]["mlp_norm"][l], config)
         local = jnp.einsum("vbd,d->vb", mid, unit.v_attn[l])
     global_ = jnp.einsum("vbd,d->vb", taps["final"], unit.v_ref)
     return np.asarray(local[1:] - local[:1]), np.asarray(global_[1:] - global_[:1])
@@ -127,6 +128,32 @@ def test_every_readout_equals_forward_with_interventions():
     chosen = [i for i in items(split(1)) if i.emotion == "fear"]
     units, emotion, neutral = make_unit(model, chosen, layer=1)
     check_unit_against_forwards(model, units, emotion, neutral, tiny_masks(model.config), (0.5, 2.0), 2e-5)
+
+
+def test_every_readout_equals_forward_with_interventions_under_post_norms():
+    """Gemma's post-sublayer norms: the local read-outs are computed through them, set by set."""
+    model = tiny_loaded_model(config=TINY_GEMMA_CONFIG)
+    chosen = [i for i in items(split(1)) if i.emotion == "fear"]
+    units, emotion, neutral = make_unit(model, chosen, layer=2)
+    check_unit_against_forwards(model, units, emotion, neutral, tiny_masks(model.config), (0.5, 2.0), 3e-5)
+
+
+def test_components_validation_and_causal_run_on_a_post_norm_model(tmp_path):
+    from emojax.stages import causal
+
+    ctx = tiny_context(tmp_path, train=split(1), model=tiny_loaded_model(config=TINY_GEMMA_CONFIG),
+                       validation_draws=2)
+    components.run(ctx)
+    summary = validation.run(ctx, layers=[1], prompts_per_emotion=1, lambdas=(1.0,))
+    assert summary["layers"] == [1]
+    stats, _ = read_npz(ctx.run.path / "components" / "neuron_stats.npz")
+    assert np.isfinite(stats["C_mean"]).all()
+    cfg = ctx.config
+    batch = tokenize_prompts(ctx.model.tokenizer, [emotion_messages(i) for i in items(ctx.train)[:2]])
+    geometry, _ = read_npz(ctx.run.path / "directions" / "directions.npz")
+    scores = causal.prompt_scores(ctx.model.params, batch.tokens, batch.mask, np.array([0, 1]), geometry, [1], cfg)
+    assert scores["neuron_analytic"].shape == (2, cfg.n_layers, cfg.d_ff)
+    assert np.isfinite(scores["head_analytic"]).all() and np.isfinite(scores["neuron_causal"][:, 1]).all()
 
 
 def test_component_sets_and_prompt_selection():

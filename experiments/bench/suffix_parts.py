@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import scan
-from emojax.model.rope import rope_tables
-from emojax.scan.layers import attention_last, layer_params, mlp
+from emojax.scan.layers import attention_last, last_geometry, layer_attention, layer_params, mlp
 from experiments.bench.common import BenchContext, measure_matmul_peak, time_interleaved
 from experiments.bench.scan_flops import attention_layer_flops, attention_product_flops, mlp_layer_flops
 from experiments.bench.scans import HEAD_PROMPTS, NEURON_PROMPTS, chat_prompts
@@ -46,11 +45,12 @@ def _shape_figures(ctx: BenchContext, variants: int, prompts: int, peak: float) 
     cfg, params = ctx.config, ctx.params
     tokens, mask = chat_prompts(ctx, prompts)
     prefix = scan.capture_prefix(params, tokens, mask, config=cfg)
-    cos, sin = rope_tables(prefix.last_pos[:, None], cfg)
+    geo = last_geometry(prefix.last_pos, prefix.valid, cfg)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(variants, prompts, cfg.d_model)), params["embed"].dtype)
 
     def attention(p: dict[str, Any], i: Any, x: Any) -> Any:
-        one = lambda xv: attention_last(xv, p, prefix.k[i], prefix.v[i], prefix.valid, cos, sin, cfg)[0]
+        cos, sin, allowed = layer_attention(geo, cfg, i)
+        one = lambda xv: attention_last(xv, p, prefix.k[i], prefix.v[i], cos, sin, allowed, cfg)[0]
         return jax.vmap(one)(x)
 
     def attention_products(p: dict[str, Any], i: Any, x: Any) -> Any:
