@@ -84,6 +84,18 @@ def pytest_report_header() -> str:
     return f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs() -> Iterator[None]:
+    """Drop each test module's compiled programs when it ends. Every XLA CPU executable maps memory
+    regions of its own, and the programs of the whole suite, kept in one process, pass Linux's default
+    `vm.max_map_count` (65530), after which the compiler aborts. Modules rarely share programs, so
+    little is compiled twice."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyModel:
     """An HF PyTorch model (float32, eval mode) and the same weights as emojax params."""
