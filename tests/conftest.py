@@ -69,15 +69,6 @@ TINY_HF_CONFIGS: dict[str, dict[str, Any]] = {
 POST_NORM_CONFIGS = ("gemma2_softcap", "gemma3_local_global")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _release_compiled_programs() -> Iterator[None]:
-    """Drop JAX's compiled programs after each test module: the suite compiles thousands of small
-    programs in one process, and a module's programs are rarely the next module's."""
-    yield
-    import jax
-    jax.clear_caches()
-
-
 def pytest_report_header() -> str:
     if QUICK_COMPILE:
         return f"XLA_FLAGS += {QUICK_COMPILE} (tests/quick_compile.py; {OPT_OUT}=1 for XLA's defaults)"
