@@ -149,6 +149,19 @@ def test_per_row_edits_equal_each_row_edited_alone_in_any_chunking(tiny_model):
         np.testing.assert_array_equal(alone.tokens[0], batched.tokens[row])
 
 
+@pytest.mark.parametrize("selectors", [mixed_selectors, explicit_masks], ids=["last-from_last-all", "masks"])
+def test_low_memory_decoding_without_the_weight_copy_gives_the_same_tokens(tiny_model, selectors):
+    """`low_memory` decodes with `forward` on the stacked weights: the tokens of the transposed-copy
+    decode step, with per-row edits on every position set and the paper's logits processing."""
+    model, _, _, tokens, mask = tiny_batch(tiny_model, seed=8)
+    iv = selectors(per_row_edits(model.config, len(LENGTHS)), tokens.shape[1] + N)
+    for edits in (None, iv):
+        fast = generate(model, (tokens, mask), max_new_tokens=N, iv=edits, **PAPER_DECODING)
+        lean = generate(model, (tokens, mask), max_new_tokens=N, iv=edits, low_memory=True, **PAPER_DECODING)
+        np.testing.assert_array_equal(lean.tokens, fast.tokens)
+        np.testing.assert_array_equal(lean.lengths, fast.lengths)
+
+
 def test_generate_tokens_is_jittable_and_vmappable_over_interventions(tiny_model):
     model, _, _, tokens, mask = tiny_batch(tiny_model, seed=6)
     base = Intervention.identity(model.config, resid_where="from_last")

@@ -7,8 +7,9 @@ import pytest
 
 from emojax import scan
 from emojax.model.params import random_params
-from emojax.scan.memory_plan import (BudgetTooSmall, available_bytes, default_budget, plan_chunk, prefix_bytes,
-                                     sequence_bytes, token_bytes, weight_bytes)
+from emojax.scan.memory_plan import (BudgetTooSmall, available_bytes, decode_copy_bytes, default_budget,
+                                     plan_chunk, plan_generation, prefix_bytes, sequence_bytes, token_bytes,
+                                     weight_bytes)
 from experiments.bench.common import shape_config
 
 PROMPTS, TOKENS = 2, 7
@@ -76,6 +77,18 @@ def test_a_budget_without_room_for_one_row_is_refused_in_one_line():
     assert "\n" not in message
     assert message.startswith("neuron scan: one row needs 110.0 MiB (90.0 MiB resident + 20.0 MiB per row)")
     assert message.endswith("the memory budget is 100.0 MiB")
+
+
+def test_generation_drops_the_decode_copy_only_when_the_budget_cannot_hold_it():
+    config = shape_config("tiny")
+    weights, copy, row = weight_bytes(config, np.float32), decode_copy_bytes(config, np.float32), 1000
+    plan = lambda budget: plan_generation("steered generation", budget=budget, resident=weights, config=config,
+                                          dtype=np.float32, row_bytes=row, wanted=4)
+    roomy, low = plan(weights + copy + 4 * row), plan(weights + copy - 1)
+    assert (roomy[0].rows, roomy[1]) == (4, False)
+    assert low[1] and low[0].rows == 4 and low[0].peak_bytes <= weights + copy
+    with pytest.raises(BudgetTooSmall, match=r"^steered generation \(low_memory\): one row needs"):
+        plan(weights + row - 1)
 
 
 def test_the_default_budget_leaves_a_margin():

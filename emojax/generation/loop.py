@@ -89,7 +89,7 @@ def generate_tokens(params: dict[str, Any], tokens: Array, mask: Array, *, confi
                     max_new_tokens: int, iv: Intervention | None = None,
                     repetition_penalty: float | Array = 1.0, no_repeat_ngram_size: int = 0,
                     min_new_tokens: int | Array = 0, temperature: float = 0.0, top_p: float = 1.0,
-                    keys: Array | None = None, unroll: int = 1) -> GeneratedTokens:
+                    keys: Array | None = None, unroll: int = 1, low_memory: bool = False) -> GeneratedTokens:
     """Generate up to `max_new_tokens` ids for a left-padded prompt batch (tokens, mask: [B, T]).
 
     Compiled once per shape and structure: `repetition_penalty` and `min_new_tokens` are traced (they
@@ -97,6 +97,9 @@ def generate_tokens(params: dict[str, Any], tokens: Array, mask: Array, *, confi
     `keys` [B, 2] are per-row PRNG keys for sampling (default: rows of PRNGKey(0)); greedy decoding
     (temperature 0) ignores them. A row stops at any of `config.eos_token_ids`. Jittable and vmappable.
     `unroll` is the prefill's layer-scan unroll; decode steps always run their layers unrolled.
+    low_memory: decode with `forward` on the model's own stacked weights instead of the decode step's
+    transposed per-layer copy (`decode_step.decode_weights`): no second copy of the weights, for
+    models whose weights fill more than half the memory, at the price of slower steps. Same tokens.
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate_tokens: max_new_tokens={max_new_tokens}; must be >= 1")
@@ -105,14 +108,15 @@ def generate_tokens(params: dict[str, Any], tokens: Array, mask: Array, *, confi
         keys = jax.random.split(jax.random.PRNGKey(0), tokens.shape[0])
     return _generate(params, tokens, mask, iv, keys, repetition_penalty, min_new_tokens, config=config,
                      max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
-                     temperature=temperature, top_p=top_p, unroll=unroll)
+                     temperature=temperature, top_p=top_p, unroll=unroll, low_memory=low_memory)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "no_repeat_ngram_size", "temperature",
-                                             "top_p", "unroll"))
+                                             "top_p", "unroll", "low_memory"))
 def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Intervention | None, keys: Array,
               repetition_penalty: Array, min_new_tokens: Array, *, config: ModelConfig, max_new_tokens: int,
-              no_repeat_ngram_size: int, temperature: float, top_p: float, unroll: int) -> GeneratedTokens:
+              no_repeat_ngram_size: int, temperature: float, top_p: float, unroll: int,
+              low_memory: bool) -> GeneratedTokens:
     settings = DecodingSettings(repetition_penalty, no_repeat_ngram_size, min_new_tokens, temperature, top_p)
     b, t = tokens.shape
     n = max_new_tokens
@@ -143,18 +147,26 @@ def _generate(params: dict[str, Any], tokens: Array, mask: Array, iv: Interventi
                       unroll=unroll)
     seen = seen_tokens(buffer, valid, config.vocab_size)
     start = _LoopState(jnp.zeros((), jnp.int32), buffer, seen, jnp.zeros((b,), bool), jnp.zeros((b,), bool),
-                       prefill.cache.per_layer())
+                       prefill.cache if low_memory else prefill.cache.per_layer())
     state = emit(start, prefill.logits[:, -1])
 
     def unfinished(state: _LoopState) -> Array:
         return (state.step < n) & ~jnp.all(state.done)
 
-    weights = decode_weights(params, config)  # transposed once, outside the loop
+    if low_memory:
+        def next_logits(token: Array, cache: KVCache) -> tuple[Array, KVCache]:
+            out = forward(params, token[:, None], config=config, cache=cache, iv=iv, logits="last", unroll=unroll)
+            return out.logits[:, -1], out.cache
+    else:
+        weights = decode_weights(params, config)  # transposed once, outside the loop
+
+        def next_logits(token: Array, cache: KVCache) -> tuple[Array, KVCache]:
+            return decode_step(weights, token, cache, config=config, iv=iv)
 
     def step(state: _LoopState) -> _LoopState:
         last = jax.lax.dynamic_slice_in_dim(state.buffer, t + state.step - 1, 1, axis=1)[:, 0]
         # Finished rows keep running on a dummy id; their outputs are discarded.
-        logits, cache = decode_step(weights, jnp.maximum(last, 0), state.cache, config=config, iv=iv)
+        logits, cache = next_logits(jnp.maximum(last, 0), state.cache)
         return emit(state._replace(cache=cache), logits)
 
     state = jax.lax.while_loop(unfinished, step, state)
@@ -167,7 +179,7 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
              max_new_tokens: int, iv: Intervention | None = None, repetition_penalty: float = 1.0,
              no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
-             dtype: Any = None, mesh: Mesh | None = None) -> Generation:
+             dtype: Any = None, mesh: Mesh | None = None, low_memory: bool = False) -> Generation:
     """Generate replies for chat prompts with an optional intervention at every step.
 
     model: has .params, .config, .tokenizer (as returned by `emojax.load_model`).
@@ -181,7 +193,8 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
     mesh: weights placed by their logical axes, prompt rows (and per-row edits) split over 'data';
       batch_size is rounded up to a multiple of the row shards. Same tokens as without a mesh.
     Memory: while it runs, a call holds the decode step's transposed per-layer copy of the weights
-    (`decode_step.decode_weights`) beside the model's own, so plan for twice the weight memory.
+    (`decode_step.decode_weights`) beside the model's own, so plan for twice the weight memory;
+    `low_memory=True` decodes without that copy (slower steps, same tokens).
     """
     tokens, mask = _prompt_batch(model, prompts)
     check_token_ids(tokens, model.config.vocab_size, "generate")
@@ -216,7 +229,7 @@ def generate(model: Any, prompts: Sequence[chat.Messages] | tuple[Array, Array],
             params, chunk_tokens, chunk_mask, config=model.config, max_new_tokens=max_new_tokens,
             iv=chunk_iv, repetition_penalty=repetition_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-            temperature=temperature, top_p=top_p, keys=chunk_keys)
+            temperature=temperature, top_p=top_p, keys=chunk_keys, low_memory=low_memory)
         real = min(size, n_prompts - start)
         pieces.append(jax.tree_util.tree_map(lambda a: a[:real], parallel.to_host(result)))
     out = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *pieces)

@@ -151,3 +151,28 @@ def plan_chunk(stage: str, *, budget: int, resident: int, row_bytes: int, wanted
         raise BudgetTooSmall(f"{stage}: one row needs {mib(resident + row_bytes)} MiB ({mib(resident)} MiB "
                              f"resident + {mib(row_bytes)} MiB per row) but the memory budget is {mib(budget)} MiB")
     return ChunkPlan(stage, int(min(wanted, fit)), row_bytes, resident, budget)
+
+
+def plan_generation(stage: str, *, budget: int, resident: int, config: ModelConfig, dtype: Any, row_bytes: int,
+                    wanted: int) -> tuple[ChunkPlan, bool]:
+    """Rows per generation chunk, and whether to decode with `low_memory` (emojax.generation.loop): the
+    decode step's transposed weight copy when the budget holds it beside one row, else no copy."""
+    try:
+        return plan_chunk(stage, budget=budget, resident=resident + decode_copy_bytes(config, dtype),
+                          row_bytes=row_bytes, wanted=wanted), False
+    except BudgetTooSmall:
+        return plan_chunk(f"{stage} (low_memory)", budget=budget, resident=resident, row_bytes=row_bytes,
+                          wanted=wanted), True
+
+
+def decode_without_copy(config: ModelConfig, dtype: Any, *, rows: int, prompt_tokens: int, new_tokens: int,
+                        budget: int | None = None) -> bool:
+    """Whether a generation of `rows` rows should decode with `low_memory`: True when the default
+    budget (or `budget`) cannot hold the transposed weight copy beside the weights and the rows."""
+    budget = default_budget() if budget is None else budget
+    row = generation_row_bytes(config, prompt_tokens, new_tokens, dtype)
+    try:
+        return plan_generation("generation", budget=budget, resident=weight_bytes(config, dtype), config=config,
+                               dtype=dtype, row_bytes=row, wanted=rows)[1]
+    except BudgetTooSmall:
+        return True  # the estimate says even no copy is too tight; without the copy is the better try

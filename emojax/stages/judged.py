@@ -43,6 +43,7 @@ from emojax.model.config import ModelConfig
 from emojax.model.interventions import Intervention
 from emojax.runs import ChunkedJob, InputError, read_jsonl, write_json, write_jsonl, write_text
 from emojax.runs.stage_record import digest, judge_identity, model_hash
+from emojax.scan.memory_plan import decode_without_copy
 
 PAD_MULTIPLE = 16          # prompt widths rounded up to this, so similar splits share a shape
 JUDGE_CHUNK = 256
@@ -131,10 +132,20 @@ def generate_in_chunks(ctx: Any, directory: Path, keys: Sequence[str], prompts: 
     spec = {"job": fingerprint, "model": model_hash(ctx), "decoding": decoding.to_json(), "rows": size,
             "prompts": hashlib.sha256(batch.tokens.tobytes() + batch.mask.tobytes()).hexdigest()}
 
+    # Without a mesh the whole model sits on one device: drop the decode step's weight copy when that
+    # device cannot hold it (same tokens, slower steps). A mesh shards the weights; it keeps the copy.
+    low_memory = ctx.mesh is None and decode_without_copy(
+        ctx.model.config, jnp.dtype(decoding.dtype), rows=size, prompt_tokens=batch.tokens.shape[1],
+        new_tokens=decoding.max_new_tokens)
+    if low_memory:
+        logging.info("%s: generating without the decode step's weight copy (low_memory): it does not fit beside "
+                     "the weights", _stage_label(ctx, directory))
+
     def compute(start: int, stop: int) -> list[dict[str, Any]]:
         rows = np.minimum(np.arange(start, start + size), n - 1)
         out = generate(ctx.model, (batch.tokens[rows], batch.mask[rows]), iv=None if row_iv is None else row_iv(rows),
-                       batch_size=size, dtype=dtype, mesh=ctx.mesh, **decoding.generate_kwargs())
+                       batch_size=size, dtype=dtype, mesh=ctx.mesh, low_memory=low_memory,
+                       **decoding.generate_kwargs())
         bad = [keys[i] for j, i in enumerate(range(start, stop)) if out.nonfinite[j]]
         if bad:
             raise NonFiniteReplies(f"{_stage_label(ctx, directory)}: the logits became nan or inf while generating "

@@ -26,7 +26,7 @@ from emojax.method.directions import Groups
 from emojax.method.hparams import INFLUENCE_ALPHAS, transferred
 from emojax.model.config import ModelConfig
 from emojax.scan import chunking
-from emojax.scan.memory_plan import (F32, LIVE_COPIES, ChunkPlan, decode_copy_bytes, generation_row_bytes,
+from emojax.scan.memory_plan import (F32, LIVE_COPIES, ChunkPlan, generation_row_bytes, plan_generation,
                                      plan_chunk, prefix_bytes, sequence_bytes, token_bytes, weight_bytes)
 from emojax.stages import capture as capture_stage
 from emojax.stages import directions_stage, modulate, steer, sublayer
@@ -240,7 +240,8 @@ def _generation(run: PaperRun, stage: str, condition: str, row_edits: RowEdits |
     tokens = np.resize(run.tokens, (rows, t))  # the captured prompts again, cycled to the batch
     emotion = np.arange(rows) % N_EMOTIONS
     dtype = run.bench.dtype
-    plan = run.plan(stage, decode_copy_bytes(c, dtype), generation_row_bytes(c, t, n_new, dtype), rows)
+    plan, low_memory = plan_generation(stage, budget=run.budget, resident=run.weights, config=c, dtype=dtype,
+                                       row_bytes=generation_row_bytes(c, t, n_new, dtype), wanted=rows)
     decoding = decoding_for(condition, n_new)
     cast = lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
 
@@ -249,13 +250,14 @@ def _generation(run: PaperRun, stage: str, condition: str, row_edits: RowEdits |
         return generate_tokens(run.params, jnp.asarray(tokens[idx]), jnp.ones((len(idx), t), bool), config=c,
                                max_new_tokens=n_new, min_new_tokens=n_new, iv=iv,
                                repetition_penalty=decoding.repetition_penalty,
-                               no_repeat_ngram_size=decoding.no_repeat_ngram_size).tokens
+                               no_repeat_ngram_size=decoding.no_repeat_ngram_size, low_memory=low_memory).tokens
 
     def work() -> np.ndarray:
         row_iv = None if row_edits is None else row_edits()
         return chunking.map_chunks(lambda idx: chunk(idx, row_iv), rows, plan.rows, stage)
 
-    return StageJob({"rows": plan}, generation_flops(run.bench, rows, t), work, None, rows * n_new)
+    key = "rows, low_memory (no weight copy)" if low_memory else "rows"
+    return StageJob({key: plan}, generation_flops(run.bench, rows, t), work, None, rows * n_new)
 
 
 def generation_prompted(run: PaperRun) -> StageJob:

@@ -10,6 +10,9 @@ official/   Llama-3.2-3B-Instruct replies labelled by gpt-4o-mini with the §4.3
                                                             so that a reply's content is not read as its tone
 labels/smollm2_train_replies.jsonl   replies of the default model (prompting, steering, circuit modulation)
   rated by careful reading: match, fluent and the dominant emotion (its README says how).
+
+And one in this folder: labels/gemma3_270m_quick_test_replies.jsonl, the second real model's pipeline
+replies rated the same way (labels/README.md), source "gemma".
 """
 from __future__ import annotations
 
@@ -19,12 +22,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emojax.data.sev import EMOTIONS
 from emojax.method.prompts import NEUTRAL_SYSTEM, Messages, chat, emotion_system, user_message
 
 # gpt-4o-mini failures recorded in the official rejected file: not verdicts about the text.
 JUDGE_ERROR_PREFIXES = ("json-decode-error", "invalid-json")
 RATED_FILE = "smollm2_train_replies.jsonl"
+GEMMA_FILE = Path(__file__).resolve().parent / "labels" / "gemma3_270m_quick_test_replies.jsonl"
 CONDITIONS = ("prompting", "steering", "circuit")
 NONE = "none"
 
@@ -33,8 +39,8 @@ NONE = "none"
 class LabelledText:
     """One text with its reference verdict.
 
-    source: "prompted" / "unprompted" (Llama, gpt-4o-mini), "neutral" (an SEV sentence, no target) or
-    "rated" (the default model's reply, careful reading). `label` is the class the classifier learns:
+    source: "prompted" / "unprompted" (Llama, gpt-4o-mini), "neutral" (an SEV sentence, no target),
+    "rated" (the default model's reply, careful reading) or "gemma" (Gemma-3-270M's, careful reading). `label` is the class the classifier learns:
     the target when it matches, else the emotion the text mainly expresses, else "none".
     """
 
@@ -114,6 +120,18 @@ def load_rated(labels_dir: Path) -> tuple[list[LabelledText], dict[str, str]]:
     path = labels_dir / RATED_FILE
     if not path.is_file():
         raise FileNotFoundError(f"--labels_dir={labels_dir}: missing {path}")
+    return _careful_reading(path, "rated"), {f"labels/{RATED_FILE}": sha256(path)}
+
+
+def load_gemma(path: Path = GEMMA_FILE) -> tuple[list[LabelledText], np.ndarray, dict[str, str]]:
+    """Gemma-3-270M's rated replies; (rows, the run's own fluency verdict of each, {file: sha256})."""
+    rows = _careful_reading(path, "gemma")
+    run_fluent = np.array([int(record["run_verdict"]["fluent"]) for record in _jsonl(path)])
+    return rows, run_fluent, {f"experiments/judge_training/labels/{path.name}": sha256(path)}
+
+
+def _careful_reading(path: Path, source: str) -> list[LabelledText]:
+    """Replies rated by careful reading (rubric.md), with the prompts they answered."""
     rows = []
     for i, record in enumerate(_jsonl(path)):
         label = record["label"]
@@ -124,8 +142,8 @@ def load_rated(labels_dir: Path) -> tuple[list[LabelledText], dict[str, str]]:
             raise ValueError(f"{where}: bad label {label}")
         match, dominant = int(label["match"]), label["dominant"]
         learnt = record["emotion"] if match else (dominant if dominant != record["emotion"] else NONE)
-        rows.append(LabelledText(record["text"], record["emotion"], match, learnt, record["skeleton_id"], "rated",
+        rows.append(LabelledText(record["text"], record["emotion"], match, learnt, record["skeleton_id"], source,
                                  record["condition"], int(label["fluent"]),
                                  rated_prompt(record["condition"], record["emotion"], record["scenario"],
                                               record["event"])))
-    return rows, {f"labels/{RATED_FILE}": sha256(path)}
+    return rows

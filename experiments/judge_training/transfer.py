@@ -8,10 +8,13 @@ weight --combined_ngram_weight). Every design is fitted with the trainer's label
 (experiments.judge_training.train) and the match offset fixed at 0: nothing is tuned on held-out text.
 
 Protocols, each over the same 5 scenario folds (all texts of a scenario in one fold), fold k predicted by
-a fit on the other folds restricted to the training sources:
-  no_llama    trained on the SmolLM2 rated replies + SEV sentences, tested on the Llama replies
-  no_smollm2  trained on the Llama replies + SEV sentences, tested on the SmolLM2 rated replies
+a fit on the other folds restricted to the training sources (leave one model's replies out):
+  no_llama    trained on the SmolLM2 and Gemma rated replies + SEV sentences, tested on the Llama replies
+  no_smollm2  trained on the Llama replies, the Gemma rated replies + SEV sentences, tested on SmolLM2's
+  no_gemma    trained on the Llama replies, the SmolLM2 rated replies + SEV sentences, tested on Gemma's
   all         trained on every source, tested on every source
+The Gemma-3-270M replies (labels/README.md) weigh 1 each; their fluent_match figures use the fluency
+verdict their run recorded (the shipped rule on Gemma's own perplexities).
 SEV sentences are held out by fold in every protocol (false matches). The figures go to --figures_out;
 with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
 """
@@ -32,7 +35,7 @@ from emojax.judge.artifact import write_manifest
 from emojax.judge.features import FeatureSpec, featurize
 from emojax.judge.fit import lda_from_moments, weighted_moments
 from emojax.judge.fluency import measures, rule_features
-from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, OfflineJudge, log_softmax
+from emojax.judge.offline import CLASSES, DEFAULT_ARTIFACT, OfflineJudge, log_softmax, verdicts
 from emojax.judge.reader import READER_BATCH_SIZE, ReaderSpec
 from emojax.judge.reader_judge import DEFAULT_READER_ARTIFACT, FORMAT_VERSION, ReaderJudge
 from emojax.launch.launcher import run_launcher
@@ -40,7 +43,7 @@ from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training import train
-from experiments.judge_training.data import LabelledText, load_official, load_rated, sev_sentences
+from experiments.judge_training.data import LabelledText, load_gemma, load_official, load_rated, sev_sentences
 from experiments.judge_training.reader_cache import cached_features
 
 FLAGS = flags.FLAGS
@@ -48,9 +51,12 @@ MODEL_VERSION = "1.0"
 # The layers whose pooled states are cached (every third of the reader's 30); designs pick among them.
 CANDIDATE_LAYERS = tuple(range(2, 30, 3))
 MAX_TOKENS = 64
-PROTOCOLS = {"no_llama": ({"rated", "neutral"}, {"prompted", "unprompted", "neutral"}),
-             "no_smollm2": ({"prompted", "unprompted", "neutral"}, {"rated", "neutral"}),
-             "all": ({"prompted", "unprompted", "rated", "neutral"}, {"prompted", "unprompted", "rated", "neutral"})}
+EVERY_SOURCE = {"prompted", "unprompted", "rated", "gemma", "neutral"}
+PROTOCOLS = {"no_llama": (EVERY_SOURCE - {"prompted", "unprompted"}, {"prompted", "unprompted", "neutral"}),
+             "no_smollm2": (EVERY_SOURCE - {"rated"}, {"rated", "neutral"}),
+             "no_gemma": (EVERY_SOURCE - {"gemma"}, {"gemma", "neutral"}),
+             "all": (EVERY_SOURCE, EVERY_SOURCE)}
+RATED_SOURCES = {"rated": "smollm2", "gemma": "gemma"}  # careful-reading sources: their figure prefixes
 PROBE_TEXTS = train.PROBE_TEXTS
 
 flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "combined:14", "combined:8-17-26"], "Designs to cross-validate (layers joined by '-').")
@@ -175,14 +181,15 @@ def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.
     match = np.zeros(len(rows), np.int64)
     match[tested] = judge_cv.matches(logp[tested], [r for r, t in zip(rows, tested) if t], 0.0)
     out: dict[str, Any] = {}
-    subsets = {"llama_prompted": source == "prompted", "llama_steered": source == "unprompted",
-               "smollm2_all": source == "rated",
-               **{f"smollm2_{c}": (source == "rated") & (condition == c) for c in ("prompting", "steering", "circuit")}}
+    subsets = {"llama_prompted": source == "prompted", "llama_steered": source == "unprompted"}
+    for kind, prefix in RATED_SOURCES.items():
+        subsets[f"{prefix}_all"] = source == kind
+        subsets.update({f"{prefix}_{c}": (source == kind) & (condition == c) for c in ("prompting", "steering", "circuit")})
     for name, mask in subsets.items():
         mask = mask & tested
         if mask.any():
             out[name] = {"match": rate_figures(truth[mask], match[mask])}
-            if name.startswith("smollm2") and fluent is not None:
+            if not name.startswith("llama") and fluent is not None:
                 truth_fluent = np.array([r.fluent for r in rows])
                 out[name]["fluent_match"] = rate_figures((truth & truth_fluent)[mask], (match & fluent)[mask])
     neutral = (source == "neutral") & tested
@@ -237,14 +244,36 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
     logging.info("wrote %s and its sidecar", path)
 
 
+def shipped_on_gemma(gemma: Sequence[LabelledText], run_fluent: np.ndarray, reader_x: np.ndarray,
+                     model: Any) -> dict[str, Any]:
+    """The shipped judges (never fitted on Gemma's replies) against careful reading of them, per condition."""
+    texts, targets = [r.text for r in gemma], [r.target for r in gemma]
+    reader = ReaderJudge(DEFAULT_READER_ARTIFACT, model=model)
+    reader_logp = reader.log_probs_from(reader_x[:, layer_columns(reader.reader.layers, model.config.d_model)], texts)
+    judged = {"offline": OfflineJudge(DEFAULT_ARTIFACT)(texts, targets).match,
+              "reader": verdicts(reader_logp, texts, targets, reader.target_offset).match}
+    truth, truth_fluent = np.array([r.match for r in gemma]), np.array([r.fluent for r in gemma])
+    condition = np.array([r.condition for r in gemma])
+    out: dict[str, Any] = {}
+    for name, match in judged.items():
+        match = np.asarray(match)
+        out[name] = {c: {"match": rate_figures(truth[mask], match[mask]),
+                         "fluent_match": rate_figures((truth & truth_fluent)[mask], (match & run_fluent)[mask])}
+                     for c, mask in (("all", np.ones(len(gemma), bool)),
+                                     *((c, condition == c) for c in ("prompting", "steering", "circuit")))}
+    out["fluent"] = rate_figures(truth_fluent, run_fluent)
+    return out
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     from emojax.loading import load_model
 
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
     rated, rated_hashes = load_rated(Path(FLAGS.labels_dir))
-    rows = official + rated
-    all_hashes = {**hashes, **rated_hashes}
+    gemma, gemma_run_fluent, gemma_hashes = load_gemma()
+    rows = official + rated + gemma
+    all_hashes = {**hashes, **rated_hashes, **gemma_hashes}
     data_hash = hashlib.sha256(json.dumps(all_hashes, sort_keys=True).encode()).hexdigest()
     folds = judge_cv.scenario_folds([r.scenario for r in rows], FLAGS.folds, FLAGS.seed)
     model = load_model(FLAGS.model)
@@ -256,11 +285,14 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.fluency:
         fluent = np.zeros(len(rows), np.int64)
         fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
+        fluent[np.array([r.source == "gemma" for r in rows])] = gemma_run_fluent
     figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
                                "designs": {}}
     for design in FLAGS.designs:
         logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, model.config.d_model)
         figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in PROTOCOLS}
+    is_gemma = np.array([r.source == "gemma" for r in rows])
+    figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
     write_json(Path(FLAGS.figures_out), figures)
     logging.info("figures: %s", Path(FLAGS.figures_out))
     if FLAGS.ship:
