@@ -27,7 +27,7 @@ from emojax.method.hparams import INFLUENCE_ALPHAS, transferred
 from emojax.model.config import ModelConfig
 from emojax.scan import chunking
 from emojax.scan.memory_plan import (F32, LIVE_COPIES, ChunkPlan, generation_row_bytes, plan_generation,
-                                     plan_chunk, prefix_bytes, sequence_bytes, token_bytes, weight_bytes)
+                                     held_weight_bytes, plan_chunk, prefix_bytes, sequence_bytes, token_bytes)
 from emojax.stages import capture as capture_stage
 from emojax.stages import directions_stage, modulate, steer, sublayer
 from emojax.stages.judged import decoding_for
@@ -70,7 +70,8 @@ class PaperRun:
 
     @property
     def weights(self) -> int:
-        return weight_bytes(self.config, self.bench.dtype)
+        """The weights, and on a CPU in half precision the float32 copy every compiled call makes."""
+        return held_weight_bytes(self.config, self.bench.dtype)
 
     def plan(self, stage: str, resident: int, row_bytes: int, wanted: int) -> ChunkPlan:
         return plan_chunk(stage, budget=self.budget, resident=self.weights + resident, row_bytes=row_bytes,
