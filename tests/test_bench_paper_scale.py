@@ -67,8 +67,13 @@ def test_a_budget_below_the_weights_is_one_line_naming_them():
     assert len(lines) == 1 and lines[0].startswith("error: weights: tiny in float32 needs "), result.stderr
 
 
-def test_a_tight_budget_plans_small_chunks_and_names_the_stages_that_do_not_fit():
-    result = _run("--memory_budget_gb=0.0017", "--plan_only")  # 1.7 MiB: one prompt row, no generation row
+def test_a_tight_budget_plans_small_chunks_drops_the_decode_copy_and_names_the_stages_that_do_not_fit():
+    # 1.7 MiB: one prompt row, and one generation row only without the decode step's weight copy.
+    result = _run("--memory_budget_gb=0.0017", "--plan_only")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| generation_prompted | not run: prompted generation: one row needs " in result.stdout
     assert "| capture |" in result.stdout and "prompts 1 (plan" in result.stdout
+    assert "| generation_prompted | 0." in result.stdout and "rows, low_memory (no weight copy) 1 (plan" in result.stdout
+    roomier = _run("--memory_budget_gb=0.0022", "--plan_only")  # the copy fits beside one row
+    assert "low_memory" not in roomier.stdout and "rows 1 (plan" in roomier.stdout
+    tight = _run("--memory_budget_gb=0.0014", "--plan_only")  # not even one row without the copy
+    assert "| generation_prompted | not run: prompted generation (low_memory): one row needs " in tight.stdout

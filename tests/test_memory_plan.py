@@ -2,14 +2,15 @@
 one row is refused in one line naming the stage and what it needs."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from emojax import scan
 from emojax.model.params import random_params
-from emojax.scan.memory_plan import (BudgetTooSmall, available_bytes, decode_copy_bytes, default_budget,
-                                     plan_chunk, plan_generation, prefix_bytes, sequence_bytes, token_bytes,
-                                     weight_bytes)
+from emojax.scan.memory_plan import (BudgetTooSmall, available_bytes, cpu_upcast_bytes, decode_copy_bytes,
+                                     default_budget, held_weight_bytes, plan_chunk, plan_generation, prefix_bytes,
+                                     sequence_bytes, token_bytes, weight_bytes)
 from experiments.bench.common import shape_config
 
 PROMPTS, TOKENS = 2, 7
@@ -89,6 +90,17 @@ def test_generation_drops_the_decode_copy_only_when_the_budget_cannot_hold_it():
     assert low[1] and low[0].rows == 4 and low[0].peak_bytes <= weights + copy
     with pytest.raises(BudgetTooSmall, match=r"^steered generation \(low_memory\): one row needs"):
         plan(weights + row - 1)
+
+
+def test_half_precision_weights_on_a_cpu_hold_their_float32_copy():
+    config = shape_config("llama-3.2-3b")
+    assert cpu_upcast_bytes(config, np.float32, "cpu") == 0
+    assert cpu_upcast_bytes(config, jnp.bfloat16, "gpu") == 0
+    # The layer matrices in float32: a little under twice the bfloat16 weights (the embedding is not copied).
+    ratio = cpu_upcast_bytes(config, jnp.bfloat16, "cpu") / weight_bytes(config, jnp.bfloat16)
+    assert 1.6 < ratio < 2.0
+    assert held_weight_bytes(config, jnp.bfloat16, "cpu") == weight_bytes(config, jnp.bfloat16) + cpu_upcast_bytes(
+        config, jnp.bfloat16, "cpu")
 
 
 def test_the_default_budget_leaves_a_margin():

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from emojax.console import say
 from emojax.launch.launcher import run_launcher
 from emojax.scan.memory_plan import BudgetTooSmall, default_budget, mib, weight_bytes
 from experiments.bench.common import (CONFIG_SHAPES, DTYPES, BenchContext, BenchSizes, host_random_params, machine,
@@ -124,8 +125,11 @@ def run_stages(run: PaperRun, names: list[str], peak_gflops: float | None, repor
             report["stages"][name] = {"gflop": job.flop / 1e9,
                                       "chunks": {k: p.as_json() for k, p in job.plans.items()}}
             continue
+        say("%s: running (%.0f GFLOP)", name, job.flop / 1e9)
         result, report["stages"][name] = measure(job, peak_gflops)
         job.keep(result)
+        figures = report["stages"][name]
+        say("%s: %.1f s, %.0f MiB peak host memory", name, figures["wall_s"], figures["peak_host_mib"])
         if json_path:
             report["projection"] = projection(report["stages"], run.config)
             Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
