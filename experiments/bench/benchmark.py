@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "sublayer_scan": "experiments.bench.scans:bench_sublayer_scan",
     "suffix_parts": "experiments.bench.suffix_parts:bench_suffix_parts",
     "judge_offline": "experiments.bench.judge:bench_judge_offline",
+    "judge_reader": "experiments.bench.judge:bench_judge_reader",
     "fluency_pass": "experiments.bench.judge:bench_fluency_pass",
 }
 # Benchmarks whose HF baseline runs on the CPU only (the hooked scans feed it host tensors).

@@ -64,6 +64,8 @@ flags.DEFINE_float("shrinkage", 0.3, "Shrinkage of the reader head's pooled cova
 flags.DEFINE_float("combined_ngram_weight", 0.5, "Weight of the n-gram log-probabilities in a combined design.")
 flags.DEFINE_bool("fluency", True, "Cross-validate the fluency rule too (the rated replies' perplexities, cached) "
                   "for fluent_match figures.")
+flags.DEFINE_bool("gemma_replies", True, "Add Gemma-3-270M's rated replies (labels/) as a third source; the shipped "
+                  "reader_judge.npz was fitted without them (--nogemma_replies reproduces it).")
 flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
 flags.DEFINE_string("figures_out", str(Path(__file__).resolve().parent / "transfer_figures.json"),
                     "Where the cross-validated figures go.")
@@ -271,7 +273,7 @@ def main(argv: Sequence[str]) -> None:
 
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
     rated, rated_hashes = load_rated(Path(FLAGS.labels_dir))
-    gemma, gemma_run_fluent, gemma_hashes = load_gemma()
+    gemma, gemma_run_fluent, gemma_hashes = load_gemma() if FLAGS.gemma_replies else ([], np.zeros(0, int), {})
     rows = official + rated + gemma
     all_hashes = {**hashes, **rated_hashes, **gemma_hashes}
     data_hash = hashlib.sha256(json.dumps(all_hashes, sort_keys=True).encode()).hexdigest()
@@ -291,8 +293,9 @@ def main(argv: Sequence[str]) -> None:
     for design in FLAGS.designs:
         logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, model.config.d_model)
         figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in PROTOCOLS}
-    is_gemma = np.array([r.source == "gemma" for r in rows])
-    figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
+    if gemma:
+        is_gemma = np.array([r.source == "gemma" for r in rows])
+        figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
     write_json(Path(FLAGS.figures_out), figures)
     logging.info("figures: %s", Path(FLAGS.figures_out))
     if FLAGS.ship:
