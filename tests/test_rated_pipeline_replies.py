@@ -1,0 +1,50 @@
+"""The careful reading of the two models' quick-run replies (experiments/judge_training/labels/): each
+file covers every method's 144 test replies once, Gemma's parses into the judge trainer's rows, and
+both give the agreements and rates their README, docs/judge.md and docs/results.md state."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.judge_training.data import GEMMA_FILE, load_gemma
+
+SMOLLM2_FILE = GEMMA_FILE.with_name("smollm2_quick_test_replies.jsonl")
+# file: (agreement of the two readings on match, fluent, fluent_match; fluent matches per method)
+DOCUMENTED = {GEMMA_FILE: ((0.95, 0.93, 0.98), {"prompting": 1, "steering": 29, "circuit": 15}),
+              SMOLLM2_FILE: ((0.97, 1.0, 0.98), {"prompting": 6, "steering": 35, "circuit": 61})}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("path", DOCUMENTED, ids=lambda p: p.stem)
+def test_every_method_has_its_144_test_replies_once(path):
+    records = _records(path)
+    assert Counter(r["condition"] for r in records) == {"prompting": 144, "steering": 144, "circuit": 144}
+    keys = [(r["condition"], r["key"]) for r in records]
+    assert len(set(keys)) == len(keys) and len({r["id"] for r in records}) == len(records)
+
+
+def test_gemma_replies_load_as_the_third_judge_source():
+    rows, run_fluent, hashes = load_gemma()
+    assert len(rows) == 432 and {r.source for r in rows} == {"gemma"} and len(run_fluent) == len(rows)
+    assert list(hashes) == [f"experiments/judge_training/labels/{GEMMA_FILE.name}"]
+
+
+@pytest.mark.parametrize("path", DOCUMENTED, ids=lambda p: p.stem)
+def test_the_second_reading_and_the_rates_are_the_documented_ones(path):
+    records = _records(path)
+    twice = [r for r in records if "second_label" in r]
+    assert len(twice) == 100
+    fields = {"match": lambda l: l["match"], "fluent": lambda l: l["fluent"],
+              "fluent_match": lambda l: l["match"] * l["fluent"]}
+    agreement = tuple(float(np.mean([pick(r["label"]) == pick(r["second_label"]) for r in twice]))
+                      for pick in fields.values())
+    expected_agreement, expected_rates = DOCUMENTED[path]
+    assert agreement == expected_agreement
+    assert Counter(r["condition"] for r in records if r["label"]["match"] and r["label"]["fluent"]) == expected_rates
