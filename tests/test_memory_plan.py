@@ -8,9 +8,10 @@ import pytest
 
 from emojax import scan
 from emojax.model.params import random_params
+from emojax.scan import memory_plan
 from emojax.scan.memory_plan import (BudgetTooSmall, available_bytes, cpu_upcast_bytes, decode_copy_bytes,
-                                     default_budget, held_weight_bytes, plan_chunk, plan_generation, prefix_bytes,
-                                     sequence_bytes, token_bytes, weight_bytes)
+                                     decode_without_copy, default_budget, held_weight_bytes, plan_chunk,
+                                     plan_generation, prefix_bytes, sequence_bytes, token_bytes, weight_bytes)
 from experiments.bench.common import shape_config
 
 PROMPTS, TOKENS = 2, 7
@@ -101,6 +102,15 @@ def test_half_precision_weights_on_a_cpu_hold_their_float32_copy():
     assert 1.6 < ratio < 2.0
     assert held_weight_bytes(config, jnp.bfloat16, "cpu") == weight_bytes(config, jnp.bfloat16) + cpu_upcast_bytes(
         config, jnp.bfloat16, "cpu")
+
+
+def test_without_a_memory_figure_generation_keeps_the_copy(monkeypatch):
+    def unknown() -> int:
+        raise OSError("/proc/meminfo has no MemAvailable line")
+
+    monkeypatch.setattr(memory_plan, "default_budget", unknown)
+    assert not decode_without_copy(shape_config("tiny"), np.float32, rows=4, prompt_tokens=8, new_tokens=2)
+    assert decode_without_copy(shape_config("tiny"), np.float32, rows=4, prompt_tokens=8, new_tokens=2, budget=1)
 
 
 def test_the_default_budget_leaves_a_margin():

@@ -189,7 +189,11 @@ def decode_without_copy(config: ModelConfig, dtype: Any, *, rows: int, prompt_to
                         budget: int | None = None) -> bool:
     """Whether a generation of `rows` rows should decode with `low_memory`: True when the default
     budget (or `budget`) cannot hold the transposed weight copy beside the weights and the rows."""
-    budget = default_budget() if budget is None else budget
+    if budget is None:
+        try:
+            budget = default_budget()
+        except OSError:  # no /proc/meminfo (not Linux): nothing says the copy does not fit
+            return False
     row = generation_row_bytes(config, prompt_tokens, new_tokens, dtype)
     try:
         return plan_generation("generation", budget=budget, resident=held_weight_bytes(config, dtype), config=config,
