@@ -48,3 +48,15 @@ def test_the_second_reading_and_the_rates_are_the_documented_ones(path):
     expected_agreement, expected_rates = DOCUMENTED[path]
     assert agreement == expected_agreement
     assert Counter(r["condition"] for r in records if r["label"]["match"] and r["label"]["fluent"]) == expected_rates
+
+
+@pytest.mark.parametrize("path, random_matches, baseline_matches",
+                         [(GEMMA_FILE.with_name("gemma3_270m_quick_test_controls.jsonl"), 5, 9),
+                          (SMOLLM2_FILE.with_name("smollm2_quick_test_controls.jsonl"), 1, 0)], ids=["gemma", "smollm2"])
+def test_the_controls_cover_every_draw_and_item_with_the_documented_matches(path, random_matches, baseline_matches):
+    records = _records(path)
+    random = [r for r in records if r["condition"] == "random_circuit"]
+    baseline = [r for r in records if r["condition"] == "baseline"]
+    assert Counter(r["draw"] for r in random) == {d: 18 for d in range(5)} and len(baseline) == 144
+    fluent_match = lambda rows: sum(r["label"]["match"] * r["label"]["fluent"] for r in rows)
+    assert (fluent_match(random), fluent_match(baseline)) == (random_matches, baseline_matches)
