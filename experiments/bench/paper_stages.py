@@ -26,8 +26,8 @@ from emojax.method.directions import Groups
 from emojax.method.hparams import INFLUENCE_ALPHAS, transferred
 from emojax.model.config import ModelConfig
 from emojax.scan import chunking
-from emojax.scan.memory_plan import (F32, LIVE_COPIES, ChunkPlan, generation_row_bytes, plan_generation,
-                                     held_weight_bytes, plan_chunk, prefix_bytes, sequence_bytes, token_bytes)
+from emojax.scan.memory_plan import (F32, LIVE_COPIES, ChunkPlan, generation_row_bytes, held_weight_bytes,
+                                     plan_chunk, plan_generation, prefix_bytes, sequence_bytes, token_bytes)
 from emojax.stages import capture as capture_stage
 from emojax.stages import directions_stage, modulate, steer, sublayer
 from emojax.stages.judged import decoding_for

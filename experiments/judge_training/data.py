@@ -40,8 +40,9 @@ class LabelledText:
     """One text with its reference verdict.
 
     source: "prompted" / "unprompted" (Llama, gpt-4o-mini), "neutral" (an SEV sentence, no target),
-    "rated" (the default model's reply, careful reading) or "gemma" (Gemma-3-270M's, careful reading). `label` is the class the classifier learns:
-    the target when it matches, else the emotion the text mainly expresses, else "none".
+    "rated" (the default model's reply, careful reading) or "gemma" (Gemma-3-270M's, careful reading).
+    `label` is the class the classifier learns: the target when it matches, else the emotion the text
+    mainly expresses, else "none".
     """
 
     text: str
@@ -120,20 +121,21 @@ def load_rated(labels_dir: Path) -> tuple[list[LabelledText], dict[str, str]]:
     path = labels_dir / RATED_FILE
     if not path.is_file():
         raise FileNotFoundError(f"--labels_dir={labels_dir}: missing {path}")
-    return _careful_reading(path, "rated"), {f"labels/{RATED_FILE}": sha256(path)}
+    return _careful_reading(_jsonl(path), path, "rated"), {f"labels/{RATED_FILE}": sha256(path)}
 
 
 def load_gemma(path: Path = GEMMA_FILE) -> tuple[list[LabelledText], np.ndarray, dict[str, str]]:
     """Gemma-3-270M's rated replies; (rows, the run's own fluency verdict of each, {file: sha256})."""
-    rows = _careful_reading(path, "gemma")
-    run_fluent = np.array([int(record["run_verdict"]["fluent"]) for record in _jsonl(path)])
+    records = _jsonl(path)
+    rows = _careful_reading(records, path, "gemma")
+    run_fluent = np.array([int(record["run_verdict"]["fluent"]) for record in records])
     return rows, run_fluent, {f"experiments/judge_training/labels/{path.name}": sha256(path)}
 
 
-def _careful_reading(path: Path, source: str) -> list[LabelledText]:
-    """Replies rated by careful reading (rubric.md), with the prompts they answered."""
+def _careful_reading(records: list[dict[str, Any]], path: Path, source: str) -> list[LabelledText]:
+    """Replies rated by careful reading (rubric.md, the records of `path`), with the prompts they answered."""
     rows = []
-    for i, record in enumerate(_jsonl(path)):
+    for i, record in enumerate(records):
         label = record["label"]
         where = f"{path} line {i + 1}"
         if record["condition"] not in CONDITIONS or record["emotion"] not in EMOTIONS:

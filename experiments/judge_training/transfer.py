@@ -282,19 +282,19 @@ def main(argv: Sequence[str]) -> None:
     reader_x = cached_features(model, [r.text for r in rows], ReaderSpec(model.name, CANDIDATE_LAYERS, MAX_TOKENS),
                                batch_size=READER_BATCH_SIZE)
     ngram_logp = ngram_held_out(rows, folds, data_hash)
-    is_rated = np.array([r.source == "rated" for r in rows])
+    source = np.array([r.source for r in rows])
+    is_rated, is_gemma = source == "rated", source == "gemma"
     fluent = None
     if FLAGS.fluency:
         fluent = np.zeros(len(rows), np.int64)
         fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
-        fluent[np.array([r.source == "gemma" for r in rows])] = gemma_run_fluent
+        fluent[is_gemma] = gemma_run_fluent
     figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
                                "designs": {}}
     for design in FLAGS.designs:
         logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, model.config.d_model)
         figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in PROTOCOLS}
     if gemma:
-        is_gemma = np.array([r.source == "gemma" for r in rows])
         figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
     write_json(Path(FLAGS.figures_out), figures)
     logging.info("figures: %s", Path(FLAGS.figures_out))
