@@ -60,3 +60,22 @@ def test_the_controls_cover_every_draw_and_item_with_the_documented_matches(path
     assert Counter(r["draw"] for r in random) == {d: 18 for d in range(5)} and len(baseline) == 144
     fluent_match = lambda rows: sum(r["label"]["match"] * r["label"]["fluent"] for r in rows)
     assert (fluent_match(random), fluent_match(baseline)) == (random_matches, baseline_matches)
+
+
+GEMMA_STANDARD_FILE = GEMMA_FILE.with_name("gemma3_270m_standard_test_sample.jsonl")
+
+
+def test_the_gemma_standard_sample_gives_the_figures_docs_results_states():
+    records = _records(GEMMA_STANDARD_FILE)
+    by_condition = Counter(r["condition"] for r in records)
+    assert by_condition == {"prompting": 144, "steering": 144, "circuit": 144, "baseline": 144}
+    for condition in by_condition:  # the same 144 items, 24 per emotion, in every condition
+        mine = [r for r in records if r["condition"] == condition]
+        assert len({r["key"] for r in mine}) == 144
+        assert set(Counter(r["emotion"] for r in mine).values()) == {24}
+    fluent_matches = Counter(r["condition"] for r in records if r["label"]["match"] and r["label"]["fluent"])
+    assert fluent_matches == {"prompting": 2, "steering": 24, "circuit": 8, "baseline": 7}
+    second = [r for r in records if "second_label" in r]
+    same = [(r["label"]["match"] & r["label"]["fluent"]) == (r["second_label"]["match"] & r["second_label"]["fluent"])
+            for r in second]
+    assert len(second) == 80 and round(100 * np.mean(same), 1) == 96.2
