@@ -1,6 +1,7 @@
-"""The careful reading of the two models' quick-run replies (experiments/judge_training/labels/): each
-file covers every method's 144 test replies once, Gemma's parses into the judge trainer's rows, and
-both give the agreements and rates their README, docs/judge.md and docs/results.md state."""
+"""The careful reading of the two models' quick-run replies and of a sample of Gemma's standard run
+(experiments/judge_training/labels/): each file covers its replies once, Gemma's quick file parses into
+the judge trainer's rows, and every file gives the agreements and rates its README, docs/judge.md and
+docs/results.md state."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import pytest
 from experiments.judge_training.data import GEMMA_FILE, load_gemma
 
 SMOLLM2_FILE = GEMMA_FILE.with_name("smollm2_quick_test_replies.jsonl")
+GEMMA_STANDARD_FILE = GEMMA_FILE.with_name("gemma3_270m_standard_test_sample.jsonl")
 # file: (agreement of the two readings on match, fluent, fluent_match; fluent matches per method)
 DOCUMENTED = {GEMMA_FILE: ((0.95, 0.93, 0.98), {"prompting": 1, "steering": 29, "circuit": 15}),
               SMOLLM2_FILE: ((0.97, 1.0, 0.98), {"prompting": 6, "steering": 35, "circuit": 61})}
@@ -20,6 +22,15 @@ DOCUMENTED = {GEMMA_FILE: ((0.95, 0.93, 0.98), {"prompting": 1, "steering": 29, 
 
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _fluent_match(label: dict) -> int:
+    return label["match"] * label["fluent"]
+
+
+def _agreement(twice: list[dict], pick) -> float:
+    """Fraction of the doubly read rows whose two readings agree on `pick(label)`."""
+    return float(np.mean([pick(r["label"]) == pick(r["second_label"]) for r in twice]))
 
 
 @pytest.mark.parametrize("path", DOCUMENTED, ids=lambda p: p.stem)
@@ -41,10 +52,8 @@ def test_the_second_reading_and_the_rates_are_the_documented_ones(path):
     records = _records(path)
     twice = [r for r in records if "second_label" in r]
     assert len(twice) == 100
-    fields = {"match": lambda l: l["match"], "fluent": lambda l: l["fluent"],
-              "fluent_match": lambda l: l["match"] * l["fluent"]}
-    agreement = tuple(float(np.mean([pick(r["label"]) == pick(r["second_label"]) for r in twice]))
-                      for pick in fields.values())
+    fields = {"match": lambda l: l["match"], "fluent": lambda l: l["fluent"], "fluent_match": _fluent_match}
+    agreement = tuple(_agreement(twice, pick) for pick in fields.values())
     expected_agreement, expected_rates = DOCUMENTED[path]
     assert agreement == expected_agreement
     assert Counter(r["condition"] for r in records if r["label"]["match"] and r["label"]["fluent"]) == expected_rates
@@ -58,24 +67,20 @@ def test_the_controls_cover_every_draw_and_item_with_the_documented_matches(path
     random = [r for r in records if r["condition"] == "random_circuit"]
     baseline = [r for r in records if r["condition"] == "baseline"]
     assert Counter(r["draw"] for r in random) == {d: 18 for d in range(5)} and len(baseline) == 144
-    fluent_match = lambda rows: sum(r["label"]["match"] * r["label"]["fluent"] for r in rows)
+    fluent_match = lambda rows: sum(_fluent_match(r["label"]) for r in rows)
     assert (fluent_match(random), fluent_match(baseline)) == (random_matches, baseline_matches)
-
-
-GEMMA_STANDARD_FILE = GEMMA_FILE.with_name("gemma3_270m_standard_test_sample.jsonl")
 
 
 def test_the_gemma_standard_sample_gives_the_figures_docs_results_states():
     records = _records(GEMMA_STANDARD_FILE)
     by_condition = Counter(r["condition"] for r in records)
     assert by_condition == {"prompting": 144, "steering": 144, "circuit": 144, "baseline": 144}
-    for condition in by_condition:  # the same 144 items, 24 per emotion, in every condition
-        mine = [r for r in records if r["condition"] == condition]
-        assert len({r["key"] for r in mine}) == 144
-        assert set(Counter(r["emotion"] for r in mine).values()) == {24}
-    fluent_matches = Counter(r["condition"] for r in records if r["label"]["match"] and r["label"]["fluent"])
+    items = {condition: {r["key"]: r["emotion"] for r in records if r["condition"] == condition}
+             for condition in by_condition}
+    first = items["circuit"]  # the same 144 items, 24 per emotion, in every condition
+    assert len(first) == 144 and set(Counter(first.values()).values()) == {24}
+    assert all(mine == first for mine in items.values())
+    fluent_matches = Counter(r["condition"] for r in records if _fluent_match(r["label"]))
     assert fluent_matches == {"prompting": 2, "steering": 24, "circuit": 8, "baseline": 7}
     second = [r for r in records if "second_label" in r]
-    same = [(r["label"]["match"] & r["label"]["fluent"]) == (r["second_label"]["match"] & r["second_label"]["fluent"])
-            for r in second]
-    assert len(second) == 80 and round(100 * np.mean(same), 1) == 96.2
+    assert len(second) == 80 and round(100 * _agreement(second, _fluent_match), 1) == 96.2
