@@ -197,25 +197,13 @@ def fingerprint(ctx: StageContext, per_emotion: int, layers: Sequence[int]) -> d
             "layers": list(layers), "date": ctx.settings.date_string, "chunk": CHUNK_PROMPTS}
 
 
-def run(ctx: StageContext, prompts_per_emotion: int | None = None,
-        layers: Sequence[int] | None = None) -> dict[str, Any]:
-    """Causal scans, attribution and the agreement table (skipped when there are no prompts to scan)."""
+def scan_means(ctx: StageContext, per_emotion: int, layers: Sequence[int], directory: Path, stamp: Any
+               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(per-emotion means of every score [6, L, W], prompts per emotion [6]) of `per_emotion` evenly
+    spaced captured prompts per emotion, scanned as a resumable job in `directory` keyed by `stamp`."""
     cfg = ctx.config
-    per_emotion = ctx.preset.causal_prompts if prompts_per_emotion is None else int(prompts_per_emotion)
-    if per_emotion <= 0:
-        logging.warning("%s: no prompts to scan (preset %s has causal_prompts=0); skipped", STAGE, ctx.preset.name)
-        return {"stage": STAGE, "skipped": f"preset {ctx.preset.name} scans 0 prompts per emotion"}
-    layers = tuple(range(cfg.n_layers)) if layers is None else tuple(sorted({int(l) for l in layers}))
-    if not layers or any(not 0 <= l < cfg.n_layers for l in layers):
-        raise InputError(f"{STAGE}: layers {list(layers)} must be in 0..{cfg.n_layers - 1}")
     geometry = upstream.directions(ctx)
     captured = upstream.captured_items(ctx)
-    stamp = fingerprint(ctx, per_emotion, layers)
-    done = finished_summary(ctx.run, STAGE, stamp)
-    if done is not None:
-        return done
-    out = ctx.run.stage(STAGE)
-
     chosen = validation.select_rows(captured.emotion, per_emotion)
     rows = np.concatenate([chosen[e] for e in range(len(EMOTIONS))])
     emotion = captured.emotion[rows]
@@ -229,11 +217,31 @@ def run(ctx: StageContext, prompts_per_emotion: int | None = None,
                                cfg, mesh=ctx.mesh)
         return {name: value[: stop - start] for name, value in scores.items()}
 
-    job = ChunkedJob(out, f"scan-{digest(stamp)}", len(rows), size, stamp)
+    job = ChunkedJob(directory, f"scan-{digest(stamp)}", len(rows), size, stamp)
     means = emotion_means(job.run(compute, desc="causal scan prompts"), emotion)
+    return means, np.bincount(emotion, minlength=len(EMOTIONS))
+
+
+def run(ctx: StageContext, prompts_per_emotion: int | None = None,
+        layers: Sequence[int] | None = None) -> dict[str, Any]:
+    """Causal scans, attribution and the agreement table (skipped when there are no prompts to scan)."""
+    cfg = ctx.config
+    per_emotion = ctx.preset.causal_prompts if prompts_per_emotion is None else int(prompts_per_emotion)
+    if per_emotion <= 0:
+        logging.warning("%s: no prompts to scan (preset %s has causal_prompts=0); skipped", STAGE, ctx.preset.name)
+        return {"stage": STAGE, "skipped": f"preset {ctx.preset.name} scans 0 prompts per emotion"}
+    layers = tuple(range(cfg.n_layers)) if layers is None else tuple(sorted({int(l) for l in layers}))
+    if not layers or any(not 0 <= l < cfg.n_layers for l in layers):
+        raise InputError(f"{STAGE}: layers {list(layers)} must be in 0..{cfg.n_layers - 1}")
+    stamp = fingerprint(ctx, per_emotion, layers)
+    done = finished_summary(ctx.run, STAGE, stamp)
+    if done is not None:
+        return done
+    out = ctx.run.stage(STAGE)
+
+    means, counts = scan_means(ctx, per_emotion, layers, out, stamp)
     table = agreement_rows(means, layers)
     summary_table = agreement_summary(table)
-    counts = np.bincount(emotion, minlength=len(EMOTIONS))
     write_npz(out / "causal_scores.npz", {**means, "prompts": counts, "layers": np.asarray(layers, np.int32)},
               meta={"model_hash": model_hash(ctx), "model_name": ctx.model.name, "emotions": list(EMOTIONS),
                     "orientation": "larger = pushes towards the emotion", "readout": "<h_final[t*], v_ref>",

@@ -18,7 +18,7 @@ Stages:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -86,11 +86,14 @@ def residual_vectors(params: dict[str, Any], neuron_add: np.ndarray, head_add: n
 
 
 def row_intervention(neuron_add: np.ndarray, head_add: np.ndarray, emotion_rows: np.ndarray,
-                     config: ModelConfig) -> Intervention:
-    """Per-row edits for rows of the given emotion indices: neurons on P_last, heads on P_all (D10)."""
+                     config: ModelConfig, resid_add_rms: np.ndarray | None = None) -> Intervention:
+    """Per-row edits for rows of the given emotion indices: neurons on P_last, heads on P_all (D10);
+    with `resid_add_rms` [L, B, 2, D], rms-scaled steering of the same rows on P_last too."""
     rows = np.asarray(emotion_rows, np.int32)
-    return Intervention.identity(config, resid_where="none", neuron_where="from_last", head_where="all").replace(
+    iv = Intervention.identity(config, resid_where="none" if resid_add_rms is None else "from_last",
+                               neuron_where="from_last", head_where="all").replace(
         neuron_add=np.moveaxis(neuron_add[rows], 0, 1), head_add=np.moveaxis(head_add[rows], 0, 1))
+    return iv if resid_add_rms is None else iv.replace(resid_add_rms=resid_add_rms)
 
 
 def stacked_edits(circuit_sets: Sequence[Mapping[str, Circuit]], scale_sets: Sequence[np.ndarray],
@@ -104,15 +107,18 @@ def stacked_edits(circuit_sets: Sequence[Mapping[str, Circuit]], scale_sets: Seq
 
 def modulated_generation(ctx: StageContext, out: Path, items: Sequence[Item], edits: tuple[np.ndarray, np.ndarray],
                          variant: np.ndarray, stamp: Mapping[str, Any], job: str,
-                         meta: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                         meta: Mapping[str, Any], steering: Callable[[np.ndarray], np.ndarray] | None = None
+                         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Judged circuit-modulated replies: item i gets the edits of row variant[i] * 6 + its emotion
-    of the stacked `edits` (see `stacked_edits`)."""
+    of the stacked `edits` (see `stacked_edits`); `steering(item indices)`, when given, adds the
+    rms-scaled steering `resid_add_rms` [L, B, 2, D] of those items."""
     neuron_add, head_add = edits
     rows = np.asarray(variant, np.int32) * len(EMOTIONS) + np.asarray([EMOTIONS.index(i.emotion) for i in items])
     decoding = decoding_for("circuit", ctx.preset.max_new_tokens, ctx.settings.harmonised, ctx.model.config)
     return run_judged_generation(
         ctx, out, items, [neutral_messages(i) for i in items], decoding, fingerprint=stamp,
-        row_iv=lambda chunk: row_intervention(neuron_add, head_add, rows[chunk], ctx.config),
+        row_iv=lambda chunk: row_intervention(neuron_add, head_add, rows[chunk], ctx.config,
+                                              None if steering is None else steering(chunk)),
         meta={"condition": "circuit", **meta}, job=job)
 
 

@@ -152,15 +152,11 @@ def fingerprint(ctx: StageContext, alphas: Sequence[float]) -> dict[str, Any]:
             "per_emotion": ctx.preset.sublayer_per_emotion}
 
 
-def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[str, Any]:
-    """Influence of every sublayer for every emotion, averaged over its samples and over alpha."""
-    geometry = upstream.directions(ctx)
+def influence_scan(ctx: StageContext, geometry: dict[str, np.ndarray], directory: Path, stamp: Any,
+                   alphas: Sequence[float]) -> dict[str, Any]:
+    """Per-emotion influence stats (`aggregate`) of the preset's samples with the read-out of
+    `geometry["v_ref"]`, scanned as a resumable job in `directory` keyed by `stamp`."""
     captured = upstream.captured_items(ctx)
-    stamp = fingerprint(ctx, alphas)
-    done = finished_summary(ctx.run, STAGE, stamp)
-    if done is not None:
-        return done
-    out = ctx.run.stage(STAGE)
     cfg = ctx.config
     w = local_directions(geometry["dirs_attn"], geometry["dirs_mlp"], geometry["v_ref"])
     sigma = np.stack([geometry["sigma_attn"], geometry["sigma_mlp"]]).astype(np.float32)
@@ -170,7 +166,7 @@ def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[s
         raise ValueError(f"{STAGE}: the capture holds no items, so there are no influence samples")
 
     chunk_rows = min(ctx.preset.batch_size, len(rows.keys))
-    job = ChunkedJob(out, f"scan-{digest(stamp)}", len(rows.keys), chunk_rows, stamp)
+    job = ChunkedJob(directory, f"scan-{digest(stamp)}", len(rows.keys), chunk_rows, stamp)
     prefix = None
     if len(job.completed()) < job.n_chunks:
         batch = prompts.tokenize_prompts(ctx.model.tokenizer,
@@ -181,8 +177,21 @@ def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[s
     scanned = job.run(lambda start, stop: row_influence(
         ctx.model.params, prefix, rows, w, sigma, v_ref, alphas, config=cfg, start=start, stop=stop,
         chunk_rows=chunk_rows, mesh=ctx.mesh), desc="sublayer influence rows")
+    return {**aggregate(scanned["influence"], scanned["base"], scanned["emotion"]), "sigma": sigma,
+            "rows": len(rows.keys), "groups": len(rows.groups)}
 
-    stats = aggregate(scanned["influence"], scanned["base"], scanned["emotion"])
+
+def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[str, Any]:
+    """Influence of every sublayer for every emotion, averaged over its samples and over alpha."""
+    geometry = upstream.directions(ctx)
+    captured = upstream.captured_items(ctx)
+    stamp = fingerprint(ctx, alphas)
+    done = finished_summary(ctx.run, STAGE, stamp)
+    if done is not None:
+        return done
+    out = ctx.run.stage(STAGE)
+    stats = influence_scan(ctx, geometry, out, stamp, alphas)
+    sigma = stats["sigma"]
     mean_over_alpha = stats["influence"].mean(axis=-1)
     missing = [EMOTIONS[e] for e in range(len(EMOTIONS)) if stats["samples"][e] == 0]
     if missing:
@@ -197,7 +206,7 @@ def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[s
     write_json(out / "sigma_summary.json", sigma_summary(sigma))
     figures.influence_heatmap(Path(out) / "influence_heatmap.png", mean_over_alpha, model=ctx.model.name)
     kind, layer = np.unravel_index(np.argmax(mean_over_alpha.mean(axis=0)), mean_over_alpha.shape[1:])
-    summary = {"stage": STAGE, "rows": len(rows.keys), "groups": len(rows.groups), "rule": captured.rule,
+    summary = {"stage": STAGE, "rows": stats["rows"], "groups": stats["groups"], "rule": captured.rule,
                "samples": dict(zip(EMOTIONS, stats["samples"].tolist())), "alphas": [float(a) for a in alphas],
                "peak_sublayer": f"{KINDS[kind]}_{layer}", "emotions_without_samples": missing}
     mark_finished(ctx.run, STAGE, stamp, summary)

@@ -1,0 +1,322 @@
+"""Circuit-modulation variants tuned on the TRAIN split: what, if anything, moves each emotion.
+
+A variant changes one choice of S6d-S7 and goes through the one tuning protocol of
+`emojax.stages.tuning` (lambda per emotion, the preset's train groups, fluent accuracy, the default
+`SearchRule`); every variant sees the same train items. `VARIANTS` lists them:
+
+    default                the run's own circuits (budget, split, ranking and reference layers of the run)
+    budget_x0.5/x2/x4      both kinds' budgets scaled (the per-layer minima kept; the caps clip)
+    neurons_only/heads_only  one kind's budget set to 0
+    ratio_auto             the budget split by positive influence share (D9)
+    causal_1, causal_4     members ranked by the exact causal scans of 1 or 4 prompts per emotion
+    ref_middle, ref_last   the per-layer allocation from sublayer influence read out along v_ref of
+                           other reference layers (the paper's 11-15 and 23-27, mapped by depth)
+    steer_0.25, steer_0.5  the circuit plus steering at that fraction of the tuned steering alpha
+
+Stages: `variant_<name>` (a tuning stage with its sweep.json), `variants_train` (the table of every
+variant), `variants_test` (what the rules below chose, on the test split, with Wilson intervals and
+paired tests against steering and the run's circuit modulation).
+
+Choice rules, fixed before any variant ran, train figures only:
+    one variant   the variant with the highest overall fluent accuracy at its best single lambda
+                  (ties: `default`, then the order of VARIANTS);
+    per emotion   each emotion takes the (variant, lambda) with its highest fluent accuracy; ties go
+                  to `default` at the lambda of the one-variant rule's overall curve, then to the
+                  order of VARIANTS at each variant's own choice for that emotion.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from emojax.circuit import Budget, Circuit
+from emojax.data import EMOTIONS, Item, items as all_items
+from emojax.evaluation.significance import cell_intervals, paired_test
+from emojax.method.directions import reference_direction
+from emojax.method.hparams import INFLUENCE_ALPHAS, map_range
+from emojax.runs import InputError, read_json, read_jsonl, write_json, write_text
+from emojax.runs.stage_record import digest, finished_summary, mark_finished
+from emojax.stages import causal, circuit_stage, modulate, steer, sublayer, tuning, upstream
+from emojax.stages.context import StageContext
+from emojax.stages.judged import write_judged_outputs
+
+TRAIN_STAGE = "variants_train"
+TEST_STAGE = "variants_test"
+RULE = tuning.SearchRule()   # the full preset's grid: reference 1, ratio 2, at most 3 extensions
+RULES = ("one_variant", "per_emotion")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One change to the run's circuit modulation (the defaults change nothing)."""
+
+    name: str
+    what: str
+    neuron_budget: float = 1.0          # times the run's neuron budget
+    head_budget: float = 1.0            # times the run's head budget
+    ratio_mode: str | None = None       # None: the run's
+    ranking: str = "analytic"
+    causal_prompts: int = 0             # > 0: the causal ranking from scans of this many prompts per emotion
+    ref_layers: tuple[int, int] | None = None   # paper layers (of 28), mapped by depth; None: the run's
+    steer_fraction: float = 0.0         # steering at this fraction of the tuned alpha, on top of the circuit
+
+    @property
+    def stage(self) -> str:
+        return f"variant_{self.name}"
+
+
+VARIANTS = (
+    Variant("default", "the run's circuits"),
+    Variant("budget_x0.5", "both budgets x0.5", neuron_budget=0.5, head_budget=0.5),
+    Variant("budget_x2", "both budgets x2", neuron_budget=2.0, head_budget=2.0),
+    Variant("budget_x4", "both budgets x4", neuron_budget=4.0, head_budget=4.0),
+    Variant("neurons_only", "neurons only (head budget 0)", head_budget=0.0),
+    Variant("heads_only", "heads only (neuron budget 0)", neuron_budget=0.0),
+    Variant("ratio_auto", "budget split by positive influence share", ratio_mode="auto"),
+    Variant("causal_1", "members by the causal scans, 1 prompt per emotion", ranking="causal", causal_prompts=1),
+    Variant("causal_4", "members by the causal scans, 4 prompts per emotion", ranking="causal", causal_prompts=4),
+    Variant("ref_middle", "allocation read out at reference layers 11-15 (paper)", ref_layers=(11, 15)),
+    Variant("ref_last", "allocation read out at reference layers 23-27 (paper)", ref_layers=(23, 27)),
+    Variant("steer_0.25", "circuit + steering at 0.25 x the tuned alpha", steer_fraction=0.25),
+    Variant("steer_0.5", "circuit + steering at 0.5 x the tuned alpha", steer_fraction=0.5),
+)
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def select(names: Sequence[str]) -> list[Variant]:
+    """The variants named (all of them when empty), in the order of VARIANTS."""
+    unknown = sorted(set(names) - set(BY_NAME))
+    if unknown:
+        raise InputError(f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(BY_NAME)}")
+    return [v for v in VARIANTS if not names or v.name in names]
+
+
+def scaled_budget(budget: Budget, neurons: float, heads: float) -> Budget:
+    """The budget with each kind scaled; a kind scaled to 0 has no per-layer minimum either."""
+    return Budget(neurons=int(round(budget.neurons * neurons)), heads=int(round(budget.heads * heads)),
+                  min_neurons=budget.min_neurons if neurons > 0 else 0,
+                  min_heads=budget.min_heads if heads > 0 else 0, cap_ratio=budget.cap_ratio)
+
+
+def _influence(ctx: StageContext, variant: Variant) -> np.ndarray:
+    """Mean-over-alpha influence [6, 2, L]: the run's, or read out along v_ref of other layers."""
+    if variant.ref_layers is None:
+        return upstream.influence(ctx)
+    layers = map_range(*variant.ref_layers, ctx.config.n_layers)
+    geometry = dict(upstream.directions(ctx))
+    geometry["v_ref"] = reference_direction(geometry["dirs_attn"], geometry["dirs_mlp"], layers)
+    stamp = {**sublayer.fingerprint(ctx, INFLUENCE_ALPHAS), "ref_layers": [layers.start, layers.stop - 1]}
+    stats = sublayer.influence_scan(ctx, geometry, ctx.run.stage(variant.stage), stamp, INFLUENCE_ALPHAS)
+    return stats["influence"].mean(axis=-1)
+
+
+def _scores(ctx: StageContext, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
+    """(neuron [6, L, F], head [6, L, H]) ranking scores of the variant."""
+    if variant.ranking == "analytic":
+        return circuit_stage.ranking_scores(ctx, "analytic")
+    layers = tuple(range(ctx.config.n_layers))
+    stamp = causal.fingerprint(ctx, variant.causal_prompts, layers)
+    means, _ = causal.scan_means(ctx, variant.causal_prompts, layers, ctx.run.stage(variant.stage), stamp)
+    return means["neuron_causal"], means["head_causal"]
+
+
+def variant_circuits(ctx: StageContext, variant: Variant) -> dict[str, Circuit]:
+    """The six circuits of the variant: `default` reads the run's circuit stage; the others are built
+    by S6e with the run's budget rule, split and allocation except for what they change."""
+    if variant.name == "default":
+        return upstream.circuits(ctx)
+    budget = scaled_budget(circuit_stage.budget_for(ctx.config, ctx.settings.budget), variant.neuron_budget,
+                           variant.head_budget)
+    built = circuit_stage.build_all(_influence(ctx, variant), *_scores(ctx, variant), budget,
+                                    variant.ratio_mode or ctx.settings.ratio_mode)
+    return {emotion: circuit for emotion, (circuit, _) in built.items()}
+
+
+def tuned_alpha(ctx: StageContext) -> float:
+    """The one steering alpha the run's tuning on train chose."""
+    summary = upstream.stage_summary(ctx, steer.SWEEP_STAGE)
+    if summary is None:
+        raise InputError(f"{ctx.run.path / steer.SWEEP_STAGE}: the steering variants need the run's steering "
+                         "tuning (run the pipeline with the sweeps on)")
+    return float(summary["best"])
+
+
+def steering_rows(ctx: StageContext, items: Sequence[Item], alphas: np.ndarray):
+    """item indices -> resid_add_rms [L, B, 2, D] of the run's steering at alphas[i] (0: none)."""
+    dirs_mlp = upstream.directions(ctx)["dirs_mlp"]
+    emotion = np.array([EMOTIONS.index(i.emotion) for i in items])
+    layers = list(ctx.hparams.steer_layers)
+    return lambda rows: np.asarray(steer.steering_intervention(ctx.config, dirs_mlp, emotion[rows], layers,
+                                                               alphas[rows]).resid_add_rms)
+
+
+def _stamp(ctx: StageContext, stage: str, records: Sequence[Any], circuits: Mapping[str, Circuit],
+           extra: Mapping[str, Any]) -> dict[str, Any]:
+    base = modulate.fingerprint(ctx, stage, records, modulate.emotion_scales(1.0, ctx.settings.official_scales))
+    return {**base, "circuits": digest({e: [c.neurons, c.heads] for e, c in circuits.items()}), **extra}
+
+
+def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
+    """The tuning protocol for lambda (per emotion) with the variant's circuits, on the train groups."""
+    per_emotion = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, per_emotion_dose=True))
+    chosen = tuning.spread_groups(ctx.train, ctx.preset.tune_groups)
+    records = tuple(dict.fromkeys(g.record for g in chosen))
+    circuits, geometry = variant_circuits(ctx, variant), upstream.directions(ctx)
+    alpha = variant.steer_fraction * tuned_alpha(ctx) if variant.steer_fraction else 0.0
+    stamp = _stamp(ctx, variant.stage, records, circuits,
+                   {"groups": [g.key for g in chosen], "variant": dataclasses.asdict(variant), "steer_alpha": alpha})
+
+    def generate(directory: Path, items: Sequence[Item], dose_index: np.ndarray, doses: Sequence[float],
+                 job: str) -> list[dict[str, Any]]:
+        scale_sets = [modulate.emotion_scales(d, ctx.settings.official_scales) for d in doses]
+        edits = modulate.stacked_edits([circuits] * len(doses), scale_sets, geometry, ctx.config)
+        steering = steering_rows(ctx, items, np.full(len(items), alpha, np.float32)) if alpha else None
+        return modulate.modulated_generation(ctx, directory, items, edits, dose_index,
+                                             {**stamp, "scales": list(doses)}, job,
+                                             {"variant": variant.name, "steer_alpha": alpha}, steering)[0]
+
+    method = tuning.Method(variant.stage, f"circuit ({variant.name})", "lambda", 1.0, generate)
+    summary = tuning.run_tuning(per_emotion, method, stamp, RULE, chosen)
+    return {**summary, "variant": dataclasses.asdict(variant), "steer_alpha": alpha,
+            "sizes": {e: [len(c.neuron_set()), len(c.head_set())] for e, c in circuits.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The table and the choice
+
+
+def _curve(summary: Mapping[str, Any], name: str) -> dict[float, float]:
+    values = summary["curves"]["fluent_accuracy"][name]
+    return {float(d): (0.0 if v is None else float(v)) for d, v in zip(summary["grid"], values)}
+
+
+def table_rows(tuned: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant: its best single lambda and overall train figure, and per emotion its own
+    best lambda and train figure."""
+    rows = []
+    for name, summary in tuned.items():
+        overall = _curve(summary, "overall")
+        row = {"variant": name, "what": BY_NAME[name].what, "grid": summary["grid"], "lambda": summary["best"],
+               "overall": overall[summary["best"]], "bracketed": summary["bracketed"],
+               "sizes": summary["sizes"], "steer_alpha": summary["steer_alpha"]}
+        for e in EMOTIONS:
+            best = summary["per_emotion_best"][e]
+            row[e] = {"lambda": best, "fluent_accuracy": _curve(summary, e)[best]}
+        rows.append(row)
+    return rows
+
+
+def choose_one(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The one-variant rule: {emotion: {variant, lambda}} of the best overall variant at its lambda."""
+    top = max(r["overall"] for r in rows)
+    winner = next(r for r in _tie_order(rows) if r["overall"] == top)
+    return {e: {"variant": winner["variant"], "lambda": winner["lambda"]} for e in EMOTIONS}
+
+
+def choose_per_emotion(rows: Sequence[Mapping[str, Any]], tuned: Mapping[str, Mapping[str, Any]]
+                       ) -> dict[str, Any]:
+    """The per-emotion rule: each emotion's best (variant, lambda) over every dose each variant tried."""
+    default_lambda = next((r["lambda"] for r in rows if r["variant"] == "default"), None)
+    chosen = {}
+    for e in EMOTIONS:
+        top = max(max(_curve(tuned[r["variant"]], e).values()) for r in rows)
+        if default_lambda is not None and _curve(tuned["default"], e)[default_lambda] == top:
+            chosen[e] = {"variant": "default", "lambda": default_lambda}
+            continue
+        # A variant's own per-emotion choice always sits at its curve's maximum.
+        row = next(r for r in _tie_order(rows) if max(_curve(tuned[r["variant"]], e).values()) == top)
+        chosen[e] = {"variant": row["variant"], "lambda": row[e]["lambda"]}
+    return chosen
+
+
+def _tie_order(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    order = [v.name for v in VARIANTS]
+    return sorted(rows, key=lambda r: (r["variant"] != "default", order.index(r["variant"])))
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], items_per_emotion: int) -> str:
+    head = "| variant | overall (lambda) | " + " | ".join(EMOTIONS) + " |"
+    lines = [f"Train-split fluent accuracy, {items_per_emotion} items per emotion and dose; a cell is the "
+             "best over the lambdas tried (that lambda in brackets).", "", head,
+             "|" + "---|" * (len(EMOTIONS) + 2)]
+    for r in rows:
+        cells = [f"{100 * r[e]['fluent_accuracy']:.1f} ({r[e]['lambda']:g})" for e in EMOTIONS]
+        lines.append(f"| {r['variant']}: {r['what']} | {100 * r['overall']:.1f} ({r['lambda']:g}) | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_train(ctx: StageContext, names: Sequence[str] = ()) -> dict[str, Any]:
+    """Tune every selected variant on train; write the table of every variant tuned so far in this run
+    and both rules' choices among them."""
+    chosen = select(names)
+    tuned = {v.name: tune_variant(ctx, v) for v in VARIANTS if v in chosen or ctx.run.is_done(v.stage)}
+    rows = table_rows(tuned)
+    out = ctx.run.stage(TRAIN_STAGE)
+    items_per_emotion = next(iter(tuned.values()))["items"] // len(EMOTIONS)
+    summary = {"stage": TRAIN_STAGE, "split": "train", "items_per_emotion": items_per_emotion,
+               "rule": RULE.describe(), "rows": rows, "one_variant": choose_one(rows),
+               "per_emotion": choose_per_emotion(rows, tuned)}
+    write_json(out / "variants.json", summary)
+    write_text(out / "variants.md", markdown(rows, items_per_emotion))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The test split, for what a rule chose
+
+
+def run_test(ctx: StageContext, rule: str) -> dict[str, Any]:
+    """The configuration `rule` ("one_variant" or "per_emotion") chose on train, on every test item."""
+    if rule not in RULES:
+        raise InputError(f"variant rule {rule!r}; expected one of {', '.join(RULES)}")
+    choice = _train_table(ctx)[rule]
+    names = sorted({c["variant"] for c in choice.values()}, key=[v.name for v in VARIANTS].index)
+    circuits = {n: variant_circuits(ctx, BY_NAME[n]) for n in names}
+    stage = f"{TEST_STAGE}_{rule}"
+    stamp = {**modulate.fingerprint(ctx, stage, ctx.test, modulate.emotion_scales(1.0, ctx.settings.official_scales)),
+             "choice": choice, "steer_alpha": tuned_alpha(ctx),
+             "variant_circuits": digest({n: {e: [c.neurons, c.heads] for e, c in cs.items()}
+                                         for n, cs in circuits.items()})}
+    done = finished_summary(ctx.run, stage, stamp)
+    if done is not None:
+        return done
+    out = ctx.run.stage(stage)
+    items = all_items(ctx.test)
+    # One stacked variant per chosen variant name; lambda_e from the choice (anger keeps its factor).
+    scale_sets = [modulate.emotion_scales(np.asarray([choice[e]["lambda"] if choice[e]["variant"] == n else 1.0
+                                                      for e in EMOTIONS]), ctx.settings.official_scales)
+                  for n in names]
+    edits = modulate.stacked_edits([circuits[n] for n in names], scale_sets, upstream.directions(ctx), ctx.config)
+    index = np.asarray([names.index(choice[i.emotion]["variant"]) for i in items])
+    alphas = np.asarray([BY_NAME[choice[i.emotion]["variant"]].steer_fraction * stamp["steer_alpha"] for i in items],
+                        np.float32)
+    steering = steering_rows(ctx, items, alphas) if alphas.any() else None
+    records, tables = modulate.modulated_generation(ctx, out, items, edits, index, stamp, "generate",
+                                                    {"rule": rule, "choice": choice}, steering)
+    write_judged_outputs(out, records, tables, f"Circuit variants chosen on train ({rule}), test split")
+    summary = {"stage": stage, "rule": rule, "choice": choice, "items": len(records),
+               "fluent_accuracy": tables["overall"]["fluent_matched"] / len(records),
+               "interval": cell_intervals(tables["overall"], stage)["fluent_accuracy"],
+               "per_emotion": {e: tables["per_emotion"][e]["fluent_matched"] / tables["per_emotion"][e]["total"]
+                               for e in EMOTIONS},
+               "paired": {other: paired_test(records, _records(ctx, other)) for other in ("steer_test", "modulate_test")}}
+    mark_finished(ctx.run, stage, stamp, summary)
+    return summary
+
+
+def _train_table(ctx: StageContext) -> dict[str, Any]:
+    path = ctx.run.path / TRAIN_STAGE / "variants.json"
+    if not path.is_file():
+        raise InputError(f"{path}: the variants have not been tuned on train yet (run with --split=train first)")
+    return read_json(path)
+
+
+def _records(ctx: StageContext, stage: str) -> list[dict[str, Any]]:
+    path = ctx.run.path / stage / "records.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path}: stage {stage} has not run in this run directory")
+    return read_jsonl(path)
