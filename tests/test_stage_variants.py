@@ -159,3 +159,12 @@ def test_the_test_stage_runs_what_the_rule_chose(ctx, monkeypatch):
         assert summary["paired"][other]["pairs"] == len(records)
     # Resumed, the finished stage is reused as it is.
     assert variants.run_test(ctx, "per_emotion") == summary
+
+
+def test_grid_variants_tune_around_their_own_reference(ctx, monkeypatch):
+    fake_fluency(monkeypatch)
+    fine = variants.BY_NAME["lambda_fine"]
+    assert "reference" not in variants.BY_NAME["default"].identity() and fine.identity()["ratio"] == pytest.approx(2 ** 0.5)
+    summary = variants.tune_variant(ctx, fine)
+    assert summary["reference"] == 4.0 and {2.8284, 4.0, 5.6569} <= set(summary["grid"])
+    assert variants.variant_circuits(ctx, fine) == upstream.circuits(ctx)

@@ -12,6 +12,10 @@ A variant changes one choice of S6d-S7 and goes through the one tuning protocol 
     ref_middle, ref_last   the per-layer allocation from sublayer influence read out along v_ref of
                            other reference layers (the paper's 11-15 and 23-27, mapped by depth)
     steer_0.25, steer_0.5  the circuit plus steering at that fraction of the tuned steering alpha
+    lambda_high            the run's circuits on a grid around lambda 16: an emotion whose curve is 0
+                           everywhere never extends the default grid, so higher doses are tried here
+    lambda_fine            the run's circuits on a grid around 4 in steps of sqrt 2, between the
+                           default grid's points
 
 Stages: `variant_<name>` (a tuning stage with its sweep.json), `variants_train` (the table of every
 variant), `variants_test` (what the rules below chose, on the test split, with Wilson intervals and
@@ -21,8 +25,8 @@ Choice rules, fixed before any variant ran, train figures only:
     one variant   the variant with the highest overall fluent accuracy at its best single lambda
                   (ties: `default`, then the order of VARIANTS);
     per emotion   each emotion takes the (variant, lambda) with its highest fluent accuracy; ties go
-                  to `default` at the lambda of the one-variant rule's overall curve, then to the
-                  order of VARIANTS at each variant's own choice for that emotion.
+                  to `default` at the best lambda of its overall curve, then to the order of VARIANTS
+                  at each variant's own choice for that emotion.
 """
 from __future__ import annotations
 
@@ -62,10 +66,26 @@ class Variant:
     causal_prompts: int = 0             # > 0: the causal ranking from scans of this many prompts per emotion
     ref_layers: tuple[int, int] | None = None   # paper layers (of 28), mapped by depth; None: the run's
     steer_fraction: float = 0.0         # steering at this fraction of the tuned alpha, on top of the circuit
+    reference: float = 1.0              # the lambda grid's reference dose
+    ratio: float = RULE.ratio           # and its ratio
 
     @property
     def stage(self) -> str:
         return f"variant_{self.name}"
+
+    @property
+    def changes_circuits(self) -> bool:
+        return (self.neuron_budget, self.head_budget, self.ratio_mode, self.ranking, self.ref_layers) != \
+            (1.0, 1.0, None, "analytic", None)
+
+    def identity(self) -> dict[str, Any]:
+        """The variant as its stamps record it: the grid fields only where they differ from the
+        default grid (so runs tuned before those fields existed resume)."""
+        record = dataclasses.asdict(self)
+        for name, default in (("reference", 1.0), ("ratio", RULE.ratio)):
+            if record[name] == default:
+                del record[name]
+        return record
 
 
 VARIANTS = (
@@ -82,6 +102,9 @@ VARIANTS = (
     Variant("ref_last", "allocation read out at reference layers 23-27 (paper)", ref_layers=(23, 27)),
     Variant("steer_0.25", "circuit + steering at 0.25 x the tuned alpha", steer_fraction=0.25),
     Variant("steer_0.5", "circuit + steering at 0.5 x the tuned alpha", steer_fraction=0.5),
+    Variant("lambda_high", "the run's circuits, lambda grid around 16", reference=16.0),
+    Variant("lambda_fine", "the run's circuits, lambda grid around 4 in steps of sqrt 2", reference=4.0,
+            ratio=2 ** 0.5),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -124,10 +147,13 @@ def _scores(ctx: StageContext, variant: Variant) -> tuple[np.ndarray, np.ndarray
 
 
 def variant_circuits(ctx: StageContext, variant: Variant) -> dict[str, Circuit]:
-    """The six circuits of the variant: `default` reads the run's circuit stage; the others are built
-    by S6e with the run's budget rule, split and allocation except for what they change."""
-    if variant.name == "default":
+    """The six circuits of the variant: the run's circuit stage when it changes none of their choices;
+    otherwise built by S6e with the run's budget rule, split and allocation except for what it changes."""
+    if not variant.changes_circuits:
         return upstream.circuits(ctx)
+    if ctx.settings.circuit_ranking != "analytic":
+        raise InputError(f"variant {variant.name} changes the analytic circuits, but this run ranks members by "
+                         f"{ctx.settings.circuit_ranking}; run the variants on a run with --circuit_ranking=analytic")
     budget = scaled_budget(circuit_stage.budget_for(ctx.config, ctx.settings.budget), variant.neuron_budget,
                            variant.head_budget)
     built = circuit_stage.build_all(_influence(ctx, variant), *_scores(ctx, variant), budget,
@@ -167,7 +193,7 @@ def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
     circuits, geometry = variant_circuits(ctx, variant), upstream.directions(ctx)
     alpha = variant.steer_fraction * tuned_alpha(ctx) if variant.steer_fraction else 0.0
     stamp = _stamp(ctx, variant.stage, records, circuits,
-                   {"groups": [g.key for g in chosen], "variant": dataclasses.asdict(variant), "steer_alpha": alpha})
+                   {"groups": [g.key for g in chosen], "variant": variant.identity(), "steer_alpha": alpha})
 
     def generate(directory: Path, items: Sequence[Item], dose_index: np.ndarray, doses: Sequence[float],
                  job: str) -> list[dict[str, Any]]:
@@ -178,8 +204,9 @@ def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
                                              {**stamp, "scales": list(doses)}, job,
                                              {"variant": variant.name, "steer_alpha": alpha}, steering)[0]
 
-    method = tuning.Method(variant.stage, f"circuit ({variant.name})", "lambda", 1.0, generate)
-    summary = tuning.run_tuning(per_emotion, method, stamp, RULE, chosen)
+    method = tuning.Method(variant.stage, f"circuit ({variant.name})", "lambda", variant.reference, generate)
+    rule = dataclasses.replace(RULE, ratio=variant.ratio)
+    summary = tuning.run_tuning(per_emotion, method, stamp, rule, chosen)
     return {**summary, "variant": dataclasses.asdict(variant), "steer_alpha": alpha,
             "sizes": {e: [len(c.neuron_set()), len(c.head_set())] for e, c in circuits.items()}}
 
