@@ -6,7 +6,7 @@ A variant changes one choice of S6d-S7 and goes through the one tuning protocol 
 
     default                the run's own circuits (budget, split, ranking and reference layers of the run)
     budget_x0.5/x2/x4      both kinds' budgets scaled (the per-layer minima kept; the caps clip)
-    neurons_only/heads_only  one kind's budget set to 0
+    neurons_only/heads_only  one kind's budget set to 0 (neurons only on a grid around lambda 4)
     ratio_auto             the budget split by positive influence share (D9)
     causal_1, causal_4     members ranked by the exact causal scans of 1 or 4 prompts per emotion
     ref_middle, ref_last   the per-layer allocation from sublayer influence read out along v_ref of
@@ -93,7 +93,9 @@ VARIANTS = (
     Variant("budget_x0.5", "both budgets x0.5", neuron_budget=0.5, head_budget=0.5),
     Variant("budget_x2", "both budgets x2", neuron_budget=2.0, head_budget=2.0),
     Variant("budget_x4", "both budgets x4", neuron_budget=4.0, head_budget=4.0),
-    Variant("neurons_only", "neurons only (head budget 0)", head_budget=0.0),
+    # Around 4, the full circuit's best dose: on the default grid the neurons alone score 0 at 0.5-2,
+    # and an all-zero curve is never extended.
+    Variant("neurons_only", "neurons only (head budget 0), lambda grid around 4", head_budget=0.0, reference=4.0),
     Variant("heads_only", "heads only (neuron budget 0)", neuron_budget=0.0),
     Variant("ratio_auto", "budget split by positive influence share", ratio_mode="auto"),
     Variant("causal_1", "members by the causal scans, 1 prompt per emotion", ranking="causal", causal_prompts=1),
