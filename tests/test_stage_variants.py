@@ -168,3 +168,10 @@ def test_grid_variants_tune_around_their_own_reference(ctx, monkeypatch):
     summary = variants.tune_variant(ctx, fine)
     assert summary["reference"] == 4.0 and {2.8284, 4.0, 5.6569} <= set(summary["grid"])
     assert variants.variant_circuits(ctx, fine) == upstream.circuits(ctx)
+
+
+def test_circuit_changes_are_refused_on_a_run_ranked_by_causal_scans(ctx):
+    ctx.settings.circuit_ranking = "causal"
+    assert variants.variant_circuits(ctx, variants.BY_NAME["steer_0.25"]) == upstream.circuits(ctx)
+    with pytest.raises(variants.InputError, match="budget_x2 changes the analytic circuits"):
+        variants.variant_circuits(ctx, variants.BY_NAME["budget_x2"])
