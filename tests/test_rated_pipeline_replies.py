@@ -1,5 +1,5 @@
-"""The careful reading of the two models' quick-run replies and of a sample of Gemma's standard run
-(experiments/judge_training/labels/): each file covers its replies once, Gemma's quick file parses into
+"""The careful reading of the two models' quick-run replies, of a sample of Gemma's standard run and of
+a sample of SmolLM2's circuit variants (experiments/judge_training/labels/): each file covers its replies once, Gemma's quick file parses into
 the judge trainer's rows, and every file gives the agreements and rates its README, docs/judge.md and
 docs/results.md state."""
 from __future__ import annotations
@@ -84,3 +84,19 @@ def test_the_gemma_standard_sample_gives_the_figures_docs_results_states():
     assert fluent_matches == {"prompting": 2, "steering": 24, "circuit": 8, "baseline": 7}
     second = [r for r in records if "second_label" in r]
     assert len(second) == 80 and round(100 * _agreement(second, _fluent_match), 1) == 96.2
+
+
+def test_the_smollm2_variants_sample_gives_the_figures_docs_results_states():
+    records = _records(GEMMA_FILE.with_name("smollm2_standard_variants_test_sample.jsonl"))
+    assert Counter(r["condition"] for r in records) == {"per_emotion_rule": 96, "run_circuit": 96}
+    items = {c: {r["key"]: r["emotion"] for r in records if r["condition"] == c} for c in ("per_emotion_rule", "run_circuit")}
+    assert items["per_emotion_rule"] == items["run_circuit"] and set(Counter(items["run_circuit"].values()).values()) == {16}
+    per_emotion = Counter((r["condition"], r["emotion"]) for r in records if _fluent_match(r["label"]))
+    assert per_emotion[("per_emotion_rule", "happiness")] == 12 and per_emotion[("run_circuit", "happiness")] == 0
+    assert Counter(c for c, _ in per_emotion.elements()) == {"per_emotion_rule": 46, "run_circuit": 35}
+    outcome = {(r["condition"], r["key"]): _fluent_match(r["label"]) for r in records}
+    won = sum(outcome[("per_emotion_rule", k)] > outcome[("run_circuit", k)] for k in items["run_circuit"])
+    lost = sum(outcome[("per_emotion_rule", k)] < outcome[("run_circuit", k)] for k in items["run_circuit"])
+    assert (won, lost) == (15, 4)
+    second = [r for r in records if "second_label" in r]
+    assert len(second) == 48 and round(100 * _agreement(second, _fluent_match), 1) == 97.9
