@@ -175,3 +175,22 @@ def test_circuit_changes_are_refused_on_a_run_ranked_by_causal_scans(ctx):
     assert variants.variant_circuits(ctx, variants.BY_NAME["steer_0.25"]) == upstream.circuits(ctx)
     with pytest.raises(variants.InputError, match="budget_x2 changes the analytic circuits"):
         variants.variant_circuits(ctx, variants.BY_NAME["budget_x2"])
+
+
+def test_a_causal_variant_reuses_the_runs_own_scan_of_as_many_prompts(ctx, monkeypatch):
+    cfg = ctx.config
+    rng = np.random.default_rng(3)
+    scores = {"neuron_causal": rng.normal(size=(6, cfg.n_layers, cfg.d_ff)).astype(np.float32),
+              "head_causal": rng.normal(size=(6, cfg.n_layers, cfg.n_heads)).astype(np.float32)}
+    write_npz(ctx.run.stage("causal") / "causal_scores.npz", scores, meta={"model_hash": model_hash(ctx)})
+    mark_finished(ctx.run, "causal", {"fake": 0}, {"prompts": dict.fromkeys(EMOTIONS, 1),
+                                                   "layers": list(range(cfg.n_layers))})
+    monkeypatch.setattr(variants.causal, "scan_means", lambda *a, **k: pytest.fail("scanned again"))
+    reused = variants.variant_circuits(ctx, variants.BY_NAME["causal_1"])
+    base = circuit_stage.budget_for(cfg, ctx.settings.budget)
+    want = circuit_stage.build_all(upstream.influence(ctx), scores["neuron_causal"], scores["head_causal"], base,
+                                   ctx.settings.ratio_mode)
+    assert reused == {e: c for e, (c, _) in want.items()}
+    monkeypatch.setattr(variants.causal, "fingerprint", lambda *a, **k: {})
+    with pytest.raises(pytest.fail.Exception, match="scanned again"):   # 4 prompts: a scan of its own
+        variants.variant_circuits(ctx, variants.BY_NAME["causal_4"])

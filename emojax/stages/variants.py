@@ -143,9 +143,19 @@ def _scores(ctx: StageContext, variant: Variant) -> tuple[np.ndarray, np.ndarray
     if variant.ranking == "analytic":
         return circuit_stage.ranking_scores(ctx, "analytic")
     layers = tuple(range(ctx.config.n_layers))
+    if _run_scanned(ctx, variant.causal_prompts, layers):
+        return upstream.causal_rankings(ctx)
     stamp = causal.fingerprint(ctx, variant.causal_prompts, layers)
     means, _ = causal.scan_means(ctx, variant.causal_prompts, layers, ctx.run.stage(variant.stage), stamp)
     return means["neuron_causal"], means["head_causal"]
+
+
+def _run_scanned(ctx: StageContext, prompts: int, layers: Sequence[int]) -> bool:
+    """Whether the run's own causal stage scanned every layer with `prompts` prompts per emotion (its
+    scores are then the variant's, without scanning again)."""
+    summary = upstream.stage_summary(ctx, causal.STAGE)
+    return bool(summary) and summary.get("layers") == list(layers) and \
+        set(summary.get("prompts", {}).values()) == {prompts}
 
 
 def variant_circuits(ctx: StageContext, variant: Variant) -> dict[str, Circuit]:
