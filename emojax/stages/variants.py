@@ -1,8 +1,9 @@
 """Circuit-modulation variants tuned on the TRAIN split: what, if anything, moves each emotion.
 
 A variant changes one choice of S6d-S7 and goes through the one tuning protocol of
-`emojax.stages.tuning` (lambda per emotion, the preset's train groups, fluent accuracy, the default
-`SearchRule`); every variant sees the same train items. `VARIANTS` lists them:
+`emojax.stages.tuning` (lambda per emotion, the preset's train groups, fluent accuracy, `SearchRule`
+with at most 3 extensions, around lambda 1 in steps of 2 unless the variant says otherwise); every
+variant sees the same train items. `VARIANTS` lists them:
 
     default                the run's own circuits (budget, split, ranking and reference layers of the run)
     budget_x0.5/x2/x4      both kinds' budgets scaled (the per-layer minima kept; the caps clip)
@@ -18,8 +19,8 @@ A variant changes one choice of S6d-S7 and goes through the one tuning protocol 
                            default grid's points
 
 Stages: `variant_<name>` (a tuning stage with its sweep.json), `variants_train` (the table of every
-variant), `variants_test` (what the rules below chose, on the test split, with Wilson intervals and
-paired tests against steering and the run's circuit modulation).
+variant tuned in the run), `variants_test_<rule>` (what a rule below chose, on the test split, with
+Wilson intervals and paired tests against the run's steering and circuit modulation).
 
 Choice rules, fixed before any variant ran, train figures only:
     one variant   the variant with the highest overall fluent accuracy at its best single lambda
@@ -173,13 +174,13 @@ def variant_circuits(ctx: StageContext, variant: Variant) -> dict[str, Circuit]:
     return {emotion: circuit for emotion, (circuit, _) in built.items()}
 
 
-def tuned_alpha(ctx: StageContext) -> float:
-    """The one steering alpha the run's tuning on train chose."""
+def tuned_alpha(ctx: StageContext, needed: bool = True) -> float:
+    """The one steering alpha the run's tuning on train chose (0 when it did not run and is not needed)."""
     summary = upstream.stage_summary(ctx, steer.SWEEP_STAGE)
-    if summary is None:
+    if summary is None and needed:
         raise InputError(f"{ctx.run.path / steer.SWEEP_STAGE}: the steering variants need the run's steering "
                          "tuning (run the pipeline with the sweeps on)")
-    return float(summary["best"])
+    return 0.0 if summary is None else float(summary["best"])
 
 
 def steering_rows(ctx: StageContext, items: Sequence[Item], alphas: np.ndarray):
@@ -317,7 +318,7 @@ def run_test(ctx: StageContext, rule: str) -> dict[str, Any]:
     circuits = {n: variant_circuits(ctx, BY_NAME[n]) for n in names}
     stage = f"{TEST_STAGE}_{rule}"
     stamp = {**modulate.fingerprint(ctx, stage, ctx.test, modulate.emotion_scales(1.0, ctx.settings.official_scales)),
-             "choice": choice, "steer_alpha": tuned_alpha(ctx),
+             "choice": choice, "steer_alpha": tuned_alpha(ctx, any(BY_NAME[n].steer_fraction for n in names)),
              "variant_circuits": digest({n: {e: [c.neurons, c.heads] for e, c in cs.items()}
                                          for n, cs in circuits.items()})}
     done = finished_summary(ctx.run, stage, stamp)
