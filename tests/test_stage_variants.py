@@ -194,3 +194,15 @@ def test_a_causal_variant_reuses_the_runs_own_scan_of_as_many_prompts(ctx, monke
     monkeypatch.setattr(variants.causal, "fingerprint", lambda *a, **k: {})
     with pytest.raises(pytest.fail.Exception, match="scanned again"):   # 4 prompts: a scan of its own
         variants.variant_circuits(ctx, variants.BY_NAME["causal_4"])
+
+
+def test_the_variants_tuning_never_reads_the_test_split(ctx, monkeypatch):
+    from test_stage_modulate import Untouchable
+    fake_fluency(monkeypatch)
+    mark_finished(ctx.run, steer.SWEEP_STAGE, {"fake": 0}, {"best": 1.5})
+    train_only = dataclasses.replace(ctx, test=Untouchable())
+    table = variants.run_train(train_only, ["default", "heads_only", "budget_x2", "steer_0.25"])
+    assert [r["variant"] for r in table["rows"]] == ["default", "budget_x2", "heads_only", "steer_0.25"]
+    for row in table["rows"]:
+        records = read_jsonl(ctx.run.path / f"variant_{row['variant']}" / f"lambda_{row['lambda']:g}" / "records.jsonl")
+        assert {r["skeleton_id"] for r in records} <= {r.skeleton_id for r in ctx.train}
