@@ -122,6 +122,11 @@ def modulated_generation(ctx: StageContext, out: Path, items: Sequence[Item], ed
         meta={"condition": "circuit", **meta}, job=job)
 
 
+def circuit_members(circuits: Mapping[str, Circuit]) -> dict[str, list[Any]]:
+    """{emotion: [neurons, heads]}: what a stamp digests of a set of circuits."""
+    return {e: [c.neurons, c.heads] for e, c in circuits.items()}
+
+
 def fingerprint(ctx: StageContext, stage: str, records: Sequence[Any], scales: np.ndarray | None,
                 circuit_subdir: str | None = None) -> dict[str, Any]:
     condition = "baseline" if scales is None else "circuit"
@@ -131,8 +136,7 @@ def fingerprint(ctx: StageContext, stage: str, records: Sequence[Any], scales: n
              "batch_size": ctx.preset.batch_size}
     if scales is not None:
         stamp["scales"] = scales.tolist()
-        stamp["circuits"] = digest({e: [c.neurons, c.heads]
-                                    for e, c in upstream.circuits(ctx, circuit_subdir).items()})
+        stamp["circuits"] = digest(circuit_members(upstream.circuits(ctx, circuit_subdir)))
         stamp["directions"] = hash_path(ctx.run.path / "directions" / "directions.npz")
     return stamp
 

@@ -154,8 +154,9 @@ def fingerprint(ctx: StageContext, alphas: Sequence[float]) -> dict[str, Any]:
 
 def influence_scan(ctx: StageContext, geometry: dict[str, np.ndarray], directory: Path, stamp: Any,
                    alphas: Sequence[float]) -> dict[str, Any]:
-    """Per-emotion influence stats (`aggregate`) of the preset's samples with the read-out of
-    `geometry["v_ref"]`, scanned as a resumable job in `directory` keyed by `stamp`."""
+    """Per-emotion influence stats (`aggregate`, with sigma, row and group counts and the capture's
+    rule) of the preset's samples with the read-out of `geometry["v_ref"]`, scanned as a resumable job
+    in `directory` keyed by `stamp`."""
     captured = upstream.captured_items(ctx)
     cfg = ctx.config
     w = local_directions(geometry["dirs_attn"], geometry["dirs_mlp"], geometry["v_ref"])
@@ -178,13 +179,12 @@ def influence_scan(ctx: StageContext, geometry: dict[str, np.ndarray], directory
         ctx.model.params, prefix, rows, w, sigma, v_ref, alphas, config=cfg, start=start, stop=stop,
         chunk_rows=chunk_rows, mesh=ctx.mesh), desc="sublayer influence rows")
     return {**aggregate(scanned["influence"], scanned["base"], scanned["emotion"]), "sigma": sigma,
-            "rows": len(rows.keys), "groups": len(rows.groups)}
+            "rows": len(rows.keys), "groups": len(rows.groups), "rule": captured.rule}
 
 
 def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[str, Any]:
     """Influence of every sublayer for every emotion, averaged over its samples and over alpha."""
     geometry = upstream.directions(ctx)
-    captured = upstream.captured_items(ctx)
     stamp = fingerprint(ctx, alphas)
     done = finished_summary(ctx.run, STAGE, stamp)
     if done is not None:
@@ -201,12 +201,12 @@ def run(ctx: StageContext, alphas: Sequence[float] = INFLUENCE_ALPHAS) -> dict[s
         "influence": stats["influence"], "mean_over_alpha": mean_over_alpha, "base": stats["base"],
         "samples": stats["samples"], "alphas": np.asarray(alphas, np.float32), "sigma": sigma},
         meta={"model_hash": model_hash(ctx), "model_name": ctx.model.name, "kinds": list(KINDS),
-              "emotions": list(EMOTIONS), "rule": captured.rule})
+              "emotions": list(EMOTIONS), "rule": stats["rule"]})
     write_csv(out / "importance_mean_over_alpha.csv", importance_rows(mean_over_alpha))
     write_json(out / "sigma_summary.json", sigma_summary(sigma))
     figures.influence_heatmap(Path(out) / "influence_heatmap.png", mean_over_alpha, model=ctx.model.name)
     kind, layer = np.unravel_index(np.argmax(mean_over_alpha.mean(axis=0)), mean_over_alpha.shape[1:])
-    summary = {"stage": STAGE, "rows": stats["rows"], "groups": stats["groups"], "rule": captured.rule,
+    summary = {"stage": STAGE, "rows": stats["rows"], "groups": stats["groups"], "rule": stats["rule"],
                "samples": dict(zip(EMOTIONS, stats["samples"].tolist())), "alphas": [float(a) for a in alphas],
                "peak_sublayer": f"{KINDS[kind]}_{layer}", "emotions_without_samples": missing}
     mark_finished(ctx.run, STAGE, stamp, summary)

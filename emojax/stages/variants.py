@@ -39,7 +39,7 @@ import numpy as np
 
 from emojax.circuit import Budget, Circuit
 from emojax.data import EMOTIONS, Item, items as all_items
-from emojax.evaluation.significance import cell_intervals, paired_test
+from emojax.evaluation.significance import cell_intervals, fraction, paired_test
 from emojax.method.directions import reference_direction
 from emojax.method.hparams import INFLUENCE_ALPHAS, map_range
 from emojax.runs import InputError, read_json, read_jsonl, write_json, write_text
@@ -183,9 +183,9 @@ def tuned_alpha(ctx: StageContext, needed: bool = True) -> float:
     return 0.0 if summary is None else float(summary["best"])
 
 
-def steering_rows(ctx: StageContext, items: Sequence[Item], alphas: np.ndarray):
-    """item indices -> resid_add_rms [L, B, 2, D] of the run's steering at alphas[i] (0: none)."""
-    dirs_mlp = upstream.directions(ctx)["dirs_mlp"]
+def steering_rows(ctx: StageContext, dirs_mlp: np.ndarray, items: Sequence[Item], alphas: np.ndarray):
+    """item indices -> resid_add_rms [L, B, 2, D] of the run's steering along dirs_mlp [6, L, D] at
+    alphas[i] (0: none)."""
     emotion = np.array([EMOTIONS.index(i.emotion) for i in items])
     layers = list(ctx.hparams.steer_layers)
     return lambda rows: np.asarray(steer.steering_intervention(ctx.config, dirs_mlp, emotion[rows], layers,
@@ -195,7 +195,7 @@ def steering_rows(ctx: StageContext, items: Sequence[Item], alphas: np.ndarray):
 def _stamp(ctx: StageContext, stage: str, records: Sequence[Any], circuits: Mapping[str, Circuit],
            extra: Mapping[str, Any]) -> dict[str, Any]:
     base = modulate.fingerprint(ctx, stage, records, modulate.emotion_scales(1.0, ctx.settings.official_scales))
-    return {**base, "circuits": digest({e: [c.neurons, c.heads] for e, c in circuits.items()}), **extra}
+    return {**base, "circuits": digest(modulate.circuit_members(circuits)), **extra}
 
 
 def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
@@ -212,7 +212,8 @@ def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
                  job: str) -> list[dict[str, Any]]:
         scale_sets = [modulate.emotion_scales(d, ctx.settings.official_scales) for d in doses]
         edits = modulate.stacked_edits([circuits] * len(doses), scale_sets, geometry, ctx.config)
-        steering = steering_rows(ctx, items, np.full(len(items), alpha, np.float32)) if alpha else None
+        steering = steering_rows(ctx, geometry["dirs_mlp"], items, np.full(len(items), alpha, np.float32)) \
+            if alpha else None
         return modulate.modulated_generation(ctx, directory, items, edits, dose_index,
                                              {**stamp, "scales": list(doses)}, job,
                                              {"variant": variant.name, "steer_alpha": alpha}, steering)[0]
@@ -220,7 +221,7 @@ def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
     method = tuning.Method(variant.stage, f"circuit ({variant.name})", "lambda", variant.reference, generate)
     rule = dataclasses.replace(RULE, ratio=variant.ratio)
     summary = tuning.run_tuning(per_emotion, method, stamp, rule, chosen)
-    return {**summary, "variant": dataclasses.asdict(variant), "steer_alpha": alpha,
+    return {**summary, "steer_alpha": alpha,
             "sizes": {e: [len(c.neuron_set()), len(c.head_set())] for e, c in circuits.items()}}
 
 
@@ -273,8 +274,9 @@ def choose_per_emotion(rows: Sequence[Mapping[str, Any]], tuned: Mapping[str, Ma
 
 
 def _tie_order(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows in the order of VARIANTS, whose first is `default`."""
     order = [v.name for v in VARIANTS]
-    return sorted(rows, key=lambda r: (r["variant"] != "default", order.index(r["variant"])))
+    return sorted(rows, key=lambda r: order.index(r["variant"]))
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], items_per_emotion: int) -> str:
@@ -319,8 +321,7 @@ def run_test(ctx: StageContext, rule: str) -> dict[str, Any]:
     stage = f"{TEST_STAGE}_{rule}"
     stamp = {**modulate.fingerprint(ctx, stage, ctx.test, modulate.emotion_scales(1.0, ctx.settings.official_scales)),
              "choice": choice, "steer_alpha": tuned_alpha(ctx, any(BY_NAME[n].steer_fraction for n in names)),
-             "variant_circuits": digest({n: {e: [c.neurons, c.heads] for e, c in cs.items()}
-                                         for n, cs in circuits.items()})}
+             "variant_circuits": digest({n: modulate.circuit_members(cs) for n, cs in circuits.items()})}
     done = finished_summary(ctx.run, stage, stamp)
     if done is not None:
         return done
@@ -330,19 +331,19 @@ def run_test(ctx: StageContext, rule: str) -> dict[str, Any]:
     scale_sets = [modulate.emotion_scales(np.asarray([choice[e]["lambda"] if choice[e]["variant"] == n else 1.0
                                                       for e in EMOTIONS]), ctx.settings.official_scales)
                   for n in names]
-    edits = modulate.stacked_edits([circuits[n] for n in names], scale_sets, upstream.directions(ctx), ctx.config)
+    geometry = upstream.directions(ctx)
+    edits = modulate.stacked_edits([circuits[n] for n in names], scale_sets, geometry, ctx.config)
     index = np.asarray([names.index(choice[i.emotion]["variant"]) for i in items])
     alphas = np.asarray([BY_NAME[choice[i.emotion]["variant"]].steer_fraction * stamp["steer_alpha"] for i in items],
                         np.float32)
-    steering = steering_rows(ctx, items, alphas) if alphas.any() else None
+    steering = steering_rows(ctx, geometry["dirs_mlp"], items, alphas) if alphas.any() else None
     records, tables = modulate.modulated_generation(ctx, out, items, edits, index, stamp, "generate",
                                                     {"rule": rule, "choice": choice}, steering)
     write_judged_outputs(out, records, tables, f"Circuit variants chosen on train ({rule}), test split")
     summary = {"stage": stage, "rule": rule, "choice": choice, "items": len(records),
-               "fluent_accuracy": tables["overall"]["fluent_matched"] / len(records),
+               "fluent_accuracy": fraction(tables["overall"], "fluent_matched", stage),
                "interval": cell_intervals(tables["overall"], stage)["fluent_accuracy"],
-               "per_emotion": {e: tables["per_emotion"][e]["fluent_matched"] / tables["per_emotion"][e]["total"]
-                               for e in EMOTIONS},
+               "per_emotion": {e: fraction(tables["per_emotion"][e], "fluent_matched", stage) for e in EMOTIONS},
                "paired": {other: paired_test(records, _records(ctx, other)) for other in ("steer_test", "modulate_test")}}
     mark_finished(ctx.run, stage, stamp, summary)
     return summary
