@@ -22,6 +22,9 @@ flags.DEFINE_bool("random_circuits", None, "Random-circuit control on the test s
 flags.DEFINE_bool("causal", None, "Exhaustive causal scans and attribution (default: on when the preset sets causal_prompts).")
 flags.DEFINE_bool("validation", None, "Ablation and enhancement curves with random controls (S4c) "
                   "(default: the preset's; off in quick).")
+flags.DEFINE_bool("circuit_variants", None, "Tune the preset's circuit variants on train and run the per-emotion "
+                  "choice among them on test (default: on when the preset names variants and members are ranked "
+                  "analytically).")
 flags.DEFINE_enum("until", None, list(STAGE_NAMES), "Stop after this stage.")
 flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
@@ -32,7 +35,7 @@ def main(argv: list[str]) -> None:
     ctx = context_from_flags(FLAGS)
     options = Options.for_preset(ctx, alpha_sweep=FLAGS.alpha_sweep, scale_sweep=FLAGS.scale_sweep,
                                  causal=FLAGS.causal, validation=FLAGS.validation,
-                                 random_circuits=FLAGS.random_circuits)
+                                 random_circuits=FLAGS.random_circuits, variants=FLAGS.circuit_variants)
     result = run_pipeline(ctx, options, until=FLAGS.until)
     if "report" in result["summaries"]:
         logging.info("pipeline finished: %s", result["summaries"]["report"])

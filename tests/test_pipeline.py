@@ -9,6 +9,7 @@ import json
 import pytest
 from absl import app
 
+from emojax.data import EMOTIONS
 from emojax.launch.launcher import list_flag, no_extra_arguments, open_context
 from emojax.launch.pipeline import STAGE_NAMES, Options, run_pipeline, stage_headline
 from emojax.stages import report
@@ -17,12 +18,13 @@ from stage_fixtures import TINY_PRESET, FakeJudge, fake_fluency, tiny_loaded_mod
 pytestmark = pytest.mark.slow  # about 100 CPU-seconds: every stage compiles its programs once
 
 PRESET = dataclasses.replace(TINY_PRESET, name="pipeline-test", train_per_theme=1, test_per_theme=1,
-                             batch_size=48, tune_groups=2, tune_extensions=1, random_draws=5, random_groups=2)
+                             batch_size=48, tune_groups=2, tune_extensions=1, random_draws=5, random_groups=2,
+                             variants=("default", "ref_middle"))
 # The judge rejects some replies so that accuracies are not trivially 100%.
 JUDGE = FakeJudge(lambda text, target: (len(text) + len(target)) % 5 == 0)
 # The validation curves (a stage of their own, tested on their own) are the slowest part on a tiny
 # model; causal scans are off as in the quick preset, the tuning and the random-circuit control on.
-OPTIONS = Options(validation=False, alpha_sweep=True, scale_sweep=True, random_circuits=True)
+OPTIONS = Options(validation=False, alpha_sweep=True, scale_sweep=True, random_circuits=True, variants=True)
 OFF = {"validation", "causal", "modulate_other_ranking_test"}   # the other ranking needs the causal scans
 
 
@@ -71,12 +73,20 @@ def test_summary_has_the_required_keys(finished):
     assert len(summary["random_circuit"]["draws"]) == 5 and summary["random_circuit"]["sd"] is not None
     assert summary["random_circuit"]["items"] == 12
     assert set(summary["circuit_rankings"]) == {"analytic"}
+    chosen = summary["circuit_variants"]
+    assert chosen["candidates"] == ["default", "ref_middle"] and chosen["rule"] == "per_emotion"
+    assert set(chosen["choice"]) == set(chosen["per_emotion"]) == set(EMOTIONS)
+    assert {c["variant"] for c in chosen["choice"].values()} <= {"default", "ref_middle"}
+    assert chosen["items"] == first["summaries"]["modulate_test"]["items"] and chosen["ci95"][0] <= chosen["fluent_accuracy"] <= chosen["ci95"][1]
+    assert chosen["fluent_accuracy"] <= chosen["accuracy"]
+    assert set(chosen["mcnemar"]) == {"vs_steering", "vs_circuit"}
 
 
 def test_report_shows_tables_and_plots(finished):
     out, _, _ = finished
     text = (out / report.REPORT_NAME).read_text()
     for heading in ("Headline numbers", "Sublayer causal influence", "Global emotion circuits",
+                    "Circuit variants tuned on the train split", "circuit, variant per emotion (chosen on train)",
                     "Accuracy comparison", "Timings"):
         assert heading in text
     images = [line.split("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]

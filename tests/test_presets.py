@@ -20,3 +20,27 @@ def test_standard_is_720_test_items_at_48_tokens_with_the_causal_ranking():
     assert len(items(test)) == 720 and standard.max_new_tokens <= 48
     assert standard.sweeps and standard.tune_groups is not None and standard.causal_prompts > 0
     assert standard.random_draws >= random_circuits.MIN_DRAWS
+
+
+def test_quick_and_standard_choose_among_known_circuit_variants_by_default():
+    from emojax.launch.pipeline import Options
+    from emojax.stages import variants
+    from emojax.stages.context import Settings
+    from types import SimpleNamespace
+
+    for name in ("quick", "standard"):
+        preset = PRESETS[name]
+        assert preset.variants and [v.name for v in variants.select(preset.variants)] == list(preset.variants)
+        assert "default" in preset.variants  # ties go to the run's own circuit
+        assert Options.for_preset(SimpleNamespace(preset=preset, settings=Settings())).variants
+        causal = Settings(circuit_ranking="causal")  # the variants change analytic members only
+        assert not Options.for_preset(SimpleNamespace(preset=preset, settings=causal)).variants
+
+
+def test_a_run_made_before_its_preset_named_variants_keeps_its_identity():
+    import dataclasses
+
+    quick = PRESETS["quick"]
+    without = dataclasses.replace(quick, variants=())
+    assert quick.identity() == without.identity() and "variants" not in quick.identity()
+    assert dataclasses.replace(quick, tune_groups=6).identity() != quick.identity()

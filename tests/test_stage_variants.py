@@ -161,6 +161,32 @@ def test_the_test_stage_runs_what_the_rule_chose(ctx, monkeypatch):
     assert variants.run_test(ctx, "per_emotion") == summary
 
 
+def test_replies_of_the_runs_own_circuit_are_reused_and_equal_generating_them(ctx, monkeypatch):
+    fake_fluency(monkeypatch)
+    steer.run(ctx)
+    modulate.run(ctx)   # lambda 1 for every emotion, anger x 0.8
+    used = upstream.modulation_scales(ctx)
+    choice = {e: {"variant": "default", "lambda": 1.0 if k < 3 else 2.0} for k, e in enumerate(EMOTIONS)}
+    choice["fear"] = {"variant": "heads_only", "lambda": 1.0}   # the same lambda, other members: generated
+    (ctx.run.stage("table")).mkdir(exist_ok=True)
+    (ctx.run.path / "table" / "variants.json").write_text(json.dumps({"per_emotion": choice}))
+    reused = variants.run_test(ctx, "per_emotion", "table", "with_reuse")
+    shortcut = read_jsonl(ctx.run.path / "with_reuse" / "records.jsonl")
+    run_circuit = {r["key"]: r for r in read_jsonl(ctx.run.path / "modulate_test" / "records.jsonl")}
+    first_three = [r for r in shortcut if r["emotion"] in EMOTIONS[:3]]
+    assert reused["reused"] == len(first_three) > 0 and used[0] == pytest.approx(0.8)
+    assert all(r["meta"]["reused_from"] == "modulate_test" for r in first_three)
+    assert all(r["gen_text"] == run_circuit[r["key"]]["gen_text"] for r in first_three)
+    assert not any("reused_from" in r["meta"] for r in shortcut if r["emotion"] not in EMOTIONS[:3])
+    # Brute force: every reply generated, in other batches; the same replies and verdicts.
+    monkeypatch.setattr(variants, "_run_circuit_replies", lambda *a: {})
+    brute = variants.run_test(ctx, "per_emotion", "table", "without_reuse")
+    generated = read_jsonl(ctx.run.path / "without_reuse" / "records.jsonl")
+    assert brute["reused"] == 0 and [r["key"] for r in generated] == [r["key"] for r in shortcut]
+    assert [(r["gen_text"], r["judge"]) for r in generated] == [(r["gen_text"], r["judge"]) for r in shortcut]
+    assert brute["fluent_accuracy"] == reused["fluent_accuracy"] and brute["paired"] == reused["paired"]
+
+
 def test_grid_variants_tune_around_their_own_reference(ctx, monkeypatch):
     fake_fluency(monkeypatch)
     fine = variants.BY_NAME["lambda_fine"]

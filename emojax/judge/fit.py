@@ -129,12 +129,13 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float, steps: 
 
 
 def lda_from_moments(second_moment: np.ndarray, class_sums: np.ndarray, class_weights: np.ndarray, *,
-                     shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+                     shrinkage: float, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Linear discriminant analysis from weighted moments: W [d, C], b [C] with log-probs = log_softmax(x W + b).
 
     second_moment = sum_i w_i x_i x_i^T [d, d]; class_sums[c] = sum_{i in c} w_i x_i [C, d]; class_weights[c] =
     sum_{i in c} w_i. The pooled within-class covariance is shrunk towards its diagonal by `shrinkage` (0..1),
-    so thousands of correlated reader dimensions give a well-posed, closed-form, deterministic fit.
+    so thousands of correlated reader dimensions give a well-posed, closed-form, deterministic fit. `prior` [C]
+    replaces the training share of each class in the bias (None: the training shares).
     """
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"lda_from_moments: shrinkage must lie in [0, 1], got {shrinkage}")
@@ -146,7 +147,8 @@ def lda_from_moments(second_moment: np.ndarray, class_sums: np.ndarray, class_we
     covariance = (1.0 - shrinkage) * covariance + shrinkage * np.diag(np.diag(covariance))
     covariance += 1e-9 * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
     weights = np.linalg.solve(covariance, means.T)  # [d, C]
-    bias = -0.5 * np.einsum("dc,cd->c", weights, means) + np.log(np.maximum(class_weights / total, 1e-300))
+    share = class_weights / total if prior is None else np.asarray(prior, np.float64) / np.sum(prior)
+    bias = -0.5 * np.einsum("dc,cd->c", weights, means) + np.log(np.maximum(share, 1e-300))
     bias[~present] = -1e9  # a class never seen in training is never predicted
     weights[:, ~present] = 0.0
     return weights, bias

@@ -226,7 +226,7 @@ def open_context(*, out: str, model: Any = DEFAULT_MODEL, train: str = "bundled:
                              config=dataclasses.asdict(loaded.config))
     # The run's identity is these values only, so every launcher (the pipeline or a single stage) can
     # resume the same run directory; stage-specific options go into that stage's own fingerprint.
-    flags = {"model": loaded.name, "train": str(train), "test": str(test), "preset": dataclasses.asdict(chosen),
+    flags = {"model": loaded.name, "train": str(train), "test": str(test), "preset": chosen.identity(),
              "judge": judge if isinstance(judge, str) else judge_identity(judge), **dataclasses.asdict(settings)}
     weights = {"source_hash": loaded.source_hash, "weights_hash": getattr(loaded, "weights_hash", None),
                "from_cache": getattr(loaded, "from_cache", None)}

@@ -9,8 +9,8 @@ Order (method.md §1): S1 on train -> fused capture -> directions (S2, S5, S6a-b
 (prompting baseline) -> steering alpha tuned on train (optional) -> steering (S3) -> components
 (S4a-b) -> validation (S4c) -> causal scans (optional) -> sublayer influence (S6d) -> circuits
 (S6e-f) -> circuit lambda tuned on train (optional) -> circuit modulation (S7) -> neutral baseline
--> random-circuit control -> the other circuit ranking (when the causal scans ran) -> comparison ->
-report. Both tuning stages follow the one protocol of `emojax.stages.tuning` and read only the train
+-> random-circuit control -> the other circuit ranking (when the causal scans ran) -> the preset's
+circuit variants tuned on train and the per-emotion choice among them on test -> comparison -> report. Both tuning stages follow the one protocol of `emojax.stages.tuning` and read only the train
 split.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from absl import logging
 from emojax.console import say
 from emojax.runs import read_json, write_json
 from emojax.stages import (capture, causal, circuit_stage, compare, components, directions_stage, elicit, modulate,
-                           other_ranking, random_circuits, report, steer, sublayer, validation)
+                           other_ranking, random_circuits, report, steer, sublayer, validation, variants)
 from emojax.stages.context import StageContext
 
 StageFn = Callable[[StageContext, "Options"], dict[str, Any]]
@@ -39,14 +39,18 @@ class Options:
     causal: bool = False          # exhaustive causal scans and attribution (§14.2, §14.4)
     validation: bool = True       # ablation and enhancement curves (S4c, §14.1)
     random_circuits: bool = False  # random-circuit control on the test split
+    variants: bool = False        # the preset's circuit variants tuned on train and chosen per emotion
 
     @classmethod
     def for_preset(cls, ctx: StageContext, **overrides: bool | None) -> "Options":
         """Tuning follows `preset.sweeps`, the causal scans `preset.causal_prompts`, the validation
-        `preset.validation` and the random-circuit control `preset.random_draws`, unless overridden."""
+        `preset.validation`, the random-circuit control `preset.random_draws` and the circuit variants
+        `preset.variants` (on a run that ranks members analytically: the variants change those members),
+        unless overridden."""
         defaults = {"alpha_sweep": ctx.preset.sweeps, "scale_sweep": ctx.preset.sweeps,
                     "causal": ctx.preset.causal_prompts > 0, "validation": ctx.preset.validation,
-                    "random_circuits": ctx.preset.random_draws > 0}
+                    "random_circuits": ctx.preset.random_draws > 0,
+                    "variants": bool(ctx.preset.variants) and ctx.settings.circuit_ranking == "analytic"}
         return cls(**{k: defaults[k] if overrides.get(k) is None else bool(overrides[k]) for k in defaults})
 
 
@@ -75,9 +79,20 @@ STAGES: tuple[Stage, ...] = (
     Stage(modulate.BASELINE_STAGE, lambda ctx, o: modulate.run_baseline(ctx)),
     Stage(random_circuits.STAGE, lambda ctx, o: random_circuits.run(ctx), enabled=lambda o: o.random_circuits),
     Stage(other_ranking.STAGE, lambda ctx, o: other_ranking.run(ctx), enabled=lambda o: o.causal),
+    Stage(variants.PIPELINE_TRAIN_STAGE, lambda ctx, o: variants.run_train(
+        ctx, _preset_variants(ctx), variants.PIPELINE_TRAIN_STAGE, every_tuned=False), enabled=lambda o: o.variants),
+    Stage(variants.PIPELINE_TEST_STAGE, lambda ctx, o: variants.run_test(
+        ctx, variants.PIPELINE_RULE, variants.PIPELINE_TRAIN_STAGE, variants.PIPELINE_TEST_STAGE),
+        enabled=lambda o: o.variants),
     Stage(compare.STAGE, lambda ctx, o: compare.run(ctx)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES) + ("report",)
+
+
+def _preset_variants(ctx: StageContext) -> tuple[str, ...]:
+    if not ctx.preset.variants:
+        raise ValueError(f"--circuit_variants: preset {ctx.preset.name} names no circuit variants")
+    return ctx.preset.variants
 
 
 def stage_headline(summary: dict[str, Any]) -> str:

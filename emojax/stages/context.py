@@ -31,7 +31,22 @@ class Preset:
     tune_extensions: int = 3         # at most this many grid extensions per tuned method
     random_draws: int = 5            # random-circuit control draws (0: no control)
     random_groups: int | None = None  # test groups the random-circuit control uses (None: all)
+    variants: tuple[str, ...] = ()    # circuit variants tuned on train, chosen per emotion (emojax.stages.variants)
 
+    def identity(self) -> dict[str, Any]:
+        """The preset as a run's identity records it. The circuit variants are left out: the variant stages'
+        own fingerprints record them, so a run made before a preset named them resumes with them added."""
+        record = dataclasses.asdict(self)
+        del record["variants"]
+        return record
+
+
+# The circuit variants quick and standard choose among per emotion, on train: the run's circuits, and
+# members allocated by influence read out at mid-depth. On SmolLM2's standard train table of fifteen
+# variants (docs/results.md), that is the one variant that won an emotion outright (happiness 0 -> 75%)
+# without a causal scan beyond the preset's own; it also ties for the best anger and beats the run's
+# circuit on surprise. Each costs one lambda tuning, the second an influence scan too.
+CHOSEN_VARIANTS = ("default", "ref_middle")
 
 PRESETS = {
     # Finishes in under 10 minutes on a 2-core CPU: every stage of S1-S7 and the report. The
@@ -45,7 +60,8 @@ PRESETS = {
     # tuning and 40 s of control on top of the untuned run.
     "quick": Preset("quick", train_per_theme=2, test_per_theme=1, max_new_tokens=32, batch_size=48,
                     validation_draws=20, causal_prompts=0, sweeps=True, validation=False,
-                    sublayer_per_emotion=16, tune_groups=5, tune_extensions=2, random_draws=5, random_groups=3),
+                    sublayer_per_emotion=16, tune_groups=5, tune_extensions=2, random_draws=5, random_groups=3,
+                    variants=CHOSEN_VARIANTS),
     # 5 test scenarios per theme (720 items) at 48 new tokens, tuning on 8 train groups (48 items, one
     # batch per dose), the random-circuit control on 8 test groups, and the causal scans (every neuron
     # and head of every layer, 1 prompt per emotion) for the causal circuit ranking. Budget: 45
@@ -53,7 +69,7 @@ PRESETS = {
     "standard": Preset("standard", train_per_theme=2, test_per_theme=5, max_new_tokens=48, batch_size=48,
                        validation_draws=20, causal_prompts=1, sweeps=True, validation=False,
                        sublayer_per_emotion=16, tune_groups=8, tune_extensions=2, random_draws=5,
-                       random_groups=8),
+                       random_groups=8, variants=CHOSEN_VARIANTS),
     "full": Preset("full", train_per_theme=None, test_per_theme=None, max_new_tokens=100,
                    batch_size=64, validation_draws=20, causal_prompts=16, sweeps=True),
 }

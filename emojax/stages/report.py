@@ -4,7 +4,10 @@ summary.json holds accuracy {prompting, steering, circuit} as overall fractions 
 split, fluent_accuracy (same keys: judged match AND fluent), ci95 {method: [low, high]} (Wilson 95%
 of fluent accuracy), fluent_fraction {method}, mcnemar {circuit_vs_steering, circuit_vs_prompting}
 (exact two-sided p on fluent_match), tuned {steer_alpha, modulation_scale, per_emotion when used},
-random_circuit {mean, sd, draws} (fluent accuracy of the random-circuit control), circuit_rankings,
+random_circuit {mean, sd, draws} (fluent accuracy of the random-circuit control), circuit_variants
+(the per-emotion choice among the preset's circuit variants, tuned on train: its candidates, choice,
+judged and fluent accuracy with the Wilson interval, per-emotion fluent accuracy and McNemar tests
+against steering and the run's circuit; None when that stage did not run), circuit_rankings,
 overlap {neurons, heads} (mean Jaccard over the 15 emotion pairs), timings {stage: wall
 seconds} and cpu_timings (process CPU seconds), the model, the datasets, the preset, the directions
 rule and the judge. report.md shows the same numbers next to the paper's, then each stage's tables
@@ -20,7 +23,7 @@ from typing import Any, Mapping
 from emojax.evaluation.accuracy import overall_fraction
 from emojax.runs import read_json, write_json, write_text
 from emojax.runs.stage_record import judge_identity, model_hash
-from emojax.stages import upstream
+from emojax.stages import upstream, variants
 from emojax.stages.context import StageContext
 
 SUMMARY_NAME = "summary.json"
@@ -42,6 +45,8 @@ SECTIONS = (
     ("circuit", "Global emotion circuits (S6e, S6f)"),
     ("modulate_sweep_train", "Circuit lambda tuned on the train split"),
     ("modulate_other_ranking_test", "Circuit modulation with the other circuit ranking"),
+    (variants.PIPELINE_TRAIN_STAGE, "Circuit variants tuned on the train split"),
+    (variants.PIPELINE_TEST_STAGE, "Circuit variants chosen per emotion on train, on the test split"),
     ("compare", "Accuracy comparison"),
 )
 
@@ -82,6 +87,20 @@ def comparison_fields(run_path: Path) -> dict[str, Any]:
     }
 
 
+def variant_fields(ctx: StageContext) -> dict[str, Any] | None:
+    """The per-emotion choice among the circuit variants on the test split, or None when it did not run."""
+    test = upstream.stage_summary(ctx, variants.PIPELINE_TEST_STAGE)
+    train = upstream.stage_summary(ctx, variants.PIPELINE_TRAIN_STAGE)
+    tables = upstream.accuracy(ctx, variants.PIPELINE_TEST_STAGE)
+    if test is None or train is None or tables is None:
+        return None
+    paired = {"vs_steering": test["paired"]["steer_test"], "vs_circuit": test["paired"]["modulate_test"]}
+    return {"candidates": [row["variant"] for row in train["rows"]], "rule": test["rule"], "choice": test["choice"],
+            "accuracy": overall_fraction(tables), "fluent_accuracy": test["fluent_accuracy"],
+            "ci95": test["interval"], "per_emotion": test["per_emotion"], "items": test["items"],
+            "mcnemar": {name: {"won": t["b"], "lost": t["c"], "exact_p": t["exact_p"]} for name, t in paired.items()}}
+
+
 def build_summary(ctx: StageContext, timings: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     accuracy = {}
     for method, stage in ACCURACY_STAGES.items():
@@ -94,6 +113,7 @@ def build_summary(ctx: StageContext, timings: Mapping[str, Mapping[str, float]])
     return {
         "accuracy": accuracy,
         **comparison_fields(ctx.run.path),
+        "circuit_variants": variant_fields(ctx),
         "overlap": {kind: None if overlap is None else overlap[kind]["jaccard_mean"] for kind in ("neurons", "heads")},
         "overlap_coefficient": {kind: None if overlap is None else overlap[kind]["overlap_coefficient_mean"]
                                 for kind in ("neurons", "heads")},
@@ -131,11 +151,23 @@ def headline_markdown(summary: Mapping[str, Any]) -> str:
              "|---|---|---|---|---|"]
     lines += [f"| {m} | {_pct(acc[m])} | {_pct(fluent[m])} | {_interval(summary['ci95'][m])} | "
               f"{_pct(paper['accuracy'][m])} |" for m in ("prompting", "steering", "circuit")]
+    chosen = summary.get("circuit_variants")
+    if chosen is not None:
+        lines.append(f"| circuit, variant per emotion (chosen on train) | {_pct(chosen['accuracy'])} | "
+                     f"{_pct(chosen['fluent_accuracy'])} | {_interval(chosen['ci95'])} | — |")
     if summary["mcnemar"]:
         lines += ["", "McNemar exact p on fluent_match: " + "; ".join(
             f"{name.replace('_', ' ')} {p:.3g}" for name, p in summary["mcnemar"].items()) + "."]
     if summary["tuned"]:
         lines += ["", "Doses tuned on the train split: " + "; ".join(f"{k} {v}" for k, v in summary["tuned"].items()) + "."]
+    if chosen is not None:
+        picks = "; ".join(f"{e} {c['variant']} at lambda {c['lambda']:g}" for e, c in chosen["choice"].items())
+        tests = "; ".join(f"{name.replace('_', ' ')} {t['won']} won, {t['lost']} lost, p {t['exact_p']:.3g}"
+                          for name, t in chosen["mcnemar"].items())
+        lines += ["", f"Circuit variants ({', '.join(chosen['candidates'])}), each tuned on train, chosen per emotion "
+                      f"({chosen['rule']} rule): {picks}. On the {chosen['items']} test items, paired (fluent_match): "
+                      f"{tests}. Per emotion: " + ", ".join(f"{e} {_pct(v)}%" for e, v in chosen["per_emotion"].items())
+                  + "."]
     random = summary["random_circuit"]
     if random is not None:
         lines += ["", f"Random circuits ({len(random['draws'])} draws, {random['items']} test items): fluent accuracy "
@@ -154,7 +186,8 @@ def _stage_section(run_path: Path, stage: str, caption: str) -> list[str]:
     if not directory.is_dir():
         return []
     pngs = sorted(directory.glob("*.png"))
-    tables = [p for p in (directory / "accuracy.md", directory / "comparison.md") if p.is_file()]
+    tables = [p for p in (directory / "accuracy.md", directory / "comparison.md", directory / "variants.md")
+              if p.is_file()]
     if not pngs and not tables:
         return []
     lines = [f"## {caption}", ""]

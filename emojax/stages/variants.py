@@ -20,7 +20,9 @@ variant sees the same train items. `VARIANTS` lists them:
 
 Stages: `variant_<name>` (a tuning stage with its sweep.json), `variants_train` (the table of every
 variant tuned in the run), `variants_test_<rule>` (what a rule below chose, on the test split, with
-Wilson intervals and paired tests against the run's steering and circuit modulation).
+Wilson intervals and paired tests against the run's steering and circuit modulation). The pipeline
+runs the per-emotion rule over its preset's candidates (`Preset.variants`) as `variant_choice_train`
+(the table of those candidates only) and `variant_choice_test`.
 
 Choice rules, fixed before any variant ran, train figures only:
     one variant   the variant with the highest overall fluent accuracy at its best single lambda
@@ -46,12 +48,16 @@ from emojax.runs import InputError, read_json, read_jsonl, write_json, write_tex
 from emojax.runs.stage_record import digest, finished_summary, mark_finished
 from emojax.stages import causal, circuit_stage, modulate, steer, sublayer, tuning, upstream
 from emojax.stages.context import StageContext
+from emojax.evaluation.accuracy import accuracy_tables
 from emojax.stages.judged import write_judged_outputs
 
 TRAIN_STAGE = "variants_train"
 TEST_STAGE = "variants_test"
 RULE = tuning.SearchRule()   # the full preset's grid: reference 1, ratio 2, at most 3 extensions
 RULES = ("one_variant", "per_emotion")
+PIPELINE_TRAIN_STAGE = "variant_choice_train"
+PIPELINE_TEST_STAGE = "variant_choice_test"
+PIPELINE_RULE = "per_emotion"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,19 +297,26 @@ def markdown(rows: Sequence[Mapping[str, Any]], items_per_emotion: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_train(ctx: StageContext, names: Sequence[str] = ()) -> dict[str, Any]:
-    """Tune every selected variant on train; write the table of every variant tuned so far in this run
-    and both rules' choices among them."""
+def run_train(ctx: StageContext, names: Sequence[str] = (), stage: str = TRAIN_STAGE,
+              every_tuned: bool = True) -> dict[str, Any]:
+    """Tune every selected variant on train; write, as `stage`, the table of the selected variants (and,
+    with `every_tuned`, of every other variant tuned so far in this run) and both rules' choices among them."""
     chosen = select(names)
-    tuned = {v.name: tune_variant(ctx, v) for v in VARIANTS if v in chosen or ctx.run.is_done(v.stage)}
+    tuned = {v.name: tune_variant(ctx, v) for v in VARIANTS
+             if v in chosen or (every_tuned and ctx.run.is_done(v.stage))}
+    stamp = {"variants": {name: digest(summary) for name, summary in tuned.items()}}
+    done = finished_summary(ctx.run, stage, stamp)
+    if done is not None:
+        return done
     rows = table_rows(tuned)
-    out = ctx.run.stage(TRAIN_STAGE)
+    out = ctx.run.stage(stage)
     items_per_emotion = next(iter(tuned.values()))["items"] // len(EMOTIONS)
-    summary = {"stage": TRAIN_STAGE, "split": "train", "items_per_emotion": items_per_emotion,
+    summary = {"stage": stage, "split": "train", "items_per_emotion": items_per_emotion,
                "rule": RULE.describe(), "rows": rows, "one_variant": choose_one(rows),
                "per_emotion": choose_per_emotion(rows, tuned)}
     write_json(out / "variants.json", summary)
     write_text(out / "variants.md", markdown(rows, items_per_emotion))
+    mark_finished(ctx.run, stage, stamp, summary)
     return summary
 
 
@@ -311,36 +324,47 @@ def run_train(ctx: StageContext, names: Sequence[str] = ()) -> dict[str, Any]:
 # The test split, for what a rule chose
 
 
-def run_test(ctx: StageContext, rule: str) -> dict[str, Any]:
-    """The configuration `rule` ("one_variant" or "per_emotion") chose on train, on every test item."""
+def run_test(ctx: StageContext, rule: str, table: str = TRAIN_STAGE, stage: str | None = None) -> dict[str, Any]:
+    """The configuration `rule` ("one_variant" or "per_emotion") chose on train in the table stage
+    `table`, on every test item, as `stage` (default variants_test_<rule>)."""
     if rule not in RULES:
         raise InputError(f"variant rule {rule!r}; expected one of {', '.join(RULES)}")
-    choice = _train_table(ctx)[rule]
+    choice = _train_table(ctx, table)[rule]
     names = sorted({c["variant"] for c in choice.values()}, key=[v.name for v in VARIANTS].index)
     circuits = {n: variant_circuits(ctx, BY_NAME[n]) for n in names}
-    stage = f"{TEST_STAGE}_{rule}"
+    stage = stage or f"{TEST_STAGE}_{rule}"
     stamp = {**modulate.fingerprint(ctx, stage, ctx.test, modulate.emotion_scales(1.0, ctx.settings.official_scales)),
              "choice": choice, "steer_alpha": tuned_alpha(ctx, any(BY_NAME[n].steer_fraction for n in names)),
              "variant_circuits": digest({n: modulate.circuit_members(cs) for n, cs in circuits.items()})}
+    reused = _run_circuit_replies(ctx, choice)
+    stamp["reused"] = {"emotions": sorted({r["emotion"] for r in reused.values()}),
+                       "records": digest(list(reused.values()))}
     done = finished_summary(ctx.run, stage, stamp)
     if done is not None:
         return done
     out = ctx.run.stage(stage)
-    items = all_items(ctx.test)
-    # One stacked variant per chosen variant name; lambda_e from the choice (anger keeps its factor).
-    scale_sets = [modulate.emotion_scales(np.asarray([choice[e]["lambda"] if choice[e]["variant"] == n else 1.0
-                                                      for e in EMOTIONS]), ctx.settings.official_scales)
-                  for n in names]
-    geometry = upstream.directions(ctx)
-    edits = modulate.stacked_edits([circuits[n] for n in names], scale_sets, geometry, ctx.config)
-    index = np.asarray([names.index(choice[i.emotion]["variant"]) for i in items])
-    alphas = np.asarray([BY_NAME[choice[i.emotion]["variant"]].steer_fraction * stamp["steer_alpha"] for i in items],
-                        np.float32)
-    steering = steering_rows(ctx, geometry["dirs_mlp"], items, alphas) if alphas.any() else None
-    records, tables = modulate.modulated_generation(ctx, out, items, edits, index, stamp, "generate",
-                                                    {"rule": rule, "choice": choice}, steering)
+    meta = {"rule": rule, "choice": choice}
+    items = [i for i in all_items(ctx.test) if i.key not in reused]
+    generated: list[dict[str, Any]] = []
+    if items:
+        # One stacked variant per chosen variant name; lambda_e from the choice (anger keeps its factor).
+        scale_sets = [modulate.emotion_scales(np.asarray([choice[e]["lambda"] if choice[e]["variant"] == n else 1.0
+                                                          for e in EMOTIONS]), ctx.settings.official_scales)
+                      for n in names]
+        geometry = upstream.directions(ctx)
+        edits = modulate.stacked_edits([circuits[n] for n in names], scale_sets, geometry, ctx.config)
+        index = np.asarray([names.index(choice[i.emotion]["variant"]) for i in items])
+        alphas = np.asarray([BY_NAME[choice[i.emotion]["variant"]].steer_fraction * stamp["steer_alpha"]
+                             for i in items], np.float32)
+        steering = steering_rows(ctx, geometry["dirs_mlp"], items, alphas) if alphas.any() else None
+        generated = modulate.modulated_generation(ctx, out, items, edits, index, stamp, "generate", meta, steering)[0]
+    fresh = {r["key"]: r for r in generated}
+    records = [fresh[i.key] if i.key in fresh else {**reused[i.key], "meta": {**reused[i.key]["meta"], **meta,
+                                                                               "reused_from": modulate.STAGE}}
+               for i in all_items(ctx.test)]
+    tables = accuracy_tables(records)
     write_judged_outputs(out, records, tables, f"Circuit variants chosen on train ({rule}), test split")
-    summary = {"stage": stage, "rule": rule, "choice": choice, "items": len(records),
+    summary = {"stage": stage, "rule": rule, "choice": choice, "items": len(records), "reused": len(reused),
                "fluent_accuracy": fraction(tables["overall"], "fluent_matched", stage),
                "interval": cell_intervals(tables["overall"], stage)["fluent_accuracy"],
                "per_emotion": {e: fraction(tables["per_emotion"][e], "fluent_matched", stage) for e in EMOTIONS},
@@ -349,8 +373,18 @@ def run_test(ctx: StageContext, rule: str) -> dict[str, Any]:
     return summary
 
 
-def _train_table(ctx: StageContext) -> dict[str, Any]:
-    path = ctx.run.path / TRAIN_STAGE / "variants.json"
+def _run_circuit_replies(ctx: StageContext, choice: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{item key: the run's circuit-modulation record} of the emotions whose choice is the run's own circuit
+    at the lambda_e its test stage used: that reply is the chosen configuration's, so it is not generated again."""
+    used = upstream.modulation_scales(ctx)
+    wanted = modulate.emotion_scales(np.asarray([choice[e]["lambda"] for e in EMOTIONS]), ctx.settings.official_scales)
+    same = {e for k, e in enumerate(EMOTIONS)
+            if choice[e]["variant"] == "default" and abs(float(wanted[k]) - float(used[k])) <= 1e-6 * max(1.0, float(used[k]))}
+    return {r["key"]: r for r in _records(ctx, modulate.STAGE) if r["emotion"] in same}
+
+
+def _train_table(ctx: StageContext, table: str) -> dict[str, Any]:
+    path = ctx.run.path / table / "variants.json"
     if not path.is_file():
         raise InputError(f"{path}: the variants have not been tuned on train yet (run with --split=train first)")
     return read_json(path)

@@ -61,6 +61,8 @@ PROBE_TEXTS = train.PROBE_TEXTS
 
 flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "combined:14", "combined:8-17-26"], "Designs to cross-validate (layers joined by '-').")
 flags.DEFINE_float("shrinkage", 0.3, "Shrinkage of the reader head's pooled covariance towards its diagonal.")
+flags.DEFINE_float("none_prior", None, "The reader head's prior of `none` (each emotion (1 - p) / 6) in place of "
+                   "the training share of each class; None: the training shares.")
 flags.DEFINE_float("combined_ngram_weight", 0.5, "Weight of the n-gram log-probabilities in a combined design.")
 flags.DEFINE_bool("fluency", True, "Cross-validate the fluency rule too (the rated replies' perplexities, cached) "
                   "for fluent_match figures.")
@@ -105,7 +107,16 @@ def fit_from_groups(moments: dict[tuple[int, str], tuple[np.ndarray, np.ndarray,
     """The reader head (LDA) of the union of `groups`, rated replies weighted as train.sample_weights does."""
     parts = [[m * (rated_scale if g[1] == "rated" else 1.0) for m in moments[g]] for g in groups]
     second, sums, counts = (sum(p[i] for p in parts) for i in range(3))
-    return lda_from_moments(second, sums, counts, shrinkage=FLAGS.shrinkage)
+    return lda_from_moments(second, sums, counts, shrinkage=FLAGS.shrinkage, prior=class_prior())
+
+
+def class_prior() -> np.ndarray | None:
+    """The reader head's class prior [7] (CLASSES order), or None for the training shares."""
+    if FLAGS.none_prior is None:
+        return None
+    if not 0.0 < FLAGS.none_prior < 1.0:
+        raise ValueError(f"--none_prior: {FLAGS.none_prior}; expected a probability in (0, 1)")
+    return np.array([FLAGS.none_prior if c == "none" else (1.0 - FLAGS.none_prior) / len(EMOTIONS) for c in CLASSES])
 
 
 def combine(reader_logp: np.ndarray, ngram_logp: np.ndarray, weight: float) -> np.ndarray:
