@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -99,13 +100,34 @@ def test_the_default_variant_tunes_as_the_pipeline_does(ctx, monkeypatch):
     ctx.settings.per_emotion_dose = True
     pipeline = modulate.run_scale_sweep(dataclasses.replace(ctx, preset=dataclasses.replace(ctx.preset,
                                                                                             tune_extensions=3)))
+    calls = len(ctx.judge.calls)
+    reused = variants.tune_variant(ctx, variants.BY_NAME["default"])
+    assert len(ctx.judge.calls) == calls   # the run's own replies at every dose: nothing generated or judged
+    shortcut = {d: read_jsonl(ctx.run.path / "variant_default" / f"lambda_{d:g}" / "records.jsonl")
+                for d in reused["grid"]}
+    assert all(r["meta"]["reused_from"] == modulate.SWEEP_STAGE for rs in shortcut.values() for r in rs)
+    # Brute force: the variant's own generation, reply for reply the pipeline's and the shortcut's.
+    shutil.rmtree(ctx.run.path / "variant_default")
+    monkeypatch.setattr(variants, "_run_sweep_replies", lambda *a: {})
     variant = variants.tune_variant(ctx, variants.BY_NAME["default"])
-    assert variant["grid"] == pipeline["grid"] and variant["curves"] == pipeline["curves"]
-    assert variant["per_emotion_best"] == pipeline["per_emotion_best"]
+    assert len(ctx.judge.calls) > calls
+    assert variant["grid"] == pipeline["grid"] == reused["grid"] and variant["curves"] == pipeline["curves"]
+    assert variant["per_emotion_best"] == pipeline["per_emotion_best"] and variant["curves"] == reused["curves"]
     for dose in variant["grid"]:
         mine = read_jsonl(ctx.run.path / "variant_default" / f"lambda_{dose:g}" / "records.jsonl")
         theirs = read_jsonl(ctx.run.path / modulate.SWEEP_STAGE / f"lambda_{dose:g}" / "records.jsonl")
-        assert [r["gen_text"] for r in mine] == [r["gen_text"] for r in theirs]
+        assert [r["gen_text"] for r in mine] == [r["gen_text"] for r in theirs] == [r["gen_text"] for r in shortcut[dose]]
+        assert [r["judge"] for r in mine] == [r["judge"] for r in shortcut[dose]]
+
+
+def test_a_variant_that_changes_the_circuits_generates_its_own_replies(ctx, monkeypatch):
+    fake_fluency(monkeypatch)
+    modulate.run_scale_sweep(ctx)
+    calls = len(ctx.judge.calls)
+    variants.tune_variant(ctx, variants.BY_NAME["heads_only"])
+    assert len(ctx.judge.calls) > calls
+    records = read_jsonl(next((ctx.run.path / "variant_heads_only").glob("lambda_*/records.jsonl")))
+    assert not any("reused_from" in r["meta"] for r in records)
 
 
 def summary_of(curves):

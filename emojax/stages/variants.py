@@ -34,6 +34,7 @@ Choice rules, fixed before any variant ran, train figures only:
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -214,8 +215,14 @@ def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
     stamp = _stamp(ctx, variant.stage, records, circuits,
                    {"groups": [g.key for g in chosen], "variant": variant.identity(), "steer_alpha": alpha})
 
+    same_as_run = not variant.changes_circuits and not alpha
+
     def generate(directory: Path, items: Sequence[Item], dose_index: np.ndarray, doses: Sequence[float],
                  job: str) -> list[dict[str, Any]]:
+        reused = _run_sweep_replies(ctx, stamp, items[:len(items) // len(doses)]) if same_as_run else {}
+        if all(d in reused for d in doses):
+            return [{**r, "meta": {**r["meta"], "variant": variant.name, "steer_alpha": alpha,
+                                   "reused_from": modulate.SWEEP_STAGE}} for d in doses for r in reused[d]]
         scale_sets = [modulate.emotion_scales(d, ctx.settings.official_scales) for d in doses]
         edits = modulate.stacked_edits([circuits] * len(doses), scale_sets, geometry, ctx.config)
         steering = steering_rows(ctx, geometry["dirs_mlp"], items, np.full(len(items), alpha, np.float32)) \
@@ -229,6 +236,30 @@ def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
     summary = tuning.run_tuning(per_emotion, method, stamp, rule, chosen)
     return {**summary, "steer_alpha": alpha,
             "sizes": {e: [len(c.neuron_set()), len(c.head_set())] for e, c in circuits.items()}}
+
+
+# What the run's lambda tuning shares with a variant that keeps its circuits: the same replies.
+_SAME_REPLIES = ("dataset", "model", "decoding", "judge", "date", "batch_size", "scales", "circuits", "directions",
+                 "groups")
+
+
+def _run_sweep_replies(ctx: StageContext, stamp: Mapping[str, Any], items: Sequence[Item]
+                       ) -> dict[float, list[dict[str, Any]]]:
+    """{lambda: judged replies} of the run's own lambda tuning, when it finished with the same circuits, train
+    items, decoding and judge as `stamp`: a variant that keeps the run's circuits would generate the same
+    replies at those doses, so they are read, not generated again."""
+    path = ctx.run.path / modulate.SWEEP_STAGE / "done.json"
+    if not path.is_file():
+        return {}
+    theirs, mine = read_json(path)["fingerprint"], json.loads(json.dumps(dict(stamp)))
+    if any(theirs.get(k) != mine.get(k) for k in _SAME_REPLIES):
+        return {}
+    keys, found = [i.key for i in items], {}
+    for records_path in sorted((ctx.run.path / modulate.SWEEP_STAGE).glob("lambda_*/records.jsonl")):
+        records = read_jsonl(records_path)
+        if [r["key"] for r in records] == keys:
+            found[float(records[0]["meta"]["lambda"])] = records
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
