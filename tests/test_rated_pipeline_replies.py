@@ -100,3 +100,24 @@ def test_the_smollm2_variants_sample_gives_the_figures_docs_results_states():
     assert (won, lost) == (15, 4)
     second = [r for r in records if "second_label" in r]
     assert len(second) == 48 and round(100 * _agreement(second, _fluent_match), 1) == 97.9
+
+
+def test_the_variant_choice_sample_gives_the_figures_docs_results_states():
+    choice = _records(GEMMA_FILE.with_name("smollm2_standard_variant_choice_test_sample.jsonl"))
+    earlier = _records(GEMMA_FILE.with_name("smollm2_standard_variants_test_sample.jsonl"))
+    assert Counter((r["condition"], r["emotion"]) for r in choice) == {
+        ("variant_choice", "anger"): 16, ("variant_choice", "surprise"): 16, ("variant_choice", "fear"): 16,
+        ("run_circuit", "anger"): 16, ("run_circuit", "surprise"): 16}
+    reread = [r for r in choice if r["condition"] == "run_circuit"]
+    assert sum(_fluent_match(r["label"]) == _fluent_match(r["earlier_label"]) for r in reread) == 27
+    # The choice's replies: this file's 48, and the earlier file's for sadness, happiness and disgust.
+    outcome = {r["key"]: _fluent_match(r["label"]) for r in choice if r["condition"] == "variant_choice"}
+    outcome.update({r["key"]: _fluent_match(r["label"]) for r in earlier
+                    if (r["emotion"], r["condition"]) in {("sadness", "run_circuit"), ("disgust", "run_circuit"),
+                                                          ("happiness", "per_emotion_rule")}})
+    circuit = {r["key"]: _fluent_match(r["label"]) for r in earlier if r["condition"] == "run_circuit"}
+    circuit_reread = {**circuit, **{r["key"]: _fluent_match(r["label"]) for r in reread}}
+    assert len(outcome) == len(circuit) == 96
+    assert (sum(outcome.values()), sum(circuit.values()), sum(circuit_reread.values())) == (45, 35, 30)
+    paired = [(sum(outcome[k] > c[k] for k in c), sum(outcome[k] < c[k] for k in c)) for c in (circuit_reread, circuit)]
+    assert paired == [(15, 0), (14, 4)]
