@@ -10,8 +10,9 @@ Order (method.md §1): S1 on train -> fused capture -> directions (S2, S5, S6a-b
 (S4a-b) -> validation (S4c) -> causal scans (optional) -> sublayer influence (S6d) -> circuits
 (S6e-f) -> circuit lambda tuned on train (optional) -> circuit modulation (S7) -> neutral baseline
 -> random-circuit control -> the other circuit ranking (when the causal scans ran) -> the preset's
-circuit variants tuned on train and the per-emotion choice among them on test -> comparison -> report. Both tuning stages follow the one protocol of `emojax.stages.tuning` and read only the train
-split.
+circuit variants tuned on train and the per-emotion choice among them on test -> comparison ->
+report. Every tuning stage follows the one protocol of `emojax.stages.tuning` and reads only the
+train split.
 """
 from __future__ import annotations
 

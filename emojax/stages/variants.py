@@ -42,6 +42,7 @@ import numpy as np
 
 from emojax.circuit import Budget, Circuit
 from emojax.data import EMOTIONS, Item, items as all_items
+from emojax.evaluation.accuracy import accuracy_tables
 from emojax.evaluation.significance import cell_intervals, fraction, paired_test
 from emojax.method.directions import reference_direction
 from emojax.method.hparams import INFLUENCE_ALPHAS, map_range
@@ -49,7 +50,6 @@ from emojax.runs import InputError, read_json, read_jsonl, write_json, write_tex
 from emojax.runs.stage_record import digest, finished_summary, mark_finished
 from emojax.stages import causal, circuit_stage, modulate, steer, sublayer, tuning, upstream
 from emojax.stages.context import StageContext
-from emojax.evaluation.accuracy import accuracy_tables
 from emojax.stages.judged import write_judged_outputs
 
 TRAIN_STAGE = "variants_train"
