@@ -49,7 +49,8 @@ class Preset:
 CHOSEN_VARIANTS = ("default", "ref_middle")
 
 PRESETS = {
-    # Finishes in under 10 minutes on a 2-core CPU: every stage of S1-S7 and the report. The
+    # About 10.5 minutes on a 2-core CPU (the circuit-variant choice included, 105 s of it): every
+    # stage of S1-S7 and the report. The
     # ablation/enhancement validation (head edits at every position recompute the layers above them
     # for each of hundreds of variants) and the exhaustive causal scans are left to --validation and
     # --causal, or to the full preset.
