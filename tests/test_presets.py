@@ -1,9 +1,13 @@
 """The presets' sizes: quick tunes and runs every control within its budget; standard is 720 test items."""
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 from emojax.data import items, load_dataset, subsample
-from emojax.stages import random_circuits
-from emojax.stages.context import PRESETS
+from emojax.launch.pipeline import Options
+from emojax.stages import random_circuits, variants
+from emojax.stages.context import PRESETS, Settings
 
 
 def test_quick_tunes_both_methods_and_runs_the_random_control():
@@ -23,11 +27,6 @@ def test_standard_is_720_test_items_at_48_tokens_with_the_causal_ranking():
 
 
 def test_quick_and_standard_choose_among_known_circuit_variants_by_default():
-    from emojax.launch.pipeline import Options
-    from emojax.stages import variants
-    from emojax.stages.context import Settings
-    from types import SimpleNamespace
-
     for name in ("quick", "standard"):
         preset = PRESETS[name]
         assert preset.variants and [v.name for v in variants.select(preset.variants)] == list(preset.variants)
@@ -38,8 +37,6 @@ def test_quick_and_standard_choose_among_known_circuit_variants_by_default():
 
 
 def test_a_run_made_before_its_preset_named_variants_keeps_its_identity():
-    import dataclasses
-
     quick = PRESETS["quick"]
     without = dataclasses.replace(quick, variants=())
     assert quick.identity() == without.identity() and "variants" not in quick.identity()

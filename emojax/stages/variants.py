@@ -34,7 +34,7 @@ Choice rules, fixed before any variant ran, train figures only:
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -47,6 +47,7 @@ from emojax.evaluation.significance import cell_intervals, fraction, paired_test
 from emojax.method.directions import reference_direction
 from emojax.method.hparams import INFLUENCE_ALPHAS, map_range
 from emojax.runs import InputError, read_json, read_jsonl, write_json, write_text
+from emojax.runs.manifest import finite_jsonable
 from emojax.runs.stage_record import digest, finished_summary, mark_finished
 from emojax.stages import causal, circuit_stage, modulate, steer, sublayer, tuning, upstream
 from emojax.stages.context import StageContext
@@ -216,10 +217,13 @@ def tune_variant(ctx: StageContext, variant: Variant) -> dict[str, Any]:
                    {"groups": [g.key for g in chosen], "variant": variant.identity(), "steer_alpha": alpha})
 
     same_as_run = not variant.changes_circuits and not alpha
+    train_items = [i for g in chosen for i in g.items]   # the order tuning.run_tuning generates them in
+    # Read once, and only when a dose is to be generated (a finished stage reads nothing).
+    sweep_replies = functools.cache(lambda: _run_sweep_replies(ctx, stamp, train_items) if same_as_run else {})
 
     def generate(directory: Path, items: Sequence[Item], dose_index: np.ndarray, doses: Sequence[float],
                  job: str) -> list[dict[str, Any]]:
-        reused = _run_sweep_replies(ctx, stamp, items[:len(items) // len(doses)]) if same_as_run else {}
+        reused = sweep_replies()
         if all(d in reused for d in doses):
             return [{**r, "meta": {**r["meta"], "variant": variant.name, "steer_alpha": alpha,
                                    "reused_from": modulate.SWEEP_STAGE}} for d in doses for r in reused[d]]
@@ -251,7 +255,7 @@ def _run_sweep_replies(ctx: StageContext, stamp: Mapping[str, Any], items: Seque
     path = ctx.run.path / modulate.SWEEP_STAGE / "done.json"
     if not path.is_file():
         return {}
-    theirs, mine = read_json(path)["fingerprint"], json.loads(json.dumps(dict(stamp)))
+    theirs, mine = read_json(path)["fingerprint"], finite_jsonable(stamp, f"stage {stamp['stage']} fingerprint")
     if any(theirs.get(k) != mine.get(k) for k in _SAME_REPLIES):
         return {}
     keys, found = [i.key for i in items], {}
@@ -367,7 +371,8 @@ def run_test(ctx: StageContext, rule: str, table: str = TRAIN_STAGE, stage: str 
     stamp = {**modulate.fingerprint(ctx, stage, ctx.test, modulate.emotion_scales(1.0, ctx.settings.official_scales)),
              "choice": choice, "steer_alpha": tuned_alpha(ctx, any(BY_NAME[n].steer_fraction for n in names)),
              "variant_circuits": digest({n: modulate.circuit_members(cs) for n, cs in circuits.items()})}
-    reused = _run_circuit_replies(ctx, choice)
+    run_circuit = _records(ctx, modulate.STAGE)
+    reused = _run_circuit_replies(ctx, choice, run_circuit)
     stamp["reused"] = {"emotions": sorted({r["emotion"] for r in reused.values()}),
                        "records": digest(list(reused.values()))}
     done = finished_summary(ctx.run, stage, stamp)
@@ -375,7 +380,8 @@ def run_test(ctx: StageContext, rule: str, table: str = TRAIN_STAGE, stage: str 
         return done
     out = ctx.run.stage(stage)
     meta = {"rule": rule, "choice": choice}
-    items = [i for i in all_items(ctx.test) if i.key not in reused]
+    every_item = all_items(ctx.test)
+    items = [i for i in every_item if i.key not in reused]
     generated: list[dict[str, Any]] = []
     if items:
         # One stacked variant per chosen variant name; lambda_e from the choice (anger keeps its factor).
@@ -392,26 +398,28 @@ def run_test(ctx: StageContext, rule: str, table: str = TRAIN_STAGE, stage: str 
     fresh = {r["key"]: r for r in generated}
     records = [fresh[i.key] if i.key in fresh else {**reused[i.key], "meta": {**reused[i.key]["meta"], **meta,
                                                                                "reused_from": modulate.STAGE}}
-               for i in all_items(ctx.test)]
+               for i in every_item]
     tables = accuracy_tables(records)
     write_judged_outputs(out, records, tables, f"Circuit variants chosen on train ({rule}), test split")
     summary = {"stage": stage, "rule": rule, "choice": choice, "items": len(records), "reused": len(reused),
                "fluent_accuracy": fraction(tables["overall"], "fluent_matched", stage),
                "interval": cell_intervals(tables["overall"], stage)["fluent_accuracy"],
                "per_emotion": {e: fraction(tables["per_emotion"][e], "fluent_matched", stage) for e in EMOTIONS},
-               "paired": {other: paired_test(records, _records(ctx, other)) for other in ("steer_test", "modulate_test")}}
+               "paired": {"steer_test": paired_test(records, _records(ctx, "steer_test")),
+                          modulate.STAGE: paired_test(records, run_circuit)}}
     mark_finished(ctx.run, stage, stamp, summary)
     return summary
 
 
-def _run_circuit_replies(ctx: StageContext, choice: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _run_circuit_replies(ctx: StageContext, choice: Mapping[str, Mapping[str, Any]],
+                         run_circuit: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """{item key: the run's circuit-modulation record} of the emotions whose choice is the run's own circuit
     at the lambda_e its test stage used: that reply is the chosen configuration's, so it is not generated again."""
     used = upstream.modulation_scales(ctx)
     wanted = modulate.emotion_scales(np.asarray([choice[e]["lambda"] for e in EMOTIONS]), ctx.settings.official_scales)
-    same = {e for k, e in enumerate(EMOTIONS)
-            if choice[e]["variant"] == "default" and abs(float(wanted[k]) - float(used[k])) <= 1e-6 * max(1.0, float(used[k]))}
-    return {r["key"]: r for r in _records(ctx, modulate.STAGE) if r["emotion"] in same}
+    same_dose = np.isclose(wanted, used, rtol=1e-6, atol=1e-6)
+    same = {e for k, e in enumerate(EMOTIONS) if choice[e]["variant"] == "default" and same_dose[k]}
+    return {r["key"]: dict(r) for r in run_circuit if r["emotion"] in same}
 
 
 def _train_table(ctx: StageContext, table: str) -> dict[str, Any]:
