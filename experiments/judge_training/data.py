@@ -11,8 +11,9 @@ official/   Llama-3.2-3B-Instruct replies labelled by gpt-4o-mini with the §4.3
 labels/smollm2_train_replies.jsonl   replies of the default model (prompting, steering, circuit modulation)
   rated by careful reading: match, fluent and the dominant emotion (its README says how).
 
-And one in this folder: labels/gemma3_270m_quick_test_replies.jsonl, the second real model's pipeline
-replies rated the same way (labels/README.md), source "gemma".
+And in this folder (labels/README.md): gemma3_270m_quick_test_replies.jsonl, the second real model's pipeline
+replies rated the same way, source "gemma"; llama32_3b_steered_sample.jsonl, careful readings of a stratified
+sample of the official Llama steered replies (keys and labels only: the texts stay in ../shared).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from emojax.method.prompts import NEUTRAL_SYSTEM, Messages, chat, emotion_system
 JUDGE_ERROR_PREFIXES = ("json-decode-error", "invalid-json")
 RATED_FILE = "smollm2_train_replies.jsonl"
 GEMMA_FILE = Path(__file__).resolve().parent / "labels" / "gemma3_270m_quick_test_replies.jsonl"
+LLAMA_READING_FILE = Path(__file__).resolve().parent / "labels" / "llama32_3b_steered_sample.jsonl"
 CONDITIONS = ("prompting", "steering", "circuit")
 NONE = "none"
 
@@ -149,3 +151,49 @@ def _careful_reading(records: list[dict[str, Any]], path: Path, source: str) -> 
                                  rated_prompt(record["condition"], record["emotion"], record["scenario"],
                                               record["event"])))
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadSample:
+    """Official Llama steered replies read carefully: a sample stratified by (target, gpt-4o-mini verdict).
+
+    `weight` is each row's stratum population over its sample size, so weighted figures estimate the whole
+    1,440 replies; `match` is the first reading, `second_match` the independent second one.
+    """
+
+    texts: list[str]
+    targets: list[str]
+    gpt_match: np.ndarray
+    match: np.ndarray
+    second_match: np.ndarray
+    weight: np.ndarray
+
+
+def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple[ReadSample, dict[str, str]]:
+    """The careful readings of `path`, joined by key with the official steered replies they read."""
+    official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
+    replies = {record["skeleton_id"]: record for record in _jsonl(official)}
+    records = _jsonl(path)
+    strata: dict[tuple[str, int], int] = {}
+    for record in records:
+        strata[(record["emotion"], int(record["gpt_match"]))] = strata.get((record["emotion"], int(record["gpt_match"])), 0) + 1
+    texts, targets, gpt, match, second, weight = [], [], [], [], [], []
+    for i, record in enumerate(records):
+        where = f"{path} line {i + 1}"
+        reply = replies.get(record["skeleton_id"])
+        if reply is None or record["valence"] not in reply["event_valences"] or record["emotion"] not in EMOTIONS:
+            raise ValueError(f"{where}: no official steered reply {record['skeleton_id']}/{record['valence']}/"
+                             f"{record['emotion']} in {official}")
+        verdict = int(reply["valence_labels"][record["valence"]][record["emotion"]]["match"])
+        if verdict != int(record["gpt_match"]):
+            raise ValueError(f"{where}: gpt_match {record['gpt_match']}, the official verdict is {verdict}")
+        if record["label"]["match"] not in (0, 1) or record["second_label"]["match"] not in (0, 1):
+            raise ValueError(f"{where}: bad label {record['label']} / {record['second_label']}")
+        texts.append(reply["event_valences"][record["valence"]][record["emotion"]])
+        targets.append(record["emotion"])
+        gpt.append(verdict)
+        match.append(int(record["label"]["match"]))
+        second.append(int(record["second_label"]["match"]))
+        weight.append(record["stratum_population"] / strata[(record["emotion"], verdict)])
+    sample = ReadSample(texts, targets, np.array(gpt), np.array(match), np.array(second), np.array(weight, np.float64))
+    return sample, {f"experiments/judge_training/labels/{path.name}": sha256(path)}

@@ -15,8 +15,9 @@ a fit on the other folds restricted to the training sources (leave one model's r
   all         trained on every source, tested on every source
 The Gemma-3-270M replies (labels/README.md) weigh 1 each; their fluent_match figures use the fluency
 verdict their run recorded (the shipped rule on Gemma's own perplexities).
-SEV sentences are held out by fold in every protocol (false matches). The figures go to --figures_out;
-with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
+SEV sentences are held out by fold in every protocol (false matches). `coverage_ceiling` bounds every design of a
+protocol: a target emotion that no training label of its fold carries is never judged a match. The figures go to
+--figures_out; with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training import train
-from experiments.judge_training.data import LabelledText, load_gemma, load_official, load_rated, sev_sentences
+from experiments.judge_training.data import (LabelledText, ReadSample, load_gemma, load_llama_reading, load_official,
+                                             load_rated, sev_sentences)
 from experiments.judge_training.reader_cache import cached_features
 
 FLAGS = flags.FLAGS
@@ -186,19 +188,59 @@ def rate_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     return figures
 
 
-def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None) -> dict[str, Any]:
-    tested = ~np.isnan(logp[:, 0])
+def reply_subsets(rows: Sequence[LabelledText]) -> dict[str, np.ndarray]:
+    """{figure name: row mask} of the replies each figure is computed on (every source, every rated condition)."""
     source = np.array([r.source for r in rows])
     condition = np.array([r.condition for r in rows])
-    truth = np.array([r.match for r in rows])
-    match = np.zeros(len(rows), np.int64)
-    match[tested] = judge_cv.matches(logp[tested], [r for r, t in zip(rows, tested) if t], 0.0)
-    out: dict[str, Any] = {}
     subsets = {"llama_prompted": source == "prompted", "llama_steered": source == "unprompted"}
     for kind, prefix in RATED_SOURCES.items():
         subsets[f"{prefix}_all"] = source == kind
         subsets.update({f"{prefix}_{c}": (source == kind) & (condition == c) for c in ("prompting", "steering", "circuit")})
-    for name, mask in subsets.items():
+    return subsets
+
+
+def coverage_ceiling(rows: Sequence[LabelledText], folds: np.ndarray, train_sources: set[str],
+                     tested: np.ndarray) -> dict[str, Any]:
+    """The best match figures any head fitted on `train_sources` alone can reach on the `tested` rows.
+
+    A head never predicts a class absent from its training labels (LDA gives it no mean and a bias of
+    -1e9; a softmax regression only ever learns to push it down), so a reply whose target emotion no
+    training text of its fold carries cannot be judged a match. The ceiling judges every other reply as
+    its reference does: agreement and kappa no design of this protocol can beat.
+    """
+    source = np.array([r.source for r in rows])
+    labels = np.array([r.label for r in rows])
+    truth = np.array([r.match for r in rows])
+    seen = np.zeros(len(rows), bool)
+    for k in np.unique(folds[tested]):
+        present = set(labels[(folds != k) & np.isin(source, list(train_sources))].tolist())
+        members = np.flatnonzero(tested & (folds == k))
+        seen[members] = [rows[i].target in present for i in members]
+    best = np.where(seen, truth, 0)
+    lost = tested & ~seen & (truth == 1)
+    return {"unseen_targets": sorted({rows[i].target for i in np.flatnonzero(tested & ~seen)}),
+            "reference_matches_lost": int(lost.sum()), **judge_cv.binary_figures(truth[tested], best[tested])}
+
+
+def coverage_figures(rows: Sequence[LabelledText], folds: np.ndarray) -> dict[str, dict[str, Any]]:
+    """{protocol: {subset: coverage_ceiling}} for every subset a protocol tests (neutral sentences aside)."""
+    source = np.array([r.source for r in rows])
+    out: dict[str, dict[str, Any]] = {}
+    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+        tested = np.isin(source, list(test_sources - {"neutral"}))
+        out[protocol] = {name: coverage_ceiling(rows, folds, train_sources, mask & tested)
+                         for name, mask in reply_subsets(rows).items() if (mask & tested).any()}
+    return out
+
+
+def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None) -> dict[str, Any]:
+    tested = ~np.isnan(logp[:, 0])
+    source = np.array([r.source for r in rows])
+    truth = np.array([r.match for r in rows])
+    match = np.zeros(len(rows), np.int64)
+    match[tested] = judge_cv.matches(logp[tested], [r for r, t in zip(rows, tested) if t], 0.0)
+    out: dict[str, Any] = {}
+    for name, mask in reply_subsets(rows).items():
         mask = mask & tested
         if mask.any():
             out[name] = {"match": rate_figures(truth[mask], match[mask])}
@@ -210,6 +252,46 @@ def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.
     out["neutral_false_match"] = {"n": int(neutral.sum()), "per_target": rates, "max": max(rates.values()),
                                   "mean": round(float(np.mean(list(rates.values()))), 4)}
     return out
+
+
+def weighted_figures(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> dict[str, Any]:
+    """Agreement, kappa and both rates of a stratified sample, each row weighted by its stratum's share."""
+    w = weight / weight.sum()
+    agreement = float(np.sum(w * (truth == pred)))
+    p_t, p_p = float(np.sum(w * truth)), float(np.sum(w * pred))
+    chance = p_t * p_p + (1 - p_t) * (1 - p_p)
+    kappa = 0.0 if chance == 1.0 else (agreement - chance) / (1 - chance)
+    return {"n": int(len(truth)), "agreement": round(agreement, 4), "kappa": round(kappa, 4),
+            "reference_rate": round(p_t, 4), "judged_rate": round(p_p, 4)}
+
+
+def sample_rows(rows: Sequence[LabelledText], sample: ReadSample) -> np.ndarray:
+    """Index in `rows` of each read reply (an official steered reply: same text and target)."""
+    where = {(r.text, r.target): i for i, r in enumerate(rows) if r.source == "unprompted"}
+    missing = [t for t, e in zip(sample.texts, sample.targets) if (t, e) not in where]
+    if missing:
+        raise ValueError(f"{len(missing)} read replies are not among the official steered replies: {missing[0][:60]!r}")
+    return np.array([where[(t, e)] for t, e in zip(sample.texts, sample.targets)])
+
+
+def reading_figures(sample: ReadSample) -> dict[str, Any]:
+    """How the two careful readings agree with each other and with gpt-4o-mini, weighted to all 1,440 replies."""
+    return {"n": len(sample.texts), "strata": "target emotion x gpt-4o-mini verdict",
+            "second_vs_first": weighted_figures(sample.match, sample.second_match, sample.weight),
+            "gpt_vs_first": weighted_figures(sample.match, sample.gpt_match, sample.weight),
+            "gpt_vs_second": weighted_figures(sample.second_match, sample.gpt_match, sample.weight),
+            "first_on_gpt_matches": round(float(sample.match[sample.gpt_match == 1].mean()), 4),
+            "first_on_gpt_non_matches": round(float(sample.match[sample.gpt_match == 0].mean()), 4)}
+
+
+def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.ndarray,
+                      sample: ReadSample) -> dict[str, Any] | None:
+    """A design's held-out verdicts on the read replies against careful reading and against gpt-4o-mini."""
+    if np.isnan(logp[index, 0]).any():
+        return None
+    match = judge_cv.matches(logp[index], [rows[i] for i in index], 0.0)
+    return {"vs_reading": weighted_figures(sample.match, match, sample.weight),
+            "vs_gpt": weighted_figures(sample.gpt_match, match, sample.weight)}
 
 
 def held_out_fluent(rated: Sequence[LabelledText], rated_folds: np.ndarray, labels_sha: str) -> np.ndarray:
@@ -301,10 +383,17 @@ def main(argv: Sequence[str]) -> None:
         fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
         fluent[is_gemma] = gemma_run_fluent
     figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
-                               "designs": {}}
+                               "coverage_ceiling": coverage_figures(rows, folds), "designs": {}}
+    reading, reading_hash = load_llama_reading(Path(FLAGS.data_dir))
+    read_index = sample_rows(rows, reading)
+    figures["llama_reading"] = {**reading_figures(reading), "files": reading_hash}
     for design in FLAGS.designs:
         logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, model.config.d_model)
         figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in PROTOCOLS}
+        for p in PROTOCOLS:
+            read = judged_on_reading(logp[p], rows, read_index, reading)
+            if read is not None:
+                figures["designs"][design][p]["llama_steered_read"] = read
     if gemma:
         figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
     write_json(Path(FLAGS.figures_out), figures)

@@ -1,0 +1,106 @@
+"""Cross-model validation's own figures: the coverage ceiling (what no head fitted on some sources can reach),
+weighted figures of a stratified sample, and the careful reading of Llama's steered replies."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.judge_training.cross_validation import binary_figures
+from experiments.judge_training.data import LLAMA_READING_FILE, LabelledText, load_llama_reading
+from experiments.judge_training.transfer import (coverage_ceiling, coverage_figures, reading_figures, reply_subsets,
+                                                 weighted_figures)
+
+
+def _row(target: str, match: int, label: str, scenario: str, source: str) -> LabelledText:
+    return LabelledText(f"{source} {target} {match} {scenario}", target, match, label, scenario, source)
+
+
+def _rows() -> tuple[list[LabelledText], np.ndarray]:
+    rows = [_row("anger", 1, "anger", "a", "rated"), _row("sadness", 0, "none", "a", "rated"),
+            # fear is carried by a rated reply of the test fold only: no fit of that fold sees it
+            _row("fear", 1, "fear", "b", "rated"),
+            _row("anger", 1, "anger", "b", "unprompted"), _row("fear", 1, "fear", "b", "unprompted"),
+            _row("fear", 0, "none", "b", "unprompted"), _row("anger", 0, "none", "b", "unprompted")]
+    return rows, np.array([1, 1, 0, 0, 0, 0, 0])
+
+
+def test_a_target_no_training_text_carries_is_never_a_match() -> None:
+    rows, folds = _rows()
+    tested = np.array([r.source == "unprompted" for r in rows])
+    ceiling = coverage_ceiling(rows, folds, {"rated"}, tested)
+    assert ceiling["unseen_targets"] == ["fear"]
+    assert ceiling["reference_matches_lost"] == 1
+    # anger judged as its reference; fear never a match: right on the fear non-match, wrong on the fear match
+    assert ceiling["n"] == 4 and ceiling["agreement"] == 0.75
+    assert ceiling["predicted_positives"] == 1 and ceiling["both_positive"] == 1
+
+
+def test_a_target_the_training_folds_carry_costs_nothing() -> None:
+    rows, folds = _rows()
+    tested = np.array([r.source == "unprompted" for r in rows])
+    every_fold = np.zeros(len(rows), int)  # one fold: every fit sees no text, so nothing is ever seen
+    assert coverage_ceiling(rows, every_fold, {"rated"}, tested)["unseen_targets"] == ["anger", "fear"]
+    with_fear = rows + [_row("fear", 1, "fear", "c", "rated")]
+    folds = np.append(folds, 1)
+    tested = np.append(tested, False)
+    ceiling = coverage_ceiling(with_fear, folds, {"rated"}, tested)
+    assert ceiling["unseen_targets"] == [] and ceiling["agreement"] == 1.0 and ceiling["kappa"] == 1.0
+
+
+def test_coverage_figures_cover_what_each_protocol_tests() -> None:
+    rows, folds = _rows()
+    figures = coverage_figures(rows, folds)
+    assert set(figures["no_llama"]) == {"llama_steered"}  # the subsets holding Llama replies
+    assert figures["no_llama"]["llama_steered"]["unseen_targets"] == ["fear"]
+    assert set(figures["no_smollm2"]) == {"smollm2_all"}
+    assert figures["all"]["llama_steered"]["n"] == 4
+    assert set(reply_subsets(rows)) >= {"llama_prompted", "llama_steered", "smollm2_all", "gemma_circuit"}
+
+
+def test_weighted_figures_reduce_to_plain_ones_at_equal_weight() -> None:
+    truth, pred = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
+    plain = binary_figures(truth, pred)
+    weighted = weighted_figures(truth, pred, np.ones(5))
+    assert weighted["agreement"] == plain["agreement"] and weighted["kappa"] == plain["kappa"]
+    # a stratum of weight 3 counts as three rows
+    tripled = weighted_figures(truth, pred, np.array([3.0, 1, 1, 1, 1]))
+    assert tripled == {**weighted_figures(np.array([1, 1, 1, 1, 0, 0, 1]), np.array([1, 1, 1, 0, 0, 1, 1]),
+                                          np.ones(7)), "n": 5}
+
+
+def test_the_llama_reading_gives_its_documented_figures(shared_dir: Path) -> None:
+    sample, hashes = load_llama_reading(shared_dir / "data" / "official")
+    assert len(sample.texts) == 114 and len(hashes) == 1
+    assert np.isclose(sample.weight.sum(), 1440)  # the strata cover every official steered reply
+    figures = reading_figures(sample)
+    assert figures["second_vs_first"]["agreement"] == pytest.approx(0.986, abs=5e-4)
+    assert figures["second_vs_first"]["kappa"] == pytest.approx(0.96, abs=5e-3)
+    assert figures["gpt_vs_first"]["agreement"] == pytest.approx(0.866, abs=5e-4)
+    assert figures["gpt_vs_first"]["kappa"] == pytest.approx(0.50, abs=5e-3)
+    assert figures["first_on_gpt_non_matches"] < 0.05 < 0.8 < figures["first_on_gpt_matches"]
+
+
+def test_a_reading_that_contradicts_the_official_verdict_names_its_line(shared_dir: Path, tmp_path: Path) -> None:
+    lines = LLAMA_READING_FILE.read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[2])
+    record["gpt_match"] = 1 - record["gpt_match"]
+    lines[2] = json.dumps(record)
+    bad = tmp_path / "reading.jsonl"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"reading\.jsonl line 3: gpt_match"):
+        load_llama_reading(shared_dir / "data" / "official", bad)
+
+
+def test_the_threshold_judge_matches_only_a_top_target_above_its_threshold() -> None:
+    from experiments.judge_training.zero_shot import threshold_matches
+
+    calibrated = np.array([[3.0, 1, 0, 0, 0, 0],    # anger on top at 3
+                           [3.0, 1, 0, 0, 0, 0],    # the same text judged against sadness: not on top
+                           [0.5, 0, 0, 0, 0, 0],    # anger on top, under the threshold
+                           [3.0, 1, 0, 0, 0, 0]])   # a neutral sentence (no target) never matches
+    targets = np.array([0, 1, 0, -1])
+    assert threshold_matches(calibrated, targets, 1.0).tolist() == [1, 0, 0, 0]
+    assert threshold_matches(calibrated, targets, 0.0).tolist() == [1, 0, 1, 0]
