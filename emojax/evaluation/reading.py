@@ -1,0 +1,176 @@
+"""Check a judge against careful reading on a run's own replies: a stratified blind sample, then its figures.
+
+The offline judge was fitted on other models' replies, so on a new model its rates are a claim to check.
+`draw_sample` picks, from the judged records of some stages, up to `per_stratum` replies of every stratum
+(stage x target emotion x the judge's fluent_match verdict, seeded) and splits them into a blind file to
+read (id, target, scenario, event, text: shuffled, no verdict, no stage) and a key (the stage, the record's
+key, the judge's verdicts, the stratum's population and sample size). A reader fills match / fluent per
+`../shared/data/labels/rubric.md`; `score_sample` then weighs every read reply by its stratum's population
+over its sample size, so each figure estimates the whole stage:
+
+- agreement (with a 95% interval, as below) and Cohen's kappa of the judge's fluent_match (and match) with
+  the reading's;
+- the judged fluent_match rate (exact: every record of the stage) against the read rate's stratified
+  estimate, with a 95% interval (normal approximation of the stratified estimator, each stratum's
+  variance from (x + 1) / (n + 2) and its finite-population correction).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from emojax.runs import InputError
+
+VERDICTS = ("match", "fluent", "fluent_match")
+Z95 = 1.959963984540054
+
+
+def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line; a line that is not a JSON object names itself."""
+    out = []
+    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path} line {line}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path} line {line}: expected a JSON object, got {type(row).__name__}")
+        out.append((line, row))
+    return out
+
+
+def load_stage_records(run_dir: Path, stages: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """{stage: its judged records} from `<run_dir>/<stage>/records.jsonl`, every field the sample needs checked."""
+    out = {}
+    for stage in stages:
+        path = run_dir / stage / "records.jsonl"
+        if not path.is_file():
+            present = sorted(p.parent.name for p in run_dir.glob("*/records.jsonl"))
+            raise InputError(f"{path}: not found; stages with records in {run_dir}: {', '.join(present) or 'none'}")
+        records = []
+        for line, record in _json_lines(path):
+            for field in ("key", "emotion", "scenario", "event", "gen_text", "judge"):
+                if field not in record:
+                    raise InputError(f"{path} line {line}: field {field!r} is missing")
+            if not isinstance(record["judge"], dict) or any(record["judge"].get(v) not in (0, 1) for v in VERDICTS):
+                raise InputError(f"{path} line {line}: field 'judge' needs 0/1 {', '.join(VERDICTS)}; "
+                                 f"got {record['judge']}")
+            records.append(record)
+        out[stage] = records
+    return out
+
+
+def draw_sample(records: Mapping[str, Sequence[Mapping[str, Any]]], per_stratum: int, seed: int
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(blind rows to read, key rows): up to `per_stratum` records per (stage, emotion, judged fluent_match)."""
+    if per_stratum < 1:
+        raise ValueError(f"draw_sample: per_stratum must be at least 1, got {per_stratum}")
+    rng = np.random.default_rng(seed)
+    strata: dict[tuple[str, str, int], list[int]] = {}
+    for stage, rows in records.items():
+        for i, record in enumerate(rows):
+            strata.setdefault((stage, record["emotion"], int(record["judge"]["fluent_match"])), []).append(i)
+    picked = []
+    for (stage, emotion, verdict), members in sorted(strata.items()):
+        chosen = np.sort(rng.choice(len(members), min(per_stratum, len(members)), replace=False))
+        picked += [(stage, members[j], len(members), len(chosen)) for j in chosen]
+    blind, key = [], []
+    for n, j in enumerate(rng.permutation(len(picked))):
+        stage, i, population, sampled = picked[j]
+        record = records[stage][i]
+        rid = f"R{n:04d}"
+        blind.append({"id": rid, "target": record["emotion"], "scenario": record["scenario"],
+                      "event": record["event"], "text": record["gen_text"]})
+        key.append({"id": rid, "stage": stage, "key": record["key"], "emotion": record["emotion"],
+                    "judge": {v: int(record["judge"][v]) for v in VERDICTS},
+                    "stratum_population": population, "stratum_sampled": sampled})
+    return blind, key
+
+
+def read_readings(path: Path, key: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """{id: {match, fluent, fluent_match}} of a readings file; every key id read exactly once, values 0/1."""
+    wanted = {row["id"] for row in key}
+    out: dict[str, dict[str, int]] = {}
+    for line, row in _json_lines(path):
+        rid = row.get("id")
+        if rid not in wanted:
+            raise InputError(f"{path} line {line}: id {rid!r} is not in the sample's key")
+        if rid in out:
+            raise InputError(f"{path} line {line}: id {rid!r} is read twice")
+        for field in ("match", "fluent"):
+            if row.get(field) not in (0, 1):
+                raise InputError(f"{path} line {line}: field {field!r} must be 0 or 1, got {row.get(field)!r}")
+        out[rid] = {"match": row["match"], "fluent": row["fluent"], "fluent_match": row["match"] * row["fluent"]}
+    missing = sorted(wanted - set(out))
+    if missing:
+        raise InputError(f"{path}: {len(missing)} sampled replies are not read yet, e.g. {', '.join(missing[:5])}")
+    return out
+
+
+def stratified_rate(read: np.ndarray, strata: np.ndarray, population: np.ndarray) -> tuple[float, float, float]:
+    """(estimate, low, high) of a rate from a stratified sample: strata ids, each row's stratum population."""
+    estimate, variance, total = 0.0, 0.0, 0
+    for stratum in np.unique(strata):
+        rows = strata == stratum
+        n, big_n, x = int(rows.sum()), int(population[rows][0]), int(read[rows].sum())
+        total += big_n
+        estimate += big_n * x / n
+        smoothed = (x + 1) / (n + 2)
+        variance += big_n ** 2 * (1 - n / big_n) * smoothed * (1 - smoothed) / n
+    half = Z95 * math.sqrt(variance) / total
+    estimate /= total
+    return estimate, max(0.0, estimate - half), min(1.0, estimate + half)
+
+
+def weighted_agreement(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """(agreement, Cohen's kappa) with each row weighted."""
+    w = weight / weight.sum()
+    agreement = float(np.sum(w * (truth == pred)))
+    p_t, p_p = float(np.sum(w * truth)), float(np.sum(w * pred))
+    chance = p_t * p_p + (1 - p_t) * (1 - p_p)
+    return agreement, 0.0 if chance == 1.0 else (agreement - chance) / (1 - chance)
+
+
+def score_sample(key: Sequence[Mapping[str, Any]], readings: Mapping[str, Mapping[str, int]],
+                 records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Figures per stage (see the module docstring); `records` gives each stage's exact judged rate."""
+    out: dict[str, Any] = {}
+    for stage in sorted({row["stage"] for row in key}):
+        rows = [row for row in key if row["stage"] == stage]
+        weight = np.array([row["stratum_population"] / row["stratum_sampled"] for row in rows])
+        strata = np.array([f"{row['emotion']}/{row['judge']['fluent_match']}" for row in rows])
+        population = np.array([row["stratum_population"] for row in rows])
+        figures: dict[str, Any] = {"read": len(rows), "replies": len(records[stage])}
+        for verdict in ("fluent_match", "match"):
+            judged = np.array([row["judge"][verdict] for row in rows])
+            read = np.array([readings[row["id"]][verdict] for row in rows])
+            agreement, kappa = weighted_agreement(read, judged, weight)
+            _, agree_low, agree_high = stratified_rate((read == judged).astype(int), strata, population)
+            rate, low, high = stratified_rate(read, strata, population)
+            judged_rate = float(np.mean([r["judge"][verdict] for r in records[stage]]))
+            figures[verdict] = {"agreement": round(agreement, 4),
+                                "agreement_interval": [round(agree_low, 4), round(agree_high, 4)], "kappa": round(kappa, 4),
+                                "judged_rate": round(judged_rate, 4), "read_rate": round(rate, 4),
+                                "read_interval": [round(low, 4), round(high, 4)],
+                                "judged_inside_interval": bool(low <= judged_rate <= high)}
+        out[stage] = figures
+    return out
+
+
+def markdown_table(figures: Mapping[str, Any]) -> str:
+    """The fluent_match figures of `score_sample`, one row per stage."""
+    lines = ["| stage | replies (read) | fluent_match agreement [95%] (κ) | judged rate | read rate [95%] |",
+             "|---|---|---|---|---|"]
+    for stage, f in figures.items():
+        fm = f["fluent_match"]
+        (a_low, a_high), (low, high) = fm["agreement_interval"], fm["read_interval"]
+        lines.append(f"| {stage} | {f['replies']} ({f['read']}) | {100 * fm['agreement']:.1f}% [{100 * a_low:.1f}, "
+                     f"{100 * a_high:.1f}] ({fm['kappa']:.2f}) | {100 * fm['judged_rate']:.1f}% | "
+                     f"{100 * fm['read_rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] |")
+    return "\n".join(lines)
