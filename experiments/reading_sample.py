@@ -13,12 +13,12 @@ estimate for the whole stage.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from absl import app, flags
 
-from emojax.evaluation.reading import draw_sample, load_stage_records, markdown_table, read_readings, score_sample
+from emojax.evaluation.reading import (check_key_matches, draw_sample, load_stage_records, markdown_table,
+                                      read_key, read_readings, score_sample)
 from emojax.launch.launcher import run_launcher
 from emojax.runs import InputError, write_json, write_jsonl
 
@@ -38,10 +38,9 @@ def main(argv: list[str]) -> None:
     out = Path(FLAGS.out)
     key_path = out / "key.jsonl"
     if FLAGS.score:
-        if not key_path.is_file():
-            raise InputError(f"{key_path}: no sample drawn here; run without --score first")
-        key = [json.loads(line) for line in key_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        key = read_key(key_path)
         records = load_stage_records(Path(FLAGS.run), sorted({row["stage"] for row in key}))
+        check_key_matches(key, records, key_path)
         figures = score_sample(key, read_readings(out / "readings.jsonl", key), records)
         write_json(out / "agreement.json", figures)
         print(markdown_table(figures))

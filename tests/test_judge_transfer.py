@@ -50,6 +50,16 @@ def test_a_target_the_training_folds_carry_costs_nothing() -> None:
     assert ceiling["unseen_targets"] == [] and ceiling["agreement"] == 1.0 and ceiling["kappa"] == 1.0
 
 
+def test_a_class_is_carried_by_a_training_label_not_by_a_target() -> None:
+    rows, folds = _rows()
+    tested = np.array([r.source == "unprompted" for r in rows])
+    # a fear-target reply read as plain carries no fear; an anger-target reply read as fearful does
+    plain_fear = rows + [_row("fear", 0, "none", "c", "rated")]
+    assert coverage_ceiling(plain_fear, np.append(folds, 1), {"rated"}, np.append(tested, False))["unseen_targets"] == ["fear"]
+    fearful = rows + [_row("anger", 0, "fear", "c", "rated")]
+    assert coverage_ceiling(fearful, np.append(folds, 1), {"rated"}, np.append(tested, False))["unseen_targets"] == []
+
+
 def test_coverage_figures_cover_what_each_protocol_tests() -> None:
     rows, folds = _rows()
     figures = coverage_figures(rows, folds)
@@ -80,7 +90,8 @@ def test_the_llama_reading_gives_its_documented_figures(shared_dir: Path) -> Non
     assert figures["second_vs_first"]["kappa"] == pytest.approx(0.96, abs=5e-3)
     assert figures["gpt_vs_first"]["agreement"] == pytest.approx(0.866, abs=5e-4)
     assert figures["gpt_vs_first"]["kappa"] == pytest.approx(0.50, abs=5e-3)
-    assert figures["first_on_gpt_non_matches"] < 0.05 < 0.8 < figures["first_on_gpt_matches"]
+    assert figures["first_on_gpt_matches"] == pytest.approx(0.854, abs=5e-4)  # weighted: 60 of the 72 read
+    assert figures["first_on_gpt_non_matches"] == pytest.approx(0.008, abs=5e-4)  # 1 of the 42 read
 
 
 def test_a_reading_that_contradicts_the_official_verdict_names_its_line(shared_dir: Path, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emojax.evaluation.reading import draw_sample, load_stage_records, read_readings, score_sample, stratified_rate
+from emojax.evaluation.reading import (draw_sample, load_stage_records, read_key, read_readings, score_sample,
+                                      stratified_rate, weighted_agreement)
 from emojax.runs import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,15 +54,32 @@ def test_a_census_read_as_judged_gives_the_judges_own_figures(tmp_path: Path) ->
         assert fm["agreement"] == 1.0 and fm["kappa"] == 1.0
         assert fm["read_rate"] == fm["judged_rate"] == round(positives / 12, 4)
         assert fm["read_interval"] == [fm["read_rate"]] * 2 and fm["judged_inside_interval"]
+        assert fm["agreement_interval"] == [1.0, 1.0]
 
 
 def test_a_sample_weighs_each_stratum_by_its_population() -> None:
-    # stratum a: 1 of 2 read among 4 replies; stratum b: 2 of 2 read, its whole population (no variance)
-    read, strata, population = np.array([1, 0, 1, 1]), np.array(["a", "a", "b", "b"]), np.array([4, 4, 2, 2])
+    # a: 0 of 2 read among 4 replies (smoothed 1/4); b: 1 of 1 among 3 (smoothed 2/3); c: 2 of 2, read whole
+    read = np.array([0, 0, 1, 1, 1])
+    strata, population = np.array(["a", "a", "b", "c", "c"]), np.array([4, 4, 3, 2, 2])
     estimate, low, high = stratified_rate(read, strata, population)
-    assert estimate == pytest.approx((4 * 0.5 + 2 * 1.0) / 6)
-    half = 1.959963984540054 * np.sqrt(4 ** 2 * (1 - 2 / 4) * 0.5 * 0.5 / 2) / 6  # a's (x + 1) / (n + 2) = 0.5
+    assert estimate == pytest.approx((4 * 0 + 3 * 1 + 2 * 1) / 9)
+    variance = 4 ** 2 * (1 - 2 / 4) * (1 / 4) * (3 / 4) / 2 + 3 ** 2 * (1 - 1 / 3) * (2 / 3) * (1 / 3) / 1
+    half = 1.959963984540054 * np.sqrt(variance) / 9
     assert (low, high) == pytest.approx((estimate - half, estimate + half))
+    with pytest.raises(ValueError, match="stratum 'a' has 2 rows read but a population of 1"):
+        stratified_rate(read, strata, np.array([1, 1, 3, 2, 2]))
+
+
+def test_weighted_agreement_and_an_undefined_kappa() -> None:
+    truth, pred = np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])
+    agreement, kappa = weighted_agreement(truth, pred, np.array([3.0, 1.0, 1.0, 1.0]))
+    assert agreement == pytest.approx(5 / 6)
+    p_t, p_p = 4 / 6, 3 / 6
+    chance = p_t * p_p + (1 - p_t) * (1 - p_p)
+    assert kappa == pytest.approx((5 / 6 - chance) / (1 - chance))
+    # every row judged and read a match: kappa is undefined, not 0 or 0.5 by rounding
+    agreement, kappa = weighted_agreement(np.ones(3, int), np.ones(3, int), np.array([10 / 3, 3 / 2, 1.0]))
+    assert agreement == pytest.approx(1.0) and kappa is None
 
 
 def test_readings_that_do_not_cover_the_sample_name_the_problem(tmp_path: Path) -> None:
@@ -149,3 +167,31 @@ def test_on_a_fully_read_run_samples_estimate_the_full_reading() -> None:
         covered += fm["read_interval"][0] <= 0.4236 <= fm["read_interval"][1]
     assert abs(np.mean(agreement) - 0.8681) < 0.015 and abs(np.mean(rate) - 0.4236) < 0.015
     assert covered >= 36
+
+
+def test_an_edited_key_or_a_changed_run_is_refused(tmp_path: Path) -> None:
+    run, out = _run(tmp_path), tmp_path / "reading"
+    records = load_stage_records(run, ["steer_test"])
+    _, key = draw_sample(records, 2, seed=0)
+    path = out / "key.jsonl"
+    out.mkdir()
+    edited = [dict(row) for row in key]
+    edited[0]["stratum_sampled"] = 5
+    path.write_text("".join(json.dumps(r) + "\n" for r in edited), encoding="utf-8")
+    with pytest.raises(InputError, match="holds 2 rows, but its rows say 5 sampled"):
+        read_key(path)
+    del edited[0]["stage"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in edited), encoding="utf-8")
+    with pytest.raises(InputError, match="key.jsonl line 1: field 'stage' is missing"):
+        read_key(path)
+    # the stage is re-judged after the draw: one more judged match
+    path.write_text("".join(json.dumps(r) + "\n" for r in key), encoding="utf-8")
+    (out / "readings.jsonl").write_text("".join(json.dumps({"id": k["id"], "match": 1, "fluent": 1}) + "\n"
+                                                for k in key), encoding="utf-8")
+    stage_file = run / "steer_test" / "records.jsonl"
+    rows = [json.loads(line) for line in stage_file.read_text(encoding="utf-8").splitlines()]
+    rows[5]["judge"] = {"match": 1, "fluent": 1, "fluent_match": 1}
+    stage_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    scored = subprocess.run([sys.executable, "-m", "experiments.reading_sample", f"--run={run}", f"--out={out}",
+                             "--score"], cwd=REPO, capture_output=True, text=True)
+    assert scored.returncode == 2 and "the stage changed since the draw" in scored.stderr

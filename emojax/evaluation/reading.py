@@ -95,6 +95,9 @@ def draw_sample(records: Mapping[str, Sequence[Mapping[str, Any]]], per_stratum:
 
 def read_readings(path: Path, key: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     """{id: {match, fluent, fluent_match}} of a readings file; every key id read exactly once, values 0/1."""
+    if not path.is_file():
+        raise InputError(f"{path}: no readings yet; write one {{\"id\", \"match\": 0/1, \"fluent\": 0/1}} per line "
+                         "for every row of to_read.jsonl")
     wanted = {row["id"] for row in key}
     out: dict[str, dict[str, int]] = {}
     for line, row in _json_lines(path):
@@ -113,12 +116,61 @@ def read_readings(path: Path, key: Sequence[Mapping[str, Any]]) -> dict[str, dic
     return out
 
 
+KEY_FIELDS = ("id", "stage", "key", "emotion", "judge", "stratum_population", "stratum_sampled")
+
+
+def read_key(path: Path) -> list[dict[str, Any]]:
+    """The rows of a sample's key.jsonl, each field present, ids unique and every stratum's counts consistent."""
+    if not path.is_file():
+        raise InputError(f"{path}: no sample drawn here; run without --score first")
+    rows, seen = [], set()
+    strata: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
+    for line, row in _json_lines(path):
+        for field in KEY_FIELDS:
+            if field not in row:
+                raise InputError(f"{path} line {line}: field {field!r} is missing")
+        if not isinstance(row["judge"], dict) or any(row["judge"].get(v) not in (0, 1) for v in VERDICTS):
+            raise InputError(f"{path} line {line}: field 'judge' needs 0/1 {', '.join(VERDICTS)}; got {row['judge']}")
+        if row["id"] in seen:
+            raise InputError(f"{path} line {line}: id {row['id']!r} appears twice")
+        seen.add(row["id"])
+        stratum = (row["stage"], row["emotion"], row["judge"]["fluent_match"])
+        strata.setdefault(stratum, []).append((line, row["stratum_population"], row["stratum_sampled"]))
+        rows.append(row)
+    for stratum, members in strata.items():
+        line, population, sampled = members[0]
+        if any((p, s) != (population, sampled) for _, p, s in members) or sampled != len(members) or population < sampled:
+            raise InputError(f"{path} line {line}: stratum {stratum} holds {len(members)} rows, but its rows say "
+                             f"{sampled} sampled of {population}; the key was edited")
+    return rows
+
+
+def check_key_matches(key: Sequence[Mapping[str, Any]], records: Mapping[str, Sequence[Mapping[str, Any]]],
+                      where: Path) -> None:
+    """Refuse a key whose strata no longer have the populations the stage's records give (re-judged, resumed)."""
+    counts: dict[tuple[str, str, int], int] = {}
+    for stage, rows in records.items():
+        for record in rows:
+            stratum = (stage, record["emotion"], int(record["judge"]["fluent_match"]))
+            counts[stratum] = counts.get(stratum, 0) + 1
+    for row in key:
+        stratum = (row["stage"], row["emotion"], row["judge"]["fluent_match"])
+        if counts.get(stratum) != row["stratum_population"]:
+            raise InputError(f"{where}: stratum {stratum} had {row['stratum_population']} replies at the draw, the "
+                             f"run's records now hold {counts.get(stratum, 0)}; the stage changed since the draw: "
+                             "draw a new sample into another folder")
+
+
 def stratified_rate(read: np.ndarray, strata: np.ndarray, population: np.ndarray) -> tuple[float, float, float]:
     """(estimate, low, high) of a rate from a stratified sample: strata ids, each row's stratum population."""
+    if len(read) == 0:
+        raise ValueError("stratified_rate: no rows read")
     estimate, variance, total = 0.0, 0.0, 0
     for stratum in np.unique(strata):
         rows = strata == stratum
         n, big_n, x = int(rows.sum()), int(population[rows][0]), int(read[rows].sum())
+        if big_n < n:
+            raise ValueError(f"stratified_rate: stratum {str(stratum)!r} has {n} rows read but a population of {big_n}")
         total += big_n
         estimate += big_n * x / n
         smoothed = (x + 1) / (n + 2)
@@ -128,13 +180,15 @@ def stratified_rate(read: np.ndarray, strata: np.ndarray, population: np.ndarray
     return estimate, max(0.0, estimate - half), min(1.0, estimate + half)
 
 
-def weighted_agreement(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
-    """(agreement, Cohen's kappa) with each row weighted."""
-    w = weight / weight.sum()
+def weighted_agreement(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> tuple[float, float | None]:
+    """(agreement, Cohen's kappa) with each row weighted; kappa is None where it is undefined (both constant)."""
+    w = np.asarray(weight, np.float64) / np.sum(weight)
     agreement = float(np.sum(w * (truth == pred)))
-    p_t, p_p = float(np.sum(w * truth)), float(np.sum(w * pred))
+    p_t, p_p = (float(np.clip(np.sum(w * x), 0.0, 1.0)) for x in (truth, pred))
     chance = p_t * p_p + (1 - p_t) * (1 - p_p)
-    return agreement, 0.0 if chance == 1.0 else (agreement - chance) / (1 - chance)
+    if np.isclose(chance, 1.0, rtol=0.0, atol=1e-12):
+        return agreement, None
+    return agreement, (agreement - chance) / (1 - chance)
 
 
 def score_sample(key: Sequence[Mapping[str, Any]], readings: Mapping[str, Mapping[str, int]],
@@ -155,7 +209,8 @@ def score_sample(key: Sequence[Mapping[str, Any]], readings: Mapping[str, Mappin
             rate, low, high = stratified_rate(read, strata, population)
             judged_rate = float(np.mean([r["judge"][verdict] for r in records[stage]]))
             figures[verdict] = {"agreement": round(agreement, 4),
-                                "agreement_interval": [round(agree_low, 4), round(agree_high, 4)], "kappa": round(kappa, 4),
+                                "agreement_interval": [round(agree_low, 4), round(agree_high, 4)],
+                                "kappa": None if kappa is None else round(kappa, 4),
                                 "judged_rate": round(judged_rate, 4), "read_rate": round(rate, 4),
                                 "read_interval": [round(low, 4), round(high, 4)],
                                 "judged_inside_interval": bool(low <= judged_rate <= high)}
@@ -170,7 +225,8 @@ def markdown_table(figures: Mapping[str, Any]) -> str:
     for stage, f in figures.items():
         fm = f["fluent_match"]
         (a_low, a_high), (low, high) = fm["agreement_interval"], fm["read_interval"]
+        kappa = "–" if fm["kappa"] is None else f"{fm['kappa']:.2f}"
         lines.append(f"| {stage} | {f['replies']} ({f['read']}) | {100 * fm['agreement']:.1f}% [{100 * a_low:.1f}, "
-                     f"{100 * a_high:.1f}] ({fm['kappa']:.2f}) | {100 * fm['judged_rate']:.1f}% | "
+                     f"{100 * a_high:.1f}] ({kappa}) | {100 * fm['judged_rate']:.1f}% | "
                      f"{100 * fm['read_rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] |")
     return "\n".join(lines)

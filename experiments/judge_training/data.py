@@ -157,10 +157,11 @@ def _careful_reading(records: list[dict[str, Any]], path: Path, source: str) -> 
 class ReadSample:
     """Official Llama steered replies read carefully: a sample stratified by (target, gpt-4o-mini verdict).
 
-    `weight` is each row's stratum population over its sample size, so weighted figures estimate the whole
-    1,440 replies; `match` is the first reading, `second_match` the independent second one.
+    `weight` is each row's stratum population (counted in the official file) over its sample size, so weighted
+    figures estimate the whole 1,440 replies; `match` is the first reading, `second_match` the independent one.
     """
 
+    scenarios: list[str]
     texts: list[str]
     targets: list[str]
     gpt_match: np.ndarray
@@ -169,31 +170,46 @@ class ReadSample:
     weight: np.ndarray
 
 
+READING_FIELDS = ("skeleton_id", "valence", "emotion", "gpt_match", "stratum_population", "label", "second_label")
+
+
 def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple[ReadSample, dict[str, str]]:
     """The careful readings of `path`, joined by key with the official steered replies they read."""
     official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
     replies = {record["skeleton_id"]: record for record in _jsonl(official)}
-    records = _jsonl(path)
-    strata: dict[tuple[str, int], int] = {}
-    for record in records:
-        strata[(record["emotion"], int(record["gpt_match"]))] = strata.get((record["emotion"], int(record["gpt_match"])), 0) + 1
-    texts, targets, gpt, match, second, weight = [], [], [], [], [], []
-    for i, record in enumerate(records):
+    population: dict[tuple[str, int], int] = {}
+    for record in replies.values():
+        for verdicts in record["valence_labels"].values():
+            for emotion, verdict in verdicts.items():
+                population[(emotion, int(verdict["match"]))] = population.get((emotion, int(verdict["match"])), 0) + 1
+    rows, seen = [], set()
+    for i, record in enumerate(_jsonl(path)):
         where = f"{path} line {i + 1}"
-        reply = replies.get(record["skeleton_id"])
-        if reply is None or record["valence"] not in reply["event_valences"] or record["emotion"] not in EMOTIONS:
-            raise ValueError(f"{where}: no official steered reply {record['skeleton_id']}/{record['valence']}/"
-                             f"{record['emotion']} in {official}")
+        missing = [f for f in READING_FIELDS if f not in record]
+        if missing:
+            raise ValueError(f"{where}: field {missing[0]!r} is missing")
+        key = (record["skeleton_id"], record["valence"], record["emotion"])
+        reply = replies.get(record["skeleton_id"], {})
+        if record["emotion"] not in reply.get("event_valences", {}).get(record["valence"], {}):
+            raise ValueError(f"{where}: no official steered reply {'/'.join(key)} in {official}")
+        if key in seen:
+            raise ValueError(f"{where}: reply {'/'.join(key)} is read twice")
+        seen.add(key)
         verdict = int(reply["valence_labels"][record["valence"]][record["emotion"]]["match"])
         if verdict != int(record["gpt_match"]):
             raise ValueError(f"{where}: gpt_match {record['gpt_match']}, the official verdict is {verdict}")
-        if record["label"]["match"] not in (0, 1) or record["second_label"]["match"] not in (0, 1):
+        if record["stratum_population"] != population[(record["emotion"], verdict)]:
+            raise ValueError(f"{where}: stratum_population {record['stratum_population']}, the official file holds "
+                             f"{population[(record['emotion'], verdict)]} such replies")
+        if record["label"].get("match") not in (0, 1) or record["second_label"].get("match") not in (0, 1):
             raise ValueError(f"{where}: bad label {record['label']} / {record['second_label']}")
-        texts.append(reply["event_valences"][record["valence"]][record["emotion"]])
-        targets.append(record["emotion"])
-        gpt.append(verdict)
-        match.append(int(record["label"]["match"]))
-        second.append(int(record["second_label"]["match"]))
-        weight.append(record["stratum_population"] / strata[(record["emotion"], verdict)])
-    sample = ReadSample(texts, targets, np.array(gpt), np.array(match), np.array(second), np.array(weight, np.float64))
+        rows.append((record, reply["event_valences"][record["valence"]][record["emotion"]], verdict))
+    sampled: dict[tuple[str, int], int] = {}
+    for record, _, verdict in rows:
+        sampled[(record["emotion"], verdict)] = sampled.get((record["emotion"], verdict), 0) + 1
+    sample = ReadSample([r["skeleton_id"] for r, _, _ in rows], [text for _, text, _ in rows],
+                        [r["emotion"] for r, _, _ in rows], np.array([v for _, _, v in rows]),
+                        np.array([int(r["label"]["match"]) for r, _, _ in rows]),
+                        np.array([int(r["second_label"]["match"]) for r, _, _ in rows]),
+                        np.array([population[(r["emotion"], v)] / sampled[(r["emotion"], v)] for r, _, v in rows]))
     return sample, {f"experiments/judge_training/labels/{path.name}": sha256(path)}

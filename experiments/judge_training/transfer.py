@@ -31,6 +31,7 @@ import numpy as np
 from absl import flags, logging
 
 from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
+from emojax.evaluation.reading import weighted_agreement
 from emojax.evaluation.stats import wilson_interval
 from emojax.judge.artifact import write_manifest
 from emojax.judge.features import FeatureSpec, featurize
@@ -203,9 +204,9 @@ def coverage_ceiling(rows: Sequence[LabelledText], folds: np.ndarray, train_sour
                      tested: np.ndarray) -> dict[str, Any]:
     """The best match figures any head fitted on `train_sources` alone can reach on the `tested` rows.
 
-    A head never predicts a class absent from its training labels (LDA gives it no mean and a bias of
-    -1e9; a softmax regression only ever learns to push it down), so a reply whose target emotion no
-    training text of its fold carries cannot be judged a match. The ceiling judges every other reply as
+    A head never predicts a class absent from its training labels: LDA gives it no mean and a bias of -1e9,
+    exactly; a softmax regression only ever learns to push it down, so in practice (docs/judge.md measures
+    it). A reply whose target emotion no training label of its fold carries is therefore not a match. The ceiling judges every other reply as
     its reference does: agreement and kappa no design of this protocol can beat.
     """
     source = np.array([r.source for r in rows])
@@ -255,23 +256,22 @@ def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.
 
 
 def weighted_figures(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> dict[str, Any]:
-    """Agreement, kappa and both rates of a stratified sample, each row weighted by its stratum's share."""
+    """Agreement, kappa (None where undefined) and both rates of a stratified sample, rows weighted by stratum."""
+    agreement, kappa = weighted_agreement(truth, pred, weight)
     w = weight / weight.sum()
-    agreement = float(np.sum(w * (truth == pred)))
-    p_t, p_p = float(np.sum(w * truth)), float(np.sum(w * pred))
-    chance = p_t * p_p + (1 - p_t) * (1 - p_p)
-    kappa = 0.0 if chance == 1.0 else (agreement - chance) / (1 - chance)
-    return {"n": int(len(truth)), "agreement": round(agreement, 4), "kappa": round(kappa, 4),
-            "reference_rate": round(p_t, 4), "judged_rate": round(p_p, 4)}
+    return {"n": int(len(truth)), "agreement": round(agreement, 4), "kappa": None if kappa is None else round(kappa, 4),
+            "reference_rate": round(float(np.sum(w * truth)), 4), "judged_rate": round(float(np.sum(w * pred)), 4)}
 
 
 def sample_rows(rows: Sequence[LabelledText], sample: ReadSample) -> np.ndarray:
-    """Index in `rows` of each read reply (an official steered reply: same text and target)."""
-    where = {(r.text, r.target): i for i, r in enumerate(rows) if r.source == "unprompted"}
-    missing = [t for t, e in zip(sample.texts, sample.targets) if (t, e) not in where]
+    """Index in `rows` of each read reply: the official steered reply of the same scenario, text and target
+    (a few replies recur word for word across scenarios, which sit in different folds)."""
+    where = {(r.scenario, r.text, r.target): i for i, r in enumerate(rows) if r.source == "unprompted"}
+    keys = list(zip(sample.scenarios, sample.texts, sample.targets))
+    missing = [k for k in keys if k not in where]
     if missing:
-        raise ValueError(f"{len(missing)} read replies are not among the official steered replies: {missing[0][:60]!r}")
-    return np.array([where[(t, e)] for t, e in zip(sample.texts, sample.targets)])
+        raise ValueError(f"{len(missing)} read replies are not among the official steered replies: {missing[0][:2]!r}")
+    return np.array([where[k] for k in keys])
 
 
 def reading_figures(sample: ReadSample) -> dict[str, Any]:
@@ -280,8 +280,12 @@ def reading_figures(sample: ReadSample) -> dict[str, Any]:
             "second_vs_first": weighted_figures(sample.match, sample.second_match, sample.weight),
             "gpt_vs_first": weighted_figures(sample.match, sample.gpt_match, sample.weight),
             "gpt_vs_second": weighted_figures(sample.second_match, sample.gpt_match, sample.weight),
-            "first_on_gpt_matches": round(float(sample.match[sample.gpt_match == 1].mean()), 4),
-            "first_on_gpt_non_matches": round(float(sample.match[sample.gpt_match == 0].mean()), 4)}
+            "first_on_gpt_matches": _weighted_mean(sample.match, sample.weight, sample.gpt_match == 1),
+            "first_on_gpt_non_matches": _weighted_mean(sample.match, sample.weight, sample.gpt_match == 0)}
+
+
+def _weighted_mean(values: np.ndarray, weight: np.ndarray, mask: np.ndarray) -> float:
+    return round(float(np.sum(values[mask] * weight[mask]) / np.sum(weight[mask])), 4)
 
 
 def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.ndarray,

@@ -96,6 +96,11 @@ def cloze_scores(model: Any, texts: Sequence[str], batch_size: int = 32) -> np.n
     return out
 
 
+def lens_words_kept(model: Any) -> dict[str, list[str]]:
+    """The LENS_WORDS the lens reads: those one token long (with a leading space) in the model's vocabulary."""
+    return {e: [w for w in LENS_WORDS[e].split() if single_token(model.tokenizer, " " + w) is not None] for e in EMOTIONS}
+
+
 def lens_scores(model: Any, rows: Sequence[LabelledText], chosen: np.ndarray) -> np.ndarray:
     """[len(chosen), 6] logit-lens emotion scores of the chosen rows, less the SEV sentences' mean score."""
     spec = ReaderSpec(model.name, transfer.CANDIDATE_LAYERS, transfer.MAX_TOKENS)
@@ -103,8 +108,11 @@ def lens_scores(model: Any, rows: Sequence[LabelledText], chosen: np.ndarray) ->
     column = transfer.CANDIDATE_LAYERS.index(LENS_LAYER) * model.config.d_model
     pooled = states[:, column:column + model.config.d_model]
     head = np.asarray(block.lm_head(model.params), np.float32)
-    word_ids = [[i for i in (single_token(model.tokenizer, " " + w) for w in LENS_WORDS[e].split()) if i is not None]
-                for e in EMOTIONS]
+    kept = lens_words_kept(model)
+    word_ids = [[single_token(model.tokenizer, " " + w) for w in kept[e]] for e in EMOTIONS]
+    if not all(word_ids):
+        raise ValueError(f"zero_shot: {model.name} has no single-token lens word for "
+                         f"{[e for e, ids in zip(EMOTIONS, word_ids) if not ids]}")
 
     def scores(members: np.ndarray) -> np.ndarray:
         logits = np.asarray(block.final_norm(jnp.asarray(pooled[members]), model.params, model.config), np.float32) @ head
@@ -206,7 +214,7 @@ def main(argv: Sequence[str]) -> None:
                                       **threshold_judge_figures(cloze_scores(model, [r.text for r in rows]), rows, folds)}
     if FLAGS.lens:
         model = load_model("smollm2-135m-instruct")
-        figures["lens"] = {"layer": LENS_LAYER, "words": LENS_WORDS,
+        figures["lens"] = {"layer": LENS_LAYER, "words": lens_words_kept(model),
                            **top1_figures(lens_scores(model, rows, chosen), targets, sources)}
         logging.info("lens: %s", {s: figures["lens"][s]["top1"] for s in SOURCES})
     write_json(Path(FLAGS.zero_shot_out), figures)
