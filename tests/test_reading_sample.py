@@ -98,7 +98,7 @@ def test_readings_that_do_not_cover_the_sample_name_the_problem(tmp_path: Path) 
     with pytest.raises(InputError, match="line 1: id 'R9999' is not in the sample's key"):
         read_readings(path, key)
     path.write_text("{not json\n", encoding="utf-8")
-    with pytest.raises(InputError, match="line 1: not JSON"):
+    with pytest.raises(InputError, match="line 1: not valid JSON"):
         read_readings(path, key)
 
 

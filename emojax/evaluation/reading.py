@@ -16,7 +16,6 @@ over its sample size, so each figure estimates the whole stage:
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,25 +23,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from emojax.runs import InputError
+from emojax.runs.validate import numbered_objects
 
 VERDICTS = ("match", "fluent", "fluent_match")
 Z95 = 1.959963984540054
-
-
-def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) of every non-blank line; a line that is not a JSON object names itself."""
-    out = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path} line {line}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path} line {line}: expected a JSON object, got {type(row).__name__}")
-        out.append((line, row))
-    return out
 
 
 def load_stage_records(run_dir: Path, stages: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -54,7 +38,7 @@ def load_stage_records(run_dir: Path, stages: Sequence[str]) -> dict[str, list[d
             present = sorted(p.parent.name for p in run_dir.glob("*/records.jsonl"))
             raise InputError(f"{path}: not found; stages with records in {run_dir}: {', '.join(present) or 'none'}")
         records = []
-        for line, record in _json_lines(path):
+        for line, record in numbered_objects(path):
             for field in ("key", "emotion", "scenario", "event", "gen_text", "judge"):
                 if field not in record:
                     raise InputError(f"{path} line {line}: field {field!r} is missing")
@@ -100,7 +84,7 @@ def read_readings(path: Path, key: Sequence[Mapping[str, Any]]) -> dict[str, dic
                          "for every row of to_read.jsonl")
     wanted = {row["id"] for row in key}
     out: dict[str, dict[str, int]] = {}
-    for line, row in _json_lines(path):
+    for line, row in numbered_objects(path):
         rid = row.get("id")
         if rid not in wanted:
             raise InputError(f"{path} line {line}: id {rid!r} is not in the sample's key")
@@ -125,7 +109,7 @@ def read_key(path: Path) -> list[dict[str, Any]]:
         raise InputError(f"{path}: no sample drawn here; run without --score first")
     rows, seen = [], set()
     strata: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
-    for line, row in _json_lines(path):
+    for line, row in numbered_objects(path):
         for field in KEY_FIELDS:
             if field not in row:
                 raise InputError(f"{path} line {line}: field {field!r} is missing")

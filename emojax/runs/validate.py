@@ -213,6 +213,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:
     """The records of a JSON-lines file; a bad line (e.g. a write cut short) names file and line."""
+    return [record for _, record in numbered_jsonl(path)]
+
+
+def numbered_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """(line number, record) of every non-blank line of a JSON-lines file; a bad line names file and line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -226,9 +231,19 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append((number, json.loads(line)))
         except json.JSONDecodeError as err:
             cut_short = number == len(lines) and not text.endswith("\n")
             hint = "; the file looks truncated (last line has no newline)" if cut_short else ""
             raise InputError(f"{path} line {number}: not valid JSON ({err.msg}){hint}") from None
     return records
+
+
+def numbered_objects(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """numbered_jsonl where every record must be a JSON object."""
+    out = []
+    for number, record in numbered_jsonl(path):
+        if not isinstance(record, dict):
+            raise InputError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
+        out.append((number, record))
+    return out
