@@ -27,6 +27,25 @@ from emojax.runs.validate import numbered_objects
 
 VERDICTS = ("match", "fluent", "fluent_match")
 Z95 = 1.959963984540054
+Stratum = tuple[str, str, int]  # (stage, target emotion, the judge's fluent_match)
+
+
+def _check_verdicts(judge: Any, where: str) -> None:
+    if not isinstance(judge, dict) or any(judge.get(v) not in (0, 1) for v in VERDICTS):
+        raise InputError(f"{where}: field 'judge' needs 0/1 {', '.join(VERDICTS)}; got {judge}")
+
+
+def strata_of(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[Stratum, list[int]]:
+    """{stratum: indices of its records within their stage} of every stage's judged records."""
+    strata: dict[Stratum, list[int]] = {}
+    for stage, rows in records.items():
+        for i, record in enumerate(rows):
+            strata.setdefault((stage, record["emotion"], int(record["judge"]["fluent_match"])), []).append(i)
+    return strata
+
+
+def key_stratum(row: Mapping[str, Any]) -> Stratum:
+    return row["stage"], row["emotion"], int(row["judge"]["fluent_match"])
 
 
 def load_stage_records(run_dir: Path, stages: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -42,9 +61,7 @@ def load_stage_records(run_dir: Path, stages: Sequence[str]) -> dict[str, list[d
             for field in ("key", "emotion", "scenario", "event", "gen_text", "judge"):
                 if field not in record:
                     raise InputError(f"{path} line {line}: field {field!r} is missing")
-            if not isinstance(record["judge"], dict) or any(record["judge"].get(v) not in (0, 1) for v in VERDICTS):
-                raise InputError(f"{path} line {line}: field 'judge' needs 0/1 {', '.join(VERDICTS)}; "
-                                 f"got {record['judge']}")
+            _check_verdicts(record["judge"], f"{path} line {line}")
             records.append(record)
         out[stage] = records
     return out
@@ -56,12 +73,8 @@ def draw_sample(records: Mapping[str, Sequence[Mapping[str, Any]]], per_stratum:
     if per_stratum < 1:
         raise ValueError(f"draw_sample: per_stratum must be at least 1, got {per_stratum}")
     rng = np.random.default_rng(seed)
-    strata: dict[tuple[str, str, int], list[int]] = {}
-    for stage, rows in records.items():
-        for i, record in enumerate(rows):
-            strata.setdefault((stage, record["emotion"], int(record["judge"]["fluent_match"])), []).append(i)
     picked = []
-    for (stage, emotion, verdict), members in sorted(strata.items()):
+    for (stage, _, _), members in sorted(strata_of(records).items()):
         chosen = np.sort(rng.choice(len(members), min(per_stratum, len(members)), replace=False))
         picked += [(stage, members[j], len(members), len(chosen)) for j in chosen]
     blind, key = [], []
@@ -108,18 +121,16 @@ def read_key(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path}: no sample drawn here; run without --score first")
     rows, seen = [], set()
-    strata: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
+    strata: dict[Stratum, list[tuple[int, int, int]]] = {}
     for line, row in numbered_objects(path):
         for field in KEY_FIELDS:
             if field not in row:
                 raise InputError(f"{path} line {line}: field {field!r} is missing")
-        if not isinstance(row["judge"], dict) or any(row["judge"].get(v) not in (0, 1) for v in VERDICTS):
-            raise InputError(f"{path} line {line}: field 'judge' needs 0/1 {', '.join(VERDICTS)}; got {row['judge']}")
+        _check_verdicts(row["judge"], f"{path} line {line}")
         if row["id"] in seen:
             raise InputError(f"{path} line {line}: id {row['id']!r} appears twice")
         seen.add(row["id"])
-        stratum = (row["stage"], row["emotion"], row["judge"]["fluent_match"])
-        strata.setdefault(stratum, []).append((line, row["stratum_population"], row["stratum_sampled"]))
+        strata.setdefault(key_stratum(row), []).append((line, row["stratum_population"], row["stratum_sampled"]))
         rows.append(row)
     for stratum, members in strata.items():
         line, population, sampled = members[0]
@@ -132,13 +143,9 @@ def read_key(path: Path) -> list[dict[str, Any]]:
 def check_key_matches(key: Sequence[Mapping[str, Any]], records: Mapping[str, Sequence[Mapping[str, Any]]],
                       where: Path) -> None:
     """Refuse a key whose strata no longer have the populations the stage's records give (re-judged, resumed)."""
-    counts: dict[tuple[str, str, int], int] = {}
-    for stage, rows in records.items():
-        for record in rows:
-            stratum = (stage, record["emotion"], int(record["judge"]["fluent_match"]))
-            counts[stratum] = counts.get(stratum, 0) + 1
+    counts = {stratum: len(members) for stratum, members in strata_of(records).items()}
     for row in key:
-        stratum = (row["stage"], row["emotion"], row["judge"]["fluent_match"])
+        stratum = key_stratum(row)
         if counts.get(stratum) != row["stratum_population"]:
             raise InputError(f"{where}: stratum {stratum} had {row['stratum_population']} replies at the draw, the "
                              f"run's records now hold {counts.get(stratum, 0)}; the stage changed since the draw: "
@@ -182,7 +189,7 @@ def score_sample(key: Sequence[Mapping[str, Any]], readings: Mapping[str, Mappin
     for stage in sorted({row["stage"] for row in key}):
         rows = [row for row in key if row["stage"] == stage]
         weight = np.array([row["stratum_population"] / row["stratum_sampled"] for row in rows])
-        strata = np.array([f"{row['emotion']}/{row['judge']['fluent_match']}" for row in rows])
+        strata = np.array([str(key_stratum(row)) for row in rows])
         population = np.array([row["stratum_population"] for row in rows])
         figures: dict[str, Any] = {"read": len(rows), "replies": len(records[stage])}
         for verdict in ("fluent_match", "match"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -177,11 +178,8 @@ def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple
     """The careful readings of `path`, joined by key with the official steered replies they read."""
     official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
     replies = {record["skeleton_id"]: record for record in _jsonl(official)}
-    population: dict[tuple[str, int], int] = {}
-    for record in replies.values():
-        for verdicts in record["valence_labels"].values():
-            for emotion, verdict in verdicts.items():
-                population[(emotion, int(verdict["match"]))] = population.get((emotion, int(verdict["match"])), 0) + 1
+    population = Counter((emotion, int(verdict["match"])) for record in replies.values()
+                         for verdicts in record["valence_labels"].values() for emotion, verdict in verdicts.items())
     rows, seen = [], set()
     for i, record in enumerate(_jsonl(path)):
         where = f"{path} line {i + 1}"
@@ -204,9 +202,7 @@ def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple
         if record["label"].get("match") not in (0, 1) or record["second_label"].get("match") not in (0, 1):
             raise ValueError(f"{where}: bad label {record['label']} / {record['second_label']}")
         rows.append((record, reply["event_valences"][record["valence"]][record["emotion"]], verdict))
-    sampled: dict[tuple[str, int], int] = {}
-    for record, _, verdict in rows:
-        sampled[(record["emotion"], verdict)] = sampled.get((record["emotion"], verdict), 0) + 1
+    sampled = Counter((record["emotion"], verdict) for record, _, verdict in rows)
     sample = ReadSample([r["skeleton_id"] for r, _, _ in rows], [text for _, text, _ in rows],
                         [r["emotion"] for r, _, _ in rows], np.array([v for _, _, v in rows]),
                         np.array([int(r["label"]["match"]) for r, _, _ in rows]),
