@@ -9,7 +9,8 @@ import pytest
 
 from emojax.judge.fit import fit_logistic
 from emojax.judge.fluency import DEFAULT_RULE, MEASURES, FluencyRule, as_json, measures, text_measures, words
-from emojax.judge.perplexity import LOGITS_BUDGET, column_chunk, perplexities, reply_batch, reply_nll
+from emojax.judge.perplexity import (LOGITS_BUDGET, alone_batch, batched_perplexities, column_chunk, perplexities,
+                                     reply_batch, reply_nll)
 from emojax.method.prompts import NEUTRAL_SYSTEM, chat, user_message
 from emojax.model.forward import forward
 from stage_fixtures import tiny_loaded_model
@@ -86,6 +87,24 @@ def test_perplexity_pass_equals_the_full_logits_forward() -> None:
         expected = np.exp(-logp[row, columns - 1, batch.tokens[row, columns]].mean())
         np.testing.assert_allclose(got[row], expected, rtol=2e-4)
     assert np.isnan(got[3])
+
+
+def test_reply_alone_perplexity_equals_the_full_logits_forward_of_the_reply() -> None:
+    """Read alone, a reply's perplexity is over its tokens after the first, each given those before it."""
+    model = tiny_loaded_model()
+    replies = ["hello there", "a longer reply of several words", "x", ""]
+    got = batched_perplexities(model, alone_batch(model.tokenizer, replies), batch_size=3)
+    for reply, value in zip(replies, got):
+        ids = model.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        if len(ids) < 2:
+            assert np.isnan(value)
+            continue
+        logits = np.asarray(forward(model.params, jnp.asarray([ids], jnp.int32), config=model.config).logits[0],
+                            np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        expected = np.exp(-np.mean([logp[i - 1, ids[i]] for i in range(1, len(ids))]))
+        np.testing.assert_allclose(value, expected, rtol=2e-4)
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_tied", "gemma2_softcap"])

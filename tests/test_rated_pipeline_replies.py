@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.judge_training.data import GEMMA_FILE, load_gemma
+from experiments.judge_training.data import GEMMA_FILE, SMOLLM2_QUICK_FILE, load_gemma
 
-SMOLLM2_FILE = GEMMA_FILE.with_name("smollm2_quick_test_replies.jsonl")
+SMOLLM2_FILE = SMOLLM2_QUICK_FILE
 GEMMA_STANDARD_FILE = GEMMA_FILE.with_name("gemma3_270m_standard_test_sample.jsonl")
 # file: (agreement of the two readings on match, fluent, fluent_match; fluent matches per method)
 DOCUMENTED = {GEMMA_FILE: ((0.95, 0.93, 0.98), {"prompting": 1, "steering": 29, "circuit": 15}),

@@ -6,6 +6,9 @@ the states that predict the reply; the LM head is applied to the last `reply_wid
 pass costs one plain prefill of the same tokens plus the head over the reply columns. Those logits are
 formed a few columns at a time (at most LOGITS_BUDGET bytes of them at once) and reduced at once to each
 column's negative log-likelihood, so a 262k vocabulary (Gemma 3) never holds [B, R, V] logits.
+
+`alone_batch` builds the same rows from the replies alone (no prompt): the fluency rule does not use them;
+`experiments/judge_training/fluency_context.py` measures what the rule loses on them.
 """
 from __future__ import annotations
 
@@ -121,7 +124,27 @@ def perplexities(model: Any, prompts: Sequence[Messages], replies: Sequence[str]
                  date_string: str = DEFAULT_DATE_STRING) -> np.ndarray:
     """Perplexity of each reply given its prompt, in batches of one shape (the last one filled up)."""
     batch = reply_batch(model.tokenizer, prompts, replies, date_string=date_string)
-    n = len(replies)
+    return batched_perplexities(model, batch, batch_size=batch_size)
+
+
+def alone_batch(tokenizer: Any, replies: Sequence[str], *, pad_multiple: int = PAD_MULTIPLE) -> ReplyBatch:
+    """Replies read alone (no prompt, no special tokens): the first token conditions the rest, so a
+    reply's perplexity is over its tokens after the first (NaN for a reply of fewer than two tokens)."""
+    rows = [np.asarray(ids, np.int32) for ids in tokenizer(list(replies), add_special_tokens=False)["input_ids"]]
+    lengths = np.array([len(row) for row in rows], np.int32)
+    width = _round_up(max(int(lengths.max(initial=0)), 2), pad_multiple)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row):] = row
+        mask[i, width - len(row):] = True
+    return ReplyBatch(tokens, mask, np.maximum(lengths - 1, 0).astype(np.int32), width - 1)
+
+
+def batched_perplexities(model: Any, batch: ReplyBatch, *, batch_size: int) -> np.ndarray:
+    """Perplexity of every row of `batch`, `batch_size` rows per forward (the last forward filled up)."""
+    n = len(batch.reply_lengths)
     size = max(1, min(batch_size, n))
     pieces = []
     for start in range(0, n, size):

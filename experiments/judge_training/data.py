@@ -33,6 +33,7 @@ from emojax.method.prompts import NEUTRAL_SYSTEM, Messages, chat, emotion_system
 JUDGE_ERROR_PREFIXES = ("json-decode-error", "invalid-json")
 RATED_FILE = "smollm2_train_replies.jsonl"
 GEMMA_FILE = Path(__file__).resolve().parent / "labels" / "gemma3_270m_quick_test_replies.jsonl"
+SMOLLM2_QUICK_FILE = GEMMA_FILE.with_name("smollm2_quick_test_replies.jsonl")
 LLAMA_READING_FILE = Path(__file__).resolve().parent / "labels" / "llama32_3b_steered_sample.jsonl"
 CONDITIONS = ("prompting", "steering", "circuit")
 NONE = "none"
@@ -129,8 +130,14 @@ def load_rated(labels_dir: Path) -> tuple[list[LabelledText], dict[str, str]]:
 
 def load_gemma(path: Path = GEMMA_FILE) -> tuple[list[LabelledText], np.ndarray, dict[str, str]]:
     """Gemma-3-270M's rated replies; (rows, the run's own fluency verdict of each, {file: sha256})."""
+    return load_pipeline_rated(path, "gemma")
+
+
+def load_pipeline_rated(path: Path, source: str) -> tuple[list[LabelledText], np.ndarray, dict[str, str]]:
+    """A pipeline run's replies rated by careful reading (labels/README.md); (rows, the run's own fluency
+    verdict of each, {file: sha256})."""
     records = _jsonl(path)
-    rows = _careful_reading(records, path, "gemma")
+    rows = _careful_reading(records, path, source)
     run_fluent = np.array([int(record["run_verdict"]["fluent"]) for record in records])
     return rows, run_fluent, {f"experiments/judge_training/labels/{path.name}": sha256(path)}
 
