@@ -32,12 +32,14 @@ from emojax.launch.launcher import run_launcher
 from emojax.runs.atomic import write_json
 from emojax.runs.validate import read_jsonl
 from experiments.judge_training import cross_validation as judge_cv
-from experiments.judge_training import train
+from experiments.judge_training import offline_fit
 from experiments.judge_training.data import (GEMMA_FILE, SMOLLM2_QUICK_FILE, LabelledText, load_official, load_pipeline_rated,
                                              load_rated)
 
 FLAGS = flags.FLAGS
 CONTEXTS = ("prompt", "alone")
+
+offline_fit.define_flags()
 flags.DEFINE_string("gemma", "gemma-3-270m", "The second model, whose rated replies are scored ('' to skip).")
 flags.DEFINE_string("context_out", str(Path(__file__).resolve().parent / "fluency_context_figures.json"),
                     "Where the figures go.")
@@ -64,6 +66,12 @@ def fluency_only_figures(rows: Sequence[LabelledText], fluent: np.ndarray) -> di
                                                              (truth_match & fluent)[mask]),
                      "fluent_rate": {"judged": _rate(fluent[mask]), "read": _rate(truth_fluent[mask])}}
     return out
+
+
+def log_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of log a and log b over the replies where both are finite (not empty)."""
+    both = np.isfinite(a) & np.isfinite(b)
+    return round(float(np.corrcoef(np.log(a[both]), np.log(b[both]))[0, 1]), 4)
 
 
 def _rate(values: np.ndarray) -> float | None:
@@ -99,20 +107,20 @@ def main(argv: Sequence[str]) -> None:
     labels_sha = next(iter(rated_hashes.values()))
     texts = [r.text for r in rated]
     logging.info("rated training replies: perplexity given the prompt (cached) and read alone")
-    ppl = {"prompt": train.rated_perplexities(rated, labels_sha)[0],
+    ppl = {"prompt": offline_fit.rated_perplexities(rated, labels_sha)[0],
            "alone": batched_perplexities(model, alone_batch(model.tokenizer, texts), batch_size=FLAGS.batch_size)}
     truth = np.array([r.fluent for r in rated])
     features = {c: rule_features(measures(ppl[c], texts)) for c in CONTEXTS}
-    rules = {c: train.fit_rule(features[c], truth) for c in CONTEXTS}
+    rules = {c: offline_fit.fit_rule(features[c], truth) for c in CONTEXTS}
     figures: dict[str, Any] = {
         "protocol": (f"fluency rule of experiments.judge_training.train (l2 {FLAGS.fluency_l2}); cross-validated on "
                      f"its {FLAGS.folds} scenario folds (seed {FLAGS.seed}); held-out files scored by the rule "
                      "fitted on all rated training replies"),
-        "log_perplexity_correlation": round(float(np.corrcoef(np.log(ppl["prompt"]), np.log(ppl["alone"]))[0, 1]), 4),
+        "log_perplexity_correlation": log_correlation(ppl["prompt"], ppl["alone"]),
         "rules": {c: {"weights": [round(w, 4) for w in rules[c].weights], "features": list(RULE_FEATURES)}
                   for c in CONTEXTS},
         "cross_validated": {"model": model.name, "files": rated_hashes, **{
-            c: fluency_only_figures(rated, train.cross_validated_fluent(features[c], truth, folds))
+            c: fluency_only_figures(rated, offline_fit.cross_validated_fluent(features[c], truth, folds))
             for c in CONTEXTS}},
         "smollm2_quick_test": held_out_figures(model, SMOLLM2_QUICK_FILE, "rated", rules),
     }

@@ -21,6 +21,9 @@ from emojax.runs.atomic import write_npz
 from emojax.weights.cache import resolve_cache_dir
 
 CHUNK = 256
+# The layers whose pooled states are cached (every third of the reader's 30); designs pick among them.
+CANDIDATE_LAYERS = tuple(range(2, 30, 3))
+MAX_TOKENS = 64  # tokens of a reply that the reader reads
 
 
 def text_key(text: str) -> str:

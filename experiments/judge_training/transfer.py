@@ -5,7 +5,7 @@
 Designs: `ngram` (today's offline judge, refitted), `reader:<layers>` (layers joined by '-'; a linear head on the reader's
 mean-pooled resid_post at those layers) and `combined:<layers>` (the mean of both heads' log-probabilities,
 weight --combined_ngram_weight). Every design is fitted with the trainer's labels and sample weights
-(experiments.judge_training.train) and the match offset fixed at 0: nothing is tuned on held-out text.
+(experiments.judge_training.offline_fit) and the match offset fixed at 0: nothing is tuned on held-out text.
 
 Protocols, each over the same 5 scenario folds (all texts of a scenario in one fold), fold k predicted by
 a fit on the other folds restricted to the training sources (leave one model's replies out):
@@ -44,23 +44,18 @@ from emojax.launch.launcher import run_launcher
 from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
-from experiments.judge_training import train
+from experiments.judge_training.cross_validation import PROTOCOLS
+from experiments.judge_training import offline_fit
 from experiments.judge_training.data import (LabelledText, ReadSample, load_gemma, load_llama_reading, load_official,
                                              load_rated, sev_sentences)
-from experiments.judge_training.reader_cache import cached_features
+from experiments.judge_training.reader_cache import CANDIDATE_LAYERS, MAX_TOKENS, cached_features
 
 FLAGS = flags.FLAGS
 MODEL_VERSION = "1.0"
-# The layers whose pooled states are cached (every third of the reader's 30); designs pick among them.
-CANDIDATE_LAYERS = tuple(range(2, 30, 3))
-MAX_TOKENS = 64
-EVERY_SOURCE = {"prompted", "unprompted", "rated", "gemma", "neutral"}
-PROTOCOLS = {"no_llama": (EVERY_SOURCE - {"prompted", "unprompted"}, {"prompted", "unprompted", "neutral"}),
-             "no_smollm2": (EVERY_SOURCE - {"rated"}, {"rated", "neutral"}),
-             "no_gemma": (EVERY_SOURCE - {"gemma"}, {"gemma", "neutral"}),
-             "all": (EVERY_SOURCE, EVERY_SOURCE)}
 RATED_SOURCES = {"rated": "smollm2", "gemma": "gemma"}  # careful-reading sources: their figure prefixes
-PROBE_TEXTS = train.PROBE_TEXTS
+PROBE_TEXTS = offline_fit.PROBE_TEXTS
+
+offline_fit.define_flags()
 
 flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "combined:14", "combined:8-17-26"], "Designs to cross-validate (layers joined by '-').")
 flags.DEFINE_float("shrinkage", 0.3, "Shrinkage of the reader head's pooled covariance towards its diagonal.")
@@ -94,9 +89,9 @@ def layer_columns(layers: Sequence[int], d_model: int) -> np.ndarray:
 def group_moments(x: np.ndarray, rows: Sequence[LabelledText], folds: np.ndarray
                   ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Moments of each (fold, source) group, rated replies at unit scale: a fit on a union of groups sums them."""
-    labels, weight = train.sample_weights(rows)
+    labels, weight = offline_fit.sample_weights(rows)
     source = np.array([r.source for r in rows])
-    weight = np.where(source == "rated", weight / train.rated_weight(rows), weight)
+    weight = np.where(source == "rated", weight / offline_fit.rated_weight(rows), weight)
     out = {}
     for k in range(FLAGS.folds):
         for s in sorted(PROTOCOLS["all"][0]):
@@ -107,7 +102,7 @@ def group_moments(x: np.ndarray, rows: Sequence[LabelledText], folds: np.ndarray
 
 def fit_from_groups(moments: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
                     groups: Sequence[tuple[int, str]], rated_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The reader head (LDA) of the union of `groups`, rated replies weighted as train.sample_weights does."""
+    """The reader head (LDA) of the union of `groups`, rated replies weighted as offline_fit.sample_weights does."""
     parts = [[m * (rated_scale if g[1] == "rated" else 1.0) for m in moments[g]] for g in groups]
     second, sums, counts = (sum(p[i] for p in parts) for i in range(3))
     return lda_from_moments(second, sums, counts, shrinkage=FLAGS.shrinkage, prior=class_prior())
@@ -143,7 +138,7 @@ def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndar
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
             test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
             groups = [(j, s) for j in range(FLAGS.folds) for s in sorted(train_sources) if j != k]
-            w, b = fit_from_groups(moments, groups, train.rated_weight([rows[i] for i in fit_rows]))
+            w, b = fit_from_groups(moments, groups, offline_fit.rated_weight([rows[i] for i in fit_rows]))
             logp[test] = log_softmax(x[test] @ w + b)
             if kind == "combined":
                 logp[test] = combine(logp[test], ngram_logp[protocol][test], FLAGS.combined_ngram_weight)
@@ -172,7 +167,7 @@ def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: s
         for k in range(FLAGS.folds):
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
             test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
-            logp[test] = train.fit_predict(features, rows, fit_rows, test)
+            logp[test] = offline_fit.fit_predict(features, rows, fit_rows, test)
         write_npz(path, {"log_probs": logp})
         out[protocol] = logp
     return out
@@ -249,7 +244,7 @@ def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.
                 truth_fluent = np.array([r.fluent for r in rows])
                 out[name]["fluent_match"] = rate_figures((truth & truth_fluent)[mask], (match & fluent)[mask])
     neutral = (source == "neutral") & tested
-    rates = train.false_match_rates(logp[neutral], np.zeros(neutral.sum(), np.float32))
+    rates = offline_fit.false_match_rates(logp[neutral], np.zeros(neutral.sum(), np.float32))
     out["neutral_false_match"] = {"n": int(neutral.sum()), "per_target": rates, "max": max(rates.values()),
                                   "mean": round(float(np.mean(list(rates.values()))), 4)}
     return out
@@ -300,9 +295,9 @@ def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.
 
 def held_out_fluent(rated: Sequence[LabelledText], rated_folds: np.ndarray, labels_sha: str) -> np.ndarray:
     """The fluency rule's verdict on each rated reply, cross-validated on the same scenario folds."""
-    ppl, _ = train.rated_perplexities(rated, labels_sha)
+    ppl, _ = offline_fit.rated_perplexities(rated, labels_sha)
     x = rule_features(measures(ppl, [r.text for r in rated]))
-    return train.cross_validated_fluent(x, np.array([r.fluent for r in rated]), rated_folds)
+    return offline_fit.cross_validated_fluent(x, np.array([r.fluent for r in rated]), rated_folds)
 
 
 def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model: Any, figures: dict[str, Any],
@@ -312,7 +307,7 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
         raise ValueError("--ship: the n-gram design is the offline judge; train it with experiments.judge_training.train")
     x = reader_x[:, layer_columns(layers, model.config.d_model)].astype(np.float64)
     centre = x.mean(axis=0)
-    labels, weight = train.sample_weights(rows)
+    labels, weight = offline_fit.sample_weights(rows)
     w, b = lda_from_moments(*weighted_moments(x - centre, labels, weight, len(CLASSES)), shrinkage=FLAGS.shrinkage)
     head = {"head_weights": w.astype(np.float32), "head_bias": b.astype(np.float32), "mean": centre.astype(np.float32),
             "scale": np.ones(len(centre), np.float32)}
@@ -324,7 +319,7 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
             "training_command": " ".join(["python -m experiments.judge_training.transfer", *sys.argv[1:]]),
             "hyperparameters": {"head": "LDA", "shrinkage": FLAGS.shrinkage, "offset": 0.0, "none_weight": FLAGS.none_weight,
                                 "neutral_weight": FLAGS.neutral_weight,
-                                "rated_weight": round(train.rated_weight(rows), 4)},
+                                "rated_weight": round(offline_fit.rated_weight(rows), 4)},
             "data": {"files": hashes, "texts": len(rows)}, "held_out": figures}
     path = Path(FLAGS.out) / DEFAULT_READER_ARTIFACT.name
     write_npz(path, {**head, "target_offset": np.zeros(len(EMOTIONS), np.float32)}, meta)
@@ -336,7 +331,7 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
     logp = judge.log_probs_from(wide[:, layer_columns(layers, model.config.d_model)], bundled)
     meta["unseen_neutral_sentences"] = {
         "texts": f"{len(bundled)} scenario and event sentences of emojax's bundled SEV splits",
-        "false_match_rate": train.false_match_rates(logp, np.zeros(len(bundled), np.float32))}
+        "false_match_rate": offline_fit.false_match_rates(logp, np.zeros(len(bundled), np.float32))}
     meta["artifact_sha256"] = judge.sha256
     meta["probe"] = {"texts": list(PROBE_TEXTS), "log_probs": np.round(judge.log_probs(PROBE_TEXTS), 5).tolist()}
     write_json(path.with_suffix(".json"), meta)

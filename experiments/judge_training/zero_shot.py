@@ -40,9 +40,9 @@ from emojax.model import block
 from emojax.model.forward import forward
 from emojax.runs.atomic import write_json
 from experiments.judge_training import cross_validation as judge_cv
-from experiments.judge_training import transfer
 from experiments.judge_training.data import LabelledText, load_gemma, load_official, load_rated
-from experiments.judge_training.reader_cache import cached_features
+from experiments.judge_training.cross_validation import PROTOCOLS
+from experiments.judge_training.reader_cache import CANDIDATE_LAYERS, MAX_TOKENS, cached_features
 
 FLAGS = flags.FLAGS
 TEMPLATE = '"{reply}"\n\nThe emotion in this text is'
@@ -83,7 +83,7 @@ def cloze_scores(model: Any, texts: Sequence[str], batch_size: int = 32) -> np.n
     word_ids = [single_token(tok, CLOZE_WORDS[e]) for e in EMOTIONS]
     if None in word_ids:
         raise ValueError(f"zero_shot: {model.name} splits a cloze word into several tokens: {CLOZE_WORDS}")
-    ids = [tok(TEMPLATE.format(reply=tok.decode(row[:transfer.MAX_TOKENS])))["input_ids"]
+    ids = [tok(TEMPLATE.format(reply=tok.decode(row[:MAX_TOKENS])))["input_ids"]
            for row in tok(list(texts), add_special_tokens=False)["input_ids"]]
     out = np.zeros((len(texts), len(EMOTIONS)), np.float32)
     order = np.argsort([len(row) for row in ids], kind="stable")
@@ -103,9 +103,9 @@ def lens_words_kept(model: Any) -> dict[str, list[str]]:
 
 def lens_scores(model: Any, rows: Sequence[LabelledText], chosen: np.ndarray) -> np.ndarray:
     """[len(chosen), 6] logit-lens emotion scores of the chosen rows, less the SEV sentences' mean score."""
-    spec = ReaderSpec(model.name, transfer.CANDIDATE_LAYERS, transfer.MAX_TOKENS)
+    spec = ReaderSpec(model.name, CANDIDATE_LAYERS, MAX_TOKENS)
     states = cached_features(model, [r.text for r in rows], spec, batch_size=32)
-    column = transfer.CANDIDATE_LAYERS.index(LENS_LAYER) * model.config.d_model
+    column = CANDIDATE_LAYERS.index(LENS_LAYER) * model.config.d_model
     pooled = states[:, column:column + model.config.d_model]
     head = np.asarray(block.lm_head(model.params), np.float32)
     kept = lens_words_kept(model)
@@ -153,7 +153,7 @@ def threshold_judge_figures(scores: np.ndarray, rows: Sequence[LabelledText], fo
     targets = np.array([EMOTIONS.index(r.target) if r.target else -1 for r in rows])
     neutral = source == "neutral"
     out = {}
-    for protocol, (train_sources, test_sources) in transfer.PROTOCOLS.items():
+    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
         judged, thresholds = np.zeros(len(rows), np.int64), []
         false_hits, neutral_seen = np.zeros(len(EMOTIONS)), 0
         for k in range(FLAGS.folds):

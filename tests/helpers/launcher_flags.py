@@ -5,7 +5,9 @@ Usage: python launcher_flags.py experiments.A experiments.B ...
 A launcher's flags are every flag that a module of this project registered while the launcher was
 imported: the launcher's own and the shared ones of emojax.launch.launcher. absl lists in --help only
 the flags filed under the launcher itself, so each must be filed there. The launchers are imported
-one after another in this one process; each one's flags are removed before the next is imported.
+one after another in this one process; each one's flags, and every experiments module it imported, are
+removed before the next is imported, so a launcher that imports another launcher's flags is caught
+whatever the order.
 """
 from __future__ import annotations
 
@@ -33,4 +35,6 @@ for module_name in sys.argv[1:]:
                            "flag_help": {f.name: f.help for fs in owned.values() for f in fs}}
     for name in {f.name for fs in owned.values() for f in fs}:
         delattr(FLAGS, name)
+    for name in [m for m in sys.modules if m.split(".")[0] == "experiments"]:
+        del sys.modules[name]
 print(json.dumps(report))
