@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emojax.data import EMOTIONS, VALENCES, load_dataset
+from emojax.data import EMOTIONS, load_dataset
 from emojax.loading import LoadedModel
 from emojax.model.config import ModelConfig
 from emojax.model.params import random_params
