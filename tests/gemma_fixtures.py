@@ -44,6 +44,15 @@ def gemma_cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
+def loaded_gemma() -> Any:
+    """The session's one emojax load of Gemma-3-270M, into `gemma_cache_dir()`: the first there, so it
+    converts whichever test module asks first."""
+    require_gemma()
+    from emojax.loading import load_model
+    return load_model(GEMMA, cache_dir=gemma_cache_dir())
+
+
+@functools.lru_cache(maxsize=None)
 def gemma_gguf() -> Path:
     """The joined GGUF, through emojax's registry (so the join itself is exercised)."""
     require_gemma()

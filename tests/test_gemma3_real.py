@@ -73,9 +73,7 @@ PAD_SHIFT = 37  # left padding of the shorter row
 
 @pytest.fixture(scope="module")
 def model():
-    gemma.require_gemma()
-    first = load_model(gemma.GEMMA, cache_dir=gemma.gemma_cache_dir())
-    return first
+    return gemma.loaded_gemma()
 
 
 @pytest.fixture(scope="module")

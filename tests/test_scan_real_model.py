@@ -34,9 +34,7 @@ PROMPTS = {"smollm2": [chat("Keep the reply short.", "The bus was late again."),
 @pytest.fixture(scope="module", params=sorted(PROMPTS))
 def setup(request):
     if request.param == "gemma":
-        gemma.require_gemma()
-        from emojax.loading import load_model
-        model = load_model(gemma.GEMMA, cache_dir=gemma.gemma_cache_dir())
+        model = gemma.loaded_gemma()
     else:
         model = request.getfixturevalue("default_model")
     prompts = PROMPTS[request.param]
