@@ -82,7 +82,7 @@ def test_a_row_over_the_maximum_position_is_refused_naming_its_line(tmp_path):
 
 def test_progress_is_reported_as_chunks_finish(tmp_path, caplog):
     rows = read_numbered_rows(_write(tmp_path / "in.jsonl", _rows(6)))
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):
         rate_to_file(rows, tmp_path / "out.jsonl", model=tiny_loaded_model(), judge=OfflineJudge(),
                      rule=FluencyRule.load(), batch_size=2, input_sha256="test", log_every_s=0.0)
     assert "rate in.jsonl: 2/6 item" in caplog.text and "rate in.jsonl: 4/6 item" in caplog.text

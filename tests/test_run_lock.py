@@ -89,7 +89,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
     run = tmp_path / "run"
     run.mkdir()
     (run / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": "elsewhere", "started": "2000-01-01T00:00:00+00:00"}))
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):
         with RunDir.open(run, flags={"a": 1}, log_to_file=False):
             assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert f"taking over the lock left by pid {pid}" in caplog.text
