@@ -125,15 +125,15 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path, model, dataset):
 
 def test_log_file_receives_absl_logging(tmp_path, model, dataset):
     absl_logger = logging.get_absl_logger()
-    previous = logging.get_verbosity(), absl_logger.level
+    previous_verbosity, previous_level = logging.get_verbosity(), absl_logger.level
     logging.set_verbosity(logging.INFO)
     try:
         with _open(tmp_path / "run", model, dataset):
             logging.info("inside the run %d", 42)
         logging.info("after the run")
-    finally:  # the logger's own level too: set_verbosity(previous) would pin it, and later tests' caplog miss INFO
-        logging.set_verbosity(previous[0])
-        absl_logger.setLevel(previous[1])
+    finally:  # the logger's own level too: set_verbosity alone would pin it, and later tests' caplog miss INFO
+        logging.set_verbosity(previous_verbosity)
+        absl_logger.setLevel(previous_level)
     text = (tmp_path / "run" / "run.log").read_text()
     assert "inside the run 42" in text and "after the run" not in text
 

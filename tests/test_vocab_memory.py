@@ -4,7 +4,6 @@ fluency pass (reply columns, in chunks) or the scans (which read <h_final, v>, n
 programs are traced, not run, on a one-layer model with Gemma 3's vocabulary."""
 from __future__ import annotations
 
-
 import jax
 import jax.extend
 import jax.numpy as jnp

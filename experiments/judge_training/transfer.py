@@ -44,7 +44,6 @@ from emojax.launch.launcher import run_launcher
 from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
-from experiments.judge_training.cross_validation import PROTOCOLS
 from experiments.judge_training import offline_fit
 from experiments.judge_training.data import (LabelledText, ReadSample, load_gemma, load_llama_reading, load_official,
                                              load_rated, sev_sentences)
@@ -94,7 +93,7 @@ def group_moments(x: np.ndarray, rows: Sequence[LabelledText], folds: np.ndarray
     weight = np.where(source == "rated", weight / offline_fit.rated_weight(rows), weight)
     out = {}
     for k in range(FLAGS.folds):
-        for s in sorted(PROTOCOLS["all"][0]):
+        for s in sorted(judge_cv.PROTOCOLS["all"][0]):
             members = np.flatnonzero((folds == k) & (source == s))
             out[(k, s)] = weighted_moments(x[members], labels[members], weight[members], len(CLASSES))
     return out
@@ -132,7 +131,7 @@ def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndar
     moments = group_moments(x, rows, folds)
     source = np.array([r.source for r in rows])
     out = {}
-    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+    for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
         logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
         for k in range(FLAGS.folds):
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
@@ -152,7 +151,7 @@ def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: s
     features = None
     source = np.array([r.source for r in rows])
     out = {}
-    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+    for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
         key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
                                          FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
                                          FLAGS.max_steps]).encode()).hexdigest()
@@ -222,7 +221,7 @@ def coverage_figures(rows: Sequence[LabelledText], folds: np.ndarray) -> dict[st
     """{protocol: {subset: coverage_ceiling}} for every subset a protocol tests (neutral sentences aside)."""
     source = np.array([r.source for r in rows])
     out: dict[str, dict[str, Any]] = {}
-    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+    for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
         tested = np.isin(source, list(test_sources - {"neutral"}))
         out[protocol] = {name: coverage_ceiling(rows, folds, train_sources, mask & tested)
                          for name, mask in reply_subsets(rows).items() if (mask & tested).any()}
@@ -388,8 +387,8 @@ def main(argv: Sequence[str]) -> None:
     figures["llama_reading"] = {**reading_figures(reading), "files": reading_hash}
     for design in FLAGS.designs:
         logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, model.config.d_model)
-        figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in PROTOCOLS}
-        for p in PROTOCOLS:
+        figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in judge_cv.PROTOCOLS}
+        for p in judge_cv.PROTOCOLS:
             read = judged_on_reading(logp[p], rows, read_index, reading)
             if read is not None:
                 figures["designs"][design][p]["llama_steered_read"] = read

@@ -41,7 +41,6 @@ from emojax.model.forward import forward
 from emojax.runs.atomic import write_json
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training.data import LabelledText, load_gemma, load_official, load_rated
-from experiments.judge_training.cross_validation import PROTOCOLS
 from experiments.judge_training.reader_cache import CANDIDATE_LAYERS, MAX_TOKENS, cached_features
 
 FLAGS = flags.FLAGS
@@ -153,7 +152,7 @@ def threshold_judge_figures(scores: np.ndarray, rows: Sequence[LabelledText], fo
     targets = np.array([EMOTIONS.index(r.target) if r.target else -1 for r in rows])
     neutral = source == "neutral"
     out = {}
-    for protocol, (train_sources, test_sources) in PROTOCOLS.items():
+    for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
         judged, thresholds = np.zeros(len(rows), np.int64), []
         false_hits, neutral_seen = np.zeros(len(EMOTIONS)), 0
         for k in range(FLAGS.folds):
