@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.judge_training.cross_validation import binary_figures
-from experiments.judge_training.data import LLAMA_READING_FILE, LabelledText, load_llama_reading
-from experiments.judge_training.transfer import (coverage_ceiling, coverage_figures, reading_figures, reply_subsets,
+from experiments.judge_training.cross_validation import binary_figures, scenario_folds
+from experiments.judge_training.data import (EXTRA_READINGS, LLAMA_READING_FILE, LabelledText, load_extra_readings,
+                                             load_llama_reading)
+from experiments.judge_training.offline_fit import balanced_scales
+from experiments.judge_training.reader_cache import candidate_layers
+from experiments.judge_training.transfer import (coverage_ceiling, coverage_figures, extended_folds, layer_columns,
+                                                 nested_choice, parse_design, reading_figures, reply_subsets,
                                                  weighted_figures)
 
 
@@ -115,3 +119,60 @@ def test_the_threshold_judge_matches_only_a_top_target_above_its_threshold() -> 
     targets = np.array([0, 1, 0, -1])
     assert threshold_matches(calibrated, targets, 1.0).tolist() == [1, 0, 0, 0]
     assert threshold_matches(calibrated, targets, 0.0).tolist() == [1, 0, 1, 0]
+
+
+def test_balanced_scales_weigh_every_model_as_the_most_numerous() -> None:
+    official = [_row("anger", 1, "anger", "a", "unprompted")] * 3 + [_row("anger", 1, "anger", "a", "prompted")]
+    rated, gemma = [_row("anger", 1, "anger", "a", "rated")] * 2, [_row("anger", 1, "anger", "a", "gemma")]
+    neutral = [_row("", 0, "none", "a", "neutral")] * 9  # sentences are not a model's replies
+    assert balanced_scales(official + rated + gemma + neutral) == {"rated": 2.0, "gemma": 4.0}
+    assert balanced_scales(rated + gemma) == {"rated": 1.0, "gemma": 2.0}  # no Llama: SmolLM2's count rules
+    assert balanced_scales(official + neutral) == {}
+
+
+def _design(llama: float, smollm2: float, gemma: float) -> dict:
+    return {"no_llama": {"llama_steered": {"match": {"kappa": llama}}},
+            "no_smollm2": {"smollm2_all": {"fluent_match": {"kappa": smollm2}}},
+            "no_gemma": {"gemma_all": {"fluent_match": {"kappa": gemma}}}, "all": {}}
+
+
+def test_a_protocol_design_is_chosen_by_the_other_protocols_alone() -> None:
+    # "a" wins on Llama's replies by far, "b" on both small models' by a little
+    designs = {"a": _design(0.9, 0.5, 0.5), "b": _design(0.1, 0.6, 0.6)}
+    chosen = nested_choice(designs)
+    assert chosen["no_llama"]["design"] == "b" and chosen["no_llama"]["figures"] == {"kappa": 0.1}
+    assert chosen["no_llama"]["chosen_by"] == ["no_smollm2", "no_gemma"]
+    assert chosen["no_smollm2"]["design"] == "a" and chosen["no_smollm2"]["score"] == pytest.approx(0.7)
+    assert chosen["no_gemma"]["design"] == "a"
+    assert set(chosen) == {"no_llama", "no_smollm2", "no_gemma"}
+
+
+def test_extra_readings_never_move_a_tested_text_to_another_fold() -> None:
+    scenarios = [f"s{i}" for i in range(12)] * 2
+    extra = ["s3", "s3", "s11", "new_a", "new_b", "new_a"]
+    folds = extended_folds(scenarios, extra, 5, 0)
+    assert folds[:24].tolist() == scenario_folds(scenarios, 5, 0).tolist()
+    fold_of = dict(zip(scenarios, folds[:24].tolist()))
+    assert folds[24:27].tolist() == [fold_of["s3"], fold_of["s3"], fold_of["s11"]]
+    new_a, new_b, new_a_again = folds[27:].tolist()
+    assert new_a == new_a_again and {new_a, new_b} <= set(range(5))
+
+
+def test_the_extra_readings_hold_each_read_text_once_and_only_the_small_models() -> None:
+    rows, hashes = load_extra_readings()
+    assert {r.source for r in rows} == {"smollm2_extra", "gemma_extra"}
+    assert len({(r.text, r.target) for r in rows}) == len(rows)
+    assert len(hashes) == sum(len(paths) for paths in EXTRA_READINGS.values())
+    assert all(r.label == r.target for r in rows if r.match)
+    assert all(r.label != r.target for r in rows if not r.match)
+    assert all(r.scenario for r in rows)
+
+
+def test_a_design_reads_only_layers_its_reader_caches() -> None:
+    gemma_layers = candidate_layers(18)
+    assert gemma_layers == (2, 5, 8, 11, 14, 17) and candidate_layers(30)[-1] == 29
+    assert parse_design("combined:5-11-17", gemma_layers) == ("combined", (5, 11, 17))
+    with pytest.raises(ValueError, match="among the reader's"):
+        parse_design("reader:26", gemma_layers)
+    # two cached layers of width 4: layer 8 is the second block of columns
+    assert layer_columns((8,), 4, (5, 8)).tolist() == [4, 5, 6, 7]

@@ -127,7 +127,6 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, *, l2: float, steps: 
     return theta[:d], float(theta[d])
 
 
-
 def lda_from_moments(second_moment: np.ndarray, class_sums: np.ndarray, class_weights: np.ndarray, *,
                      shrinkage: float, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Linear discriminant analysis from weighted moments: W [d, C], b [C] with log-probs = log_softmax(x W + b).

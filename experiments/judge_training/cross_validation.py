@@ -18,12 +18,14 @@ from experiments.judge_training.data import CONDITIONS, LabelledText
 
 # Candidate offsets of the match rule (log-probability units): negative rejects more, positive accepts more.
 OFFSET_GRID = tuple(float(x) for x in np.round(np.arange(-3.0, 3.001, 0.1), 2))
-EVERY_SOURCE = {"prompted", "unprompted", "rated", "gemma", "neutral"}
+# `smollm2_extra` and `gemma_extra` (data.load_extra_readings) are each small model's other careful readings:
+# trained on wherever their model is, never tested.
+EVERY_SOURCE = {"prompted", "unprompted", "rated", "gemma", "neutral", "smollm2_extra", "gemma_extra"}
 # Leave one model's replies out: protocol -> (training sources, tested sources).
 PROTOCOLS = {"no_llama": (EVERY_SOURCE - {"prompted", "unprompted"}, {"prompted", "unprompted", "neutral"}),
-             "no_smollm2": (EVERY_SOURCE - {"rated"}, {"rated", "neutral"}),
-             "no_gemma": (EVERY_SOURCE - {"gemma"}, {"gemma", "neutral"}),
-             "all": (EVERY_SOURCE, EVERY_SOURCE)}
+             "no_smollm2": (EVERY_SOURCE - {"rated", "smollm2_extra"}, {"rated", "neutral"}),
+             "no_gemma": (EVERY_SOURCE - {"gemma", "gemma_extra"}, {"gemma", "neutral"}),
+             "all": (EVERY_SOURCE, EVERY_SOURCE - {"smollm2_extra", "gemma_extra"})}
 
 
 def scenario_folds(scenarios: Sequence[str], k: int, seed: int) -> np.ndarray:

@@ -35,6 +35,13 @@ RATED_FILE = "smollm2_train_replies.jsonl"
 GEMMA_FILE = Path(__file__).resolve().parent / "labels" / "gemma3_270m_quick_test_replies.jsonl"
 SMOLLM2_QUICK_FILE = GEMMA_FILE.with_name("smollm2_quick_test_replies.jsonl")
 LLAMA_READING_FILE = Path(__file__).resolve().parent / "labels" / "llama32_3b_steered_sample.jsonl"
+# The readings load_extra_readings adds for training only: every careful reading of a small model's replies
+# in labels/ that is not already a source of its own.
+EXTRA_READINGS = {"smollm2_extra": tuple(GEMMA_FILE.with_name(f"smollm2_{name}.jsonl") for name in (
+                      "quick_test_replies", "quick_test_controls", "standard_variants_test_sample",
+                      "standard_variant_choice_test_sample")),
+                  "gemma_extra": tuple(GEMMA_FILE.with_name(f"gemma3_270m_{name}.jsonl") for name in (
+                      "quick_test_controls", "standard_test_sample"))}
 CONDITIONS = ("prompting", "steering", "circuit")
 NONE = "none"
 
@@ -146,19 +153,46 @@ def _careful_reading(records: list[dict[str, Any]], path: Path, source: str) -> 
     """Replies rated by careful reading (rubric.md, the records of `path`), with the prompts they answered."""
     rows = []
     for i, record in enumerate(records):
-        label = record["label"]
         where = f"{path} line {i + 1}"
-        if record["condition"] not in CONDITIONS or record["emotion"] not in EMOTIONS:
-            raise ValueError(f"{where}: condition {record['condition']!r} / emotion {record['emotion']!r} unknown")
-        if label["match"] not in (0, 1) or label["fluent"] not in (0, 1) or label["dominant"] not in (*EMOTIONS, NONE):
-            raise ValueError(f"{where}: bad label {label}")
-        match, dominant = int(label["match"]), label["dominant"]
-        learnt = record["emotion"] if match else (dominant if dominant != record["emotion"] else NONE)
+        if record["condition"] not in CONDITIONS:
+            raise ValueError(f"{where}: condition {record['condition']!r} unknown")
+        match, learnt, fluent = _reading(record, where)
         rows.append(LabelledText(record["text"], record["emotion"], match, learnt, record["skeleton_id"], source,
-                                 record["condition"], int(label["fluent"]),
+                                 record["condition"], fluent,
                                  rated_prompt(record["condition"], record["emotion"], record["scenario"],
                                               record["event"])))
     return rows
+
+
+def _reading(record: dict[str, Any], where: str) -> tuple[int, str, int]:
+    """(match, the class a judge learns, fluent) of one careful reading: the target when it matches, else the
+    emotion the text mainly expresses, else none."""
+    label = record["label"]
+    if record["emotion"] not in EMOTIONS:
+        raise ValueError(f"{where}: emotion {record['emotion']!r} unknown")
+    if label["match"] not in (0, 1) or label["fluent"] not in (0, 1) or label["dominant"] not in (*EMOTIONS, NONE):
+        raise ValueError(f"{where}: bad label {label}")
+    match, dominant = int(label["match"]), label["dominant"]
+    return match, record["emotion"] if match else (dominant if dominant != record["emotion"] else NONE), int(label["fluent"])
+
+
+def load_extra_readings() -> tuple[list[LabelledText], dict[str, str]]:
+    """Every other careful reading of the two small models' replies in labels/ (test-split runs, controls and
+    samples: EXTRA_READINGS), as sources `smollm2_extra` and `gemma_extra`; a text already read for the same
+    target in an earlier file is kept once. (rows, {file: sha256})."""
+    rows, hashes, seen = [], {}, set()
+    for source, paths in EXTRA_READINGS.items():
+        for path in paths:
+            for i, record in enumerate(_jsonl(path)):
+                match, learnt, fluent = _reading(record, f"{path} line {i + 1}")
+                if (record["text"], record["emotion"]) in seen:
+                    continue
+                seen.add((record["text"], record["emotion"]))
+                scenario = record.get("skeleton_id") or record["key"].split("__")[0]
+                rows.append(LabelledText(record["text"], record["emotion"], match, learnt, scenario, source,
+                                         record["condition"], fluent))
+            hashes[f"experiments/judge_training/labels/{path.name}"] = sha256(path)
+    return rows, hashes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,14 +2,15 @@
 
 Shared by the launchers that fit them: experiments.judge_training.train (the shipped artefacts),
 .transfer (the judge designs across models) and .fluency_context (the rule on replies read alone). Each
-launcher calls `define_flags()` once, so the flags are filed under it and its --help lists them.
+launcher calls `define_flags()` once, so the flags are filed under it and its --help lists them;
+.zero_shot, which fits neither, calls `define_data_flags()` for the data and fold flags alone.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import flags, logging
@@ -35,16 +36,26 @@ PROBE_TEXTS = ("Ugh, this is revolting and I can't stand the smell.",
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """Define the fitting flags on absl's global FLAGS, at launcher import. A process that imports several
-    of these launchers (the tests) defines them once, under the first."""
-    if "fluency_l2" in FLAGS:
+def define_data_flags() -> None:
+    """Define the flags that name the labelled data and its folds, at launcher import (once per process)."""
+    if "data_dir" in FLAGS:
         return
     flags.disclaim_key_flags()  # the calling launcher owns these flags, so its --help lists them
     flags.DEFINE_string("data_dir", str(REPO_ROOT.parent / "shared" / "data" / "official"),
                         "Folder with sev.jsonl and llama32_3b/{prompting_sev,steering_half}.")
     flags.DEFINE_string("labels_dir", str(REPO_ROOT.parent / "shared" / "data" / "labels"),
                         "Folder with smollm2_train_replies.jsonl (the default model's rated replies).")
+    flags.DEFINE_integer("folds", 5, "Outer cross-validation folds, split by scenario.")
+    flags.DEFINE_integer("seed", 0, "Seed of the scenario-to-fold assignment.")
+
+
+def define_flags() -> None:
+    """Define the data flags and the fitting flags on absl's global FLAGS, at launcher import. A process that
+    imports several of these launchers (the tests) defines them once, under the first."""
+    define_data_flags()
+    if "fluency_l2" in FLAGS:
+        return
+    flags.disclaim_key_flags()
     flags.DEFINE_string("out", str(DEFAULT_ARTIFACT.parent), "Folder for offline_judge.npz/.json and fluency_rule.json.")
     flags.DEFINE_string("model", "smollm2-135m-instruct", "The model that wrote the rated replies (their perplexity).")
     flags.DEFINE_string("perplexity_cache", None, "JSON file caching the rated replies' perplexities "
@@ -53,9 +64,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("n_buckets", 2**17, "Hash buckets (a power of two).")
     flags.DEFINE_float("l2", 1e-4, "L2 penalty on the judge's weights (features have unit norm).")
     flags.DEFINE_float("none_weight", 1.0, "Sample weight of 'none' texts relative to the others.")
-    flags.DEFINE_integer("folds", 5, "Outer cross-validation folds, split by scenario.")
     flags.DEFINE_integer("inner_folds", 3, "Inner folds (inside each outer training part) that choose the offset.")
-    flags.DEFINE_integer("seed", 0, "Seed of the scenario-to-fold assignment.")
     flags.DEFINE_integer("max_steps", 200, "L-BFGS steps per fit.")
     flags.DEFINE_bool("neutral_sentences", True, "Add the sev.jsonl scenario/event sentences as 'none' texts.")
     flags.DEFINE_float("neutral_weight", 0.3, "Sample weight of each neutral sentence (they outnumber the real "
@@ -79,25 +88,43 @@ def rated_weight(rows: Sequence[LabelledText]) -> float:
     return official / rated if rated and official else 1.0
 
 
-def sample_weights(rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
-    """(class index, sample weight) of each text: what every judge head is fitted to."""
+def balanced_scales(rows: Sequence[LabelledText]) -> dict[str, float]:
+    """{source: weight of each of its replies} such that every model's replies weigh as much in total as
+    the most numerous model's: rated_weight's rule for any number of models."""
+    counts = {"official": sum(r.source in ("prompted", "unprompted") for r in rows),
+              "rated": sum(r.source == "rated" for r in rows), "gemma": sum(r.source == "gemma" for r in rows)}
+    top = max(counts.values())
+    return {s: top / n for s, n in counts.items() if s != "official" and n}
+
+
+def sample_weights(rows: Sequence[LabelledText], scales: dict[str, float] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(class index, sample weight) of each text: what every judge head is fitted to. `scales` multiplies
+    the weight of each named source's texts (default: the rated replies by rated_weight)."""
     labels = np.array([CLASSES.index(r.label) for r in rows])
     weight = np.where(labels == CLASSES.index(NONE), FLAGS.none_weight, 1.0)
-    weight[[r.source == "neutral" for r in rows]] = FLAGS.neutral_weight
-    weight[[r.source == "rated" for r in rows]] *= rated_weight(rows)
+    source = np.array([r.source for r in rows])
+    weight[source == "neutral"] = FLAGS.neutral_weight
+    for name, scale in ({"rated": rated_weight(rows)} if scales is None else scales).items():
+        weight[source == name] *= scale
     return labels, weight
 
 
-def fit(features: SparseRows, rows: Sequence[LabelledText]) -> tuple[np.ndarray, np.ndarray]:
-    labels, weight = sample_weights(rows)
+def fit(features: SparseRows, rows: Sequence[LabelledText], scales: dict[str, float] | None = None
+        ) -> tuple[np.ndarray, np.ndarray]:
+    labels, weight = sample_weights(rows, scales)
     w, b = fit_softmax_regression(features, labels, n_classes=len(CLASSES), n_buckets=FLAGS.n_buckets,
                                   l2=FLAGS.l2, sample_weight=weight, max_steps=FLAGS.max_steps)
     return w.astype(np.float16), b  # shipped as float16, so every figure uses the rounded weights
 
 
-def fit_predict(features: SparseRows, rows: Sequence[LabelledText], train: np.ndarray, test: np.ndarray) -> np.ndarray:
+def fit_predict(features: SparseRows, rows: Sequence[LabelledText], train: np.ndarray, test: np.ndarray,
+                scales_of: Callable[[Sequence[LabelledText]], dict[str, float]] | None = None) -> np.ndarray:
+    """Log-probs of the `test` rows by a fit on the `train` rows, weighted by `scales_of(train rows)`
+    (default: sample_weights' own)."""
     start = time.perf_counter()
-    w, b = fit(features.take(train), [rows[i] for i in train])
+    train_rows = [rows[i] for i in train]
+    w, b = fit(features.take(train), train_rows, None if scales_of is None else scales_of(train_rows))
     logging.info("fit on %d texts, %d predicted: %.0f s", len(train), len(test), time.perf_counter() - start)
     return log_softmax(features.take(test).dot(w.astype(np.float32)) + b)
 

@@ -21,9 +21,16 @@ from emojax.runs.atomic import write_npz
 from emojax.weights.cache import resolve_cache_dir
 
 CHUNK = 256
-# The layers whose pooled states are cached (every third of the reader's 30); designs pick among them.
-CANDIDATE_LAYERS = tuple(range(2, 30, 3))
 MAX_TOKENS = 64  # tokens of a reply that the reader reads
+
+
+def candidate_layers(n_layers: int) -> tuple[int, ...]:
+    """The layers whose pooled states are cached for a reader of `n_layers` (every third from the third);
+    designs pick among them."""
+    return tuple(range(2, n_layers, 3))
+
+
+CANDIDATE_LAYERS = candidate_layers(30)  # the default reader's, SmolLM2-135M-Instruct's 30 layers
 
 
 def text_key(text: str) -> str:

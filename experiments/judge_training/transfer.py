@@ -13,8 +13,10 @@ a fit on the other folds restricted to the training sources (leave one model's r
   no_smollm2  trained on the Llama replies, the Gemma rated replies + SEV sentences, tested on SmolLM2's
   no_gemma    trained on the Llama replies, the SmolLM2 rated replies + SEV sentences, tested on Gemma's
   all         trained on every source, tested on every source
-The Gemma-3-270M replies (labels/README.md) weigh 1 each; their fluent_match figures use the fluency
-verdict their run recorded (the shipped rule on Gemma's own perplexities).
+The Gemma-3-270M replies (labels/README.md) weigh 1 each (--balance_models: every model's replies weigh as much in
+total as the most numerous model's); their fluent_match figures use the fluency verdict their run recorded (the shipped
+rule on Gemma's own perplexities). `nested_choice` gives, for each protocol, the design the other protocols' figures
+choose and its figures there: a choice of design that the reported model took no part in.
 SEV sentences are held out by fold in every protocol (false matches). `coverage_ceiling` bounds every design of a
 protocol: a target emotion that no training label of its fold carries is never judged a match. The figures go to
 --figures_out; with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
@@ -45,9 +47,9 @@ from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training import offline_fit
-from experiments.judge_training.data import (LabelledText, ReadSample, load_gemma, load_llama_reading, load_official,
-                                             load_rated, sev_sentences)
-from experiments.judge_training.reader_cache import CANDIDATE_LAYERS, MAX_TOKENS, cached_features
+from experiments.judge_training.data import (LabelledText, ReadSample, load_extra_readings, load_gemma,
+                                             load_llama_reading, load_official, load_rated, sev_sentences)
+from experiments.judge_training.reader_cache import CANDIDATE_LAYERS, MAX_TOKENS, cached_features, candidate_layers
 
 FLAGS = flags.FLAGS
 MODEL_VERSION = "1.0"
@@ -60,37 +62,64 @@ flags.DEFINE_list("designs", ["ngram", "reader:14", "reader:8-17-26", "combined:
 flags.DEFINE_float("shrinkage", 0.3, "Shrinkage of the reader head's pooled covariance towards its diagonal.")
 flags.DEFINE_float("none_prior", None, "The reader head's prior of `none` (each emotion (1 - p) / 6) in place of "
                    "the training share of each class; None: the training shares.")
+flags.DEFINE_bool("balance_models", False, "Weigh every model's replies as much in total as the most numerous "
+                  "model's (offline_fit.balanced_scales); default: the trainer's weights (Gemma's replies 1 each).")
 flags.DEFINE_float("combined_ngram_weight", 0.5, "Weight of the n-gram log-probabilities in a combined design.")
 flags.DEFINE_bool("fluency", True, "Cross-validate the fluency rule too (the rated replies' perplexities, cached) "
                   "for fluent_match figures.")
 flags.DEFINE_bool("gemma_replies", True, "Add Gemma-3-270M's rated replies (labels/) as a third source; the shipped "
                   "reader_judge.npz was fitted without them (--nogemma_replies reproduces it).")
+flags.DEFINE_string("reader", None, "The model whose pooled states the reader designs read, e.g. gemma-3-270m "
+                    "(layers: every third from the third); default --model, the embedded SmolLM2. Not with --ship.")
+flags.DEFINE_bool("extra_readings", False, "Train (never test) on every other careful reading of the small models' "
+                  "replies in labels/ (data.load_extra_readings), each weighing 1, wherever their model is trained on.")
 flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
 flags.DEFINE_string("figures_out", str(Path(__file__).resolve().parent / "transfer_figures.json"),
                     "Where the cross-validated figures go.")
 
 
-def parse_design(design: str) -> tuple[str, tuple[int, ...]]:
+def extended_folds(scenarios: Sequence[str], extra_scenarios: Sequence[str], k: int, seed: int) -> np.ndarray:
+    """Scenario folds of the tested sources, unchanged by the extra readings: an extra text takes its scenario's
+    fold, and a scenario only extra texts hold gets one of its own (seeded), so extras never reshuffle the folds."""
+    folds = judge_cv.scenario_folds(scenarios, k, seed)
+    fold_of = dict(zip(scenarios, folds.tolist()))
+    new = sorted(set(extra_scenarios) - set(fold_of))
+    np.random.default_rng(seed).shuffle(new)
+    fold_of.update({s: i % k for i, s in enumerate(new)})
+    return np.concatenate([folds, np.array([fold_of[s] for s in extra_scenarios], np.int64)])
+
+
+def parse_design(design: str, candidates: Sequence[int] = CANDIDATE_LAYERS) -> tuple[str, tuple[int, ...]]:
     kind, _, layers = design.partition(":")
     if kind == "ngram" and not layers:
         return kind, ()
     chosen = tuple(int(x) for x in layers.split("-") if x)
-    if kind not in ("reader", "combined") or not chosen or not set(chosen) <= set(CANDIDATE_LAYERS):
+    if kind not in ("reader", "combined") or not chosen or not set(chosen) <= set(candidates):
         raise ValueError(f"--designs: {design!r}; expected ngram, reader:<layers> or combined:<layers> with "
-                         f"layers among {CANDIDATE_LAYERS}")
+                         f"layers among the reader's {tuple(candidates)}")
     return kind, chosen
 
 
-def layer_columns(layers: Sequence[int], d_model: int) -> np.ndarray:
-    return np.concatenate([np.arange(d_model) + CANDIDATE_LAYERS.index(l) * d_model for l in layers])
+def layer_columns(layers: Sequence[int], d_model: int, candidates: Sequence[int] = CANDIDATE_LAYERS) -> np.ndarray:
+    """Columns of `layers` in cached features that hold the `candidates` layers' pooled states side by side."""
+    return np.concatenate([np.arange(d_model) + list(candidates).index(l) * d_model for l in layers])
+
+
+def source_scales(rows: Sequence[LabelledText]) -> dict[str, float]:
+    """Weight of each reply of the rated sources among the fitted `rows` (offline_fit.sample_weights' scales)."""
+    if not FLAGS.balance_models:
+        return {"rated": offline_fit.rated_weight(rows)}
+    scales = offline_fit.balanced_scales(rows)
+    if FLAGS.rated_weight is not None and "rated" in scales:
+        scales["rated"] = FLAGS.rated_weight
+    return scales
 
 
 def group_moments(x: np.ndarray, rows: Sequence[LabelledText], folds: np.ndarray
                   ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Moments of each (fold, source) group, rated replies at unit scale: a fit on a union of groups sums them."""
-    labels, weight = offline_fit.sample_weights(rows)
+    """Moments of each (fold, source) group, every source at unit scale: a fit on a union of groups sums them."""
+    labels, weight = offline_fit.sample_weights(rows, scales={})
     source = np.array([r.source for r in rows])
-    weight = np.where(source == "rated", weight / offline_fit.rated_weight(rows), weight)
     out = {}
     for k in range(FLAGS.folds):
         for s in sorted(judge_cv.PROTOCOLS["all"][0]):
@@ -100,9 +129,9 @@ def group_moments(x: np.ndarray, rows: Sequence[LabelledText], folds: np.ndarray
 
 
 def fit_from_groups(moments: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
-                    groups: Sequence[tuple[int, str]], rated_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The reader head (LDA) of the union of `groups`, rated replies weighted as offline_fit.sample_weights does."""
-    parts = [[m * (rated_scale if g[1] == "rated" else 1.0) for m in moments[g]] for g in groups]
+                    groups: Sequence[tuple[int, str]], scales: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The reader head (LDA) of the union of `groups`, each source's moments multiplied by its scale."""
+    parts = [[m * scales.get(g[1], 1.0) for m in moments[g]] for g in groups]
     second, sums, counts = (sum(p[i] for p in parts) for i in range(3))
     return lda_from_moments(second, sums, counts, shrinkage=FLAGS.shrinkage, prior=class_prior())
 
@@ -121,12 +150,13 @@ def combine(reader_logp: np.ndarray, ngram_logp: np.ndarray, weight: float) -> n
 
 
 def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndarray, reader_x: np.ndarray,
-                       ngram_logp: dict[str, np.ndarray], d_model: int) -> dict[str, np.ndarray]:
+                       ngram_logp: dict[str, np.ndarray], d_model: int,
+                       candidates: Sequence[int] = CANDIDATE_LAYERS) -> dict[str, np.ndarray]:
     """{protocol: [n, 7] log-probs of the rows that protocol tests (NaN elsewhere)}."""
-    kind, layers = parse_design(design)
+    kind, layers = parse_design(design, candidates)
     if kind == "ngram":
         return ngram_logp
-    x = reader_x[:, layer_columns(layers, d_model)].astype(np.float64)
+    x = reader_x[:, layer_columns(layers, d_model, candidates)].astype(np.float64)
     x -= x.mean(axis=0)  # numerics only: LDA is unchanged by a shift of every text
     moments = group_moments(x, rows, folds)
     source = np.array([r.source for r in rows])
@@ -137,7 +167,7 @@ def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndar
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
             test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
             groups = [(j, s) for j in range(FLAGS.folds) for s in sorted(train_sources) if j != k]
-            w, b = fit_from_groups(moments, groups, offline_fit.rated_weight([rows[i] for i in fit_rows]))
+            w, b = fit_from_groups(moments, groups, source_scales([rows[i] for i in fit_rows]))
             logp[test] = log_softmax(x[test] @ w + b)
             if kind == "combined":
                 logp[test] = combine(logp[test], ngram_logp[protocol][test], FLAGS.combined_ngram_weight)
@@ -154,7 +184,8 @@ def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: s
     for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
         key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
                                          FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
-                                         FLAGS.max_steps]).encode()).hexdigest()
+                                         FLAGS.max_steps] + (["balanced"] if FLAGS.balance_models else [])
+                                        ).encode()).hexdigest()
         path = resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as data:
@@ -166,7 +197,7 @@ def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: s
         for k in range(FLAGS.folds):
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
             test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
-            logp[test] = offline_fit.fit_predict(features, rows, fit_rows, test)
+            logp[test] = offline_fit.fit_predict(features, rows, fit_rows, test, source_scales)
         write_npz(path, {"log_probs": logp})
         out[protocol] = logp
     return out
@@ -292,6 +323,34 @@ def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.
             "vs_gpt": weighted_figures(sample.gpt_match, match, sample.weight)}
 
 
+# The figure each leave-one-source-out protocol is judged by: (reply subset, verdict) of the source it leaves out.
+HEADLINES = {"no_llama": ("llama_steered", "match"), "no_smollm2": ("smollm2_all", "fluent_match"),
+             "no_gemma": ("gemma_all", "fluent_match")}
+
+
+def headline_kappa(design_figures: dict[str, Any], protocol: str) -> float | None:
+    subset, verdict = HEADLINES[protocol]
+    return design_figures[protocol].get(subset, {}).get(verdict, {}).get("kappa")
+
+
+def nested_choice(designs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """For each protocol, the design that the *other* protocols' headline kappas choose (their mean), and its
+    figures on the protocol: what choosing a design by leave-one-source-out figures gives on a model that
+    took no part in the choice (choosing by every protocol's figures, then reporting them, flatters them)."""
+    out = {}
+    for protocol in HEADLINES:
+        others = [p for p in HEADLINES if p != protocol]
+        scores = {d: [headline_kappa(f, p) for p in others] for d, f in designs.items()}
+        scores = {d: float(np.mean(k)) for d, k in scores.items() if None not in k}
+        if not scores or headline_kappa(next(iter(designs.values())), protocol) is None:
+            continue
+        chosen = max(sorted(scores), key=lambda d: scores[d])
+        subset, verdict = HEADLINES[protocol]
+        out[protocol] = {"chosen_by": others, "design": chosen, "score": round(scores[chosen], 4),
+                         "figures": designs[chosen][protocol][subset][verdict]}
+    return out
+
+
 def held_out_fluent(rated: Sequence[LabelledText], rated_folds: np.ndarray, labels_sha: str) -> np.ndarray:
     """The fluency rule's verdict on each rated reply, cross-validated on the same scenario folds."""
     ppl, _ = offline_fit.rated_perplexities(rated, labels_sha)
@@ -306,7 +365,8 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
         raise ValueError("--ship: the n-gram design is the offline judge; train it with experiments.judge_training.train")
     x = reader_x[:, layer_columns(layers, model.config.d_model)].astype(np.float64)
     centre = x.mean(axis=0)
-    labels, weight = offline_fit.sample_weights(rows)
+    scales = source_scales(rows)
+    labels, weight = offline_fit.sample_weights(rows, scales)
     w, b = lda_from_moments(*weighted_moments(x - centre, labels, weight, len(CLASSES)), shrinkage=FLAGS.shrinkage)
     head = {"head_weights": w.astype(np.float32), "head_bias": b.astype(np.float32), "mean": centre.astype(np.float32),
             "scale": np.ones(len(centre), np.float32)}
@@ -318,7 +378,7 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
             "training_command": " ".join(["python -m experiments.judge_training.transfer", *sys.argv[1:]]),
             "hyperparameters": {"head": "LDA", "shrinkage": FLAGS.shrinkage, "offset": 0.0, "none_weight": FLAGS.none_weight,
                                 "neutral_weight": FLAGS.neutral_weight,
-                                "rated_weight": round(offline_fit.rated_weight(rows), 4)},
+                                "source_weights": {s: round(v, 4) for s, v in scales.items()}},
             "data": {"files": hashes, "texts": len(rows)}, "held_out": figures}
     path = Path(FLAGS.out) / DEFAULT_READER_ARTIFACT.name
     write_npz(path, {**head, "target_offset": np.zeros(len(EMOTIONS), np.float32)}, meta)
@@ -365,12 +425,18 @@ def main(argv: Sequence[str]) -> None:
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
     rated, rated_hashes = load_rated(Path(FLAGS.labels_dir))
     gemma, gemma_run_fluent, gemma_hashes = load_gemma() if FLAGS.gemma_replies else ([], np.zeros(0, int), {})
-    rows = official + rated + gemma
-    all_hashes = {**hashes, **rated_hashes, **gemma_hashes}
+    extra, extra_hashes = load_extra_readings() if FLAGS.extra_readings else ([], {})
+    rows = official + rated + gemma + extra
+    all_hashes = {**hashes, **rated_hashes, **gemma_hashes, **extra_hashes}
     data_hash = hashlib.sha256(json.dumps(all_hashes, sort_keys=True).encode()).hexdigest()
-    folds = judge_cv.scenario_folds([r.scenario for r in rows], FLAGS.folds, FLAGS.seed)
+    folds = extended_folds([r.scenario for r in rows[:len(rows) - len(extra)]], [r.scenario for r in extra],
+                           FLAGS.folds, FLAGS.seed)
+    if FLAGS.ship and FLAGS.reader:
+        raise ValueError("--ship refits the shipped reader judge, which reads with --model; drop --reader")
     model = load_model(FLAGS.model)
-    reader_x = cached_features(model, [r.text for r in rows], ReaderSpec(model.name, CANDIDATE_LAYERS, MAX_TOKENS),
+    reader = load_model(FLAGS.reader) if FLAGS.reader else model
+    candidates = candidate_layers(reader.config.n_layers)
+    reader_x = cached_features(reader, [r.text for r in rows], ReaderSpec(reader.name, candidates, MAX_TOKENS),
                                batch_size=READER_BATCH_SIZE)
     ngram_logp = ngram_held_out(rows, folds, data_hash)
     source = np.array([r.source for r in rows])
@@ -381,18 +447,20 @@ def main(argv: Sequence[str]) -> None:
         fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
         fluent[is_gemma] = gemma_run_fluent
     figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
+                               "reader": reader.name,
                                "coverage_ceiling": coverage_figures(rows, folds), "designs": {}}
     reading, reading_hash = load_llama_reading(Path(FLAGS.data_dir))
     read_index = sample_rows(rows, reading)
     figures["llama_reading"] = {**reading_figures(reading), "files": reading_hash}
     for design in FLAGS.designs:
-        logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, model.config.d_model)
+        logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, reader.config.d_model, candidates)
         figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in judge_cv.PROTOCOLS}
         for p in judge_cv.PROTOCOLS:
             read = judged_on_reading(logp[p], rows, read_index, reading)
             if read is not None:
                 figures["designs"][design][p]["llama_steered_read"] = read
-    if gemma:
+    figures["nested_choice"] = nested_choice(figures["designs"])
+    if gemma and reader is model:  # the shipped reader judge reads with the default reader
         figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
     write_json(Path(FLAGS.figures_out), figures)
     logging.info("figures: %s", Path(FLAGS.figures_out))

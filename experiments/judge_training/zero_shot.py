@@ -40,10 +40,12 @@ from emojax.model import block
 from emojax.model.forward import forward
 from emojax.runs.atomic import write_json
 from experiments.judge_training import cross_validation as judge_cv
+from experiments.judge_training import offline_fit
 from experiments.judge_training.data import LabelledText, load_gemma, load_official, load_rated
 from experiments.judge_training.reader_cache import CANDIDATE_LAYERS, MAX_TOKENS, cached_features
 
 FLAGS = flags.FLAGS
+offline_fit.define_data_flags()
 TEMPLATE = '"{reply}"\n\nThe emotion in this text is'
 CLOZE_WORDS = {"anger": " anger", "sadness": " sadness", "happiness": " joy", "fear": " fear",
                "surprise": " surprise", "disgust": " disgust"}
@@ -157,7 +159,7 @@ def threshold_judge_figures(scores: np.ndarray, rows: Sequence[LabelledText], fo
         false_hits, neutral_seen = np.zeros(len(EMOTIONS)), 0
         for k in range(FLAGS.folds):
             calibrated = scores - scores[neutral & (folds != k)].mean(axis=0)
-            fitted = [(folds != k) & (source == s) for s in sorted(train_sources - {"neutral"})]
+            fitted = [m for m in ((folds != k) & (source == s) for s in sorted(train_sources - {"neutral"})) if m.any()]
             threshold = max(THRESHOLDS, key=lambda t: np.mean(
                 [judge_cv.cohen_kappa(truth[m], threshold_matches(calibrated[m], targets[m], t)) for m in fitted]))
             thresholds.append(threshold)
