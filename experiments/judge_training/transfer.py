@@ -17,6 +17,8 @@ The Gemma-3-270M replies (labels/README.md) weigh 1 each (--balance_models: ever
 total as the most numerous model's); their fluent_match figures use the fluency verdict their run recorded (the shipped
 rule on Gemma's own perplexities). `nested_choice` gives, for each protocol, the design the other protocols' figures
 choose and its figures there: a choice of design that the reported model took no part in.
+--reader reads with another model (its every third layer); --extra_readings adds, for training only, every other
+careful reading of the small models in labels/, each taking its scenario's fold.
 SEV sentences are held out by fold in every protocol (false matches). `coverage_ceiling` bounds every design of a
 protocol: a target emotion that no training label of its fold carries is never judged a match. The figures go to
 --figures_out; with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
