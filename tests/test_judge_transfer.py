@@ -18,6 +18,9 @@ from experiments.judge_training.transfer import (coverage_ceiling, coverage_figu
                                                  weighted_figures)
 
 
+TRANSFER_FIGURES = Path(__file__).resolve().parents[1] / "experiments" / "judge_training" / "transfer_figures.json"
+
+
 def _row(target: str, match: int, label: str, scenario: str, source: str) -> LabelledText:
     return LabelledText(f"{source} {target} {match} {scenario}", target, match, label, scenario, source)
 
@@ -176,3 +179,16 @@ def test_a_design_reads_only_layers_its_reader_caches() -> None:
         parse_design("reader:26", gemma_layers)
     # two cached layers of width 4: layer 8 is the second block of columns
     assert layer_columns((8,), 4, (5, 8)).tolist() == [4, 5, 6, 7]
+
+
+def test_the_documented_nested_choice_is_the_figures_file() -> None:
+    figures = json.loads(TRANSFER_FIGURES.read_text(encoding="utf-8"))["nested_choice"]
+    docs = (TRANSFER_FIGURES.parents[2] / "docs" / "judge.md").read_text(encoding="utf-8")
+    names = {"no_llama": "Llama steered", "no_smollm2": "SmolLM2 fluent_match", "no_gemma": "Gemma fluent_match"}
+    assert set(figures) == set(names)
+    for protocol, chosen in figures.items():
+        shown = ", ".join(f"`{p}`" for p in chosen["chosen_by"])
+        f = chosen["figures"]
+        row = (f"| `{protocol}` | {shown} | {chosen['design']} | {names[protocol]} "
+               f"{100 * f['agreement']:.1f}% ({f['kappa']:.2f}) |")
+        assert row in docs, f"{row} is not in docs/judge.md"
