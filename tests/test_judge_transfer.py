@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.judge_training.cross_validation import binary_figures, scenario_folds
+from experiments.judge_training.cross_validation import PROTOCOLS, binary_figures, scenario_folds
 from experiments.judge_training.data import (EXTRA_READINGS, LLAMA_READING_FILE, LabelledText, load_extra_readings,
                                              load_llama_reading)
 from experiments.judge_training.offline_fit import balanced_scales
@@ -128,9 +128,11 @@ def test_balanced_scales_weigh_every_model_as_the_most_numerous() -> None:
     official = [_row("anger", 1, "anger", "a", "unprompted")] * 3 + [_row("anger", 1, "anger", "a", "prompted")]
     rated, gemma = [_row("anger", 1, "anger", "a", "rated")] * 2, [_row("anger", 1, "anger", "a", "gemma")]
     neutral = [_row("", 0, "none", "a", "neutral")] * 9  # sentences are not a model's replies
-    assert balanced_scales(official + rated + gemma + neutral) == {"rated": 2.0, "gemma": 4.0}
+    llama = {"prompted": 1.0, "unprompted": 1.0}
+    assert balanced_scales(official + rated + gemma + neutral) == {**llama, "rated": 2.0, "gemma": 4.0}
     assert balanced_scales(rated + gemma) == {"rated": 1.0, "gemma": 2.0}  # no Llama: SmolLM2's count rules
-    assert balanced_scales(official + neutral) == {}
+    assert balanced_scales(official[:1] + rated * 3) == {"prompted": 6.0, "unprompted": 6.0, "rated": 1.0}
+    assert balanced_scales(neutral) == {}
 
 
 def _design(llama: float, smollm2: float, gemma: float) -> dict:
@@ -150,6 +152,25 @@ def test_a_protocol_design_is_chosen_by_the_other_protocols_alone() -> None:
     assert set(chosen) == {"no_llama", "no_smollm2", "no_gemma"}
 
 
+def test_a_protocol_without_its_figure_neither_chooses_nor_is_reported() -> None:
+    designs = {"a": _design(0.9, 0.5, 0.5), "b": _design(0.1, 0.6, 0.6)}
+    for figures in designs.values():
+        del figures["no_gemma"]["gemma_all"]  # as in a run with --nogemma_replies
+    chosen = nested_choice(designs)
+    assert set(chosen) == {"no_llama", "no_smollm2"}
+    assert chosen["no_llama"]["chosen_by"] == ["no_smollm2"] and chosen["no_llama"]["design"] == "b"
+    assert chosen["no_smollm2"]["design"] == "a"
+    assert nested_choice({}) == {}
+
+
+def test_extra_readings_are_trained_on_with_their_model_and_never_tested() -> None:
+    extras = {"smollm2_extra": "rated", "gemma_extra": "gemma"}
+    for protocol, (train, test) in PROTOCOLS.items():
+        assert not set(extras) & test, protocol
+        for extra, model in extras.items():
+            assert (extra in train) == (model in train), (protocol, extra)
+
+
 def test_extra_readings_never_move_a_tested_text_to_another_fold() -> None:
     scenarios = [f"s{i}" for i in range(12)] * 2
     extra = ["s3", "s3", "s11", "new_a", "new_b", "new_a"]
@@ -162,7 +183,10 @@ def test_extra_readings_never_move_a_tested_text_to_another_fold() -> None:
 
 
 def test_the_extra_readings_hold_each_read_text_once_and_only_the_small_models() -> None:
-    rows, hashes = load_extra_readings()
+    every, _ = load_extra_readings(set())
+    tested = {(every[0].text, every[0].target)}  # a text the caller tests is left out
+    rows, hashes = load_extra_readings(tested)
+    assert len(rows) == len(every) - 1 and not {(r.text, r.target) for r in rows} & tested
     assert {r.source for r in rows} == {"smollm2_extra", "gemma_extra"}
     assert len({(r.text, r.target) for r in rows}) == len(rows)
     assert len(hashes) == sum(len(paths) for paths in EXTRA_READINGS.values())
@@ -186,6 +210,7 @@ def test_the_documented_nested_choice_is_the_figures_file() -> None:
     docs = (TRANSFER_FIGURES.parents[2] / "docs" / "judge.md").read_text(encoding="utf-8")
     names = {"no_llama": "Llama steered", "no_smollm2": "SmolLM2 fluent_match", "no_gemma": "Gemma fluent_match"}
     assert set(figures) == set(names)
+    assert nested_choice(json.loads(TRANSFER_FIGURES.read_text(encoding="utf-8"))["designs"]) == figures
     for protocol, chosen in figures.items():
         shown = ", ".join(f"`{p}`" for p in chosen["chosen_by"])
         f = chosen["figures"]

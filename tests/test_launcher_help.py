@@ -36,7 +36,7 @@ def test_help_lists_every_flag_with_its_help(name):
     found = launcher_flags()[f"experiments.{name}"]
     assert list(found["owners"]) == [f"experiments.{name}"], f"flags filed under other modules: {found['owners']}"
     assert found["flag_help"], f"experiments.{name} defines no flags"
-    assert not found["undefined"], f"experiments.{name} reads flags that nothing it imports defines: {found['undefined']}"
+    assert not found["undefined"], f"experiments.{name} reads flags nothing it imports defines: {found['undefined']}"
     for flag, text in found["flag_help"].items():
         assert text and text.strip(), f"--{flag} of experiments.{name} has no help string"
         assert re.search(rf"--(\[no\])?{flag}: ", found["help"]), f"--{flag} missing from experiments.{name} --help"

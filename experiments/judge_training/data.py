@@ -173,14 +173,15 @@ def _reading(record: dict[str, Any], where: str) -> tuple[int, str, int]:
     if label["match"] not in (0, 1) or label["fluent"] not in (0, 1) or label["dominant"] not in (*EMOTIONS, NONE):
         raise ValueError(f"{where}: bad label {label}")
     match, dominant = int(label["match"]), label["dominant"]
-    return match, record["emotion"] if match else (dominant if dominant != record["emotion"] else NONE), int(label["fluent"])
+    learnt = record["emotion"] if match else (dominant if dominant != record["emotion"] else NONE)
+    return match, learnt, int(label["fluent"])
 
 
-def load_extra_readings() -> tuple[list[LabelledText], dict[str, str]]:
+def load_extra_readings(known: set[tuple[str, str]]) -> tuple[list[LabelledText], dict[str, str]]:
     """Every other careful reading of the two small models' replies in labels/ (test-split runs, controls and
-    samples: EXTRA_READINGS), as sources `smollm2_extra` and `gemma_extra`; a text already read for the same
-    target in an earlier file is kept once. (rows, {file: sha256})."""
-    rows, hashes, seen = [], {}, set()
+    samples: EXTRA_READINGS), as sources `smollm2_extra` and `gemma_extra`, less the (text, target) pairs of
+    `known` (the texts the caller tests) and of an earlier file. (rows, {file: sha256})."""
+    rows, hashes, seen = [], {}, set(known)
     for source, paths in EXTRA_READINGS.items():
         for path in paths:
             for i, record in enumerate(_jsonl(path)):

@@ -3,7 +3,7 @@
 Shared by the launchers that fit them: experiments.judge_training.train (the shipped artefacts),
 .transfer (the judge designs across models) and .fluency_context (the rule on replies read alone). Each
 launcher calls `define_flags()` once, so the flags are filed under it and its --help lists them;
-.zero_shot, which fits neither, calls `define_data_flags()` for the data and fold flags alone.
+.zero_shot, which fits no judge and no rule, calls `define_data_flags()` for the data and fold flags alone.
 """
 from __future__ import annotations
 
@@ -90,11 +90,12 @@ def rated_weight(rows: Sequence[LabelledText]) -> float:
 
 def balanced_scales(rows: Sequence[LabelledText]) -> dict[str, float]:
     """{source: weight of each of its replies} such that every model's replies weigh as much in total as
-    the most numerous model's: rated_weight's rule for any number of models."""
-    counts = {"official": sum(r.source in ("prompted", "unprompted") for r in rows),
-              "rated": sum(r.source == "rated" for r in rows), "gemma": sum(r.source == "gemma" for r in rows)}
-    top = max(counts.values())
-    return {s: top / n for s, n in counts.items() if s != "official" and n}
+    the most numerous model's: rated_weight's rule for any number of models (Llama's two sources together)."""
+    models = {("prompted", "unprompted"): 0, ("rated",): 0, ("gemma",): 0}
+    for sources in models:
+        models[sources] = sum(r.source in sources for r in rows)
+    top = max(models.values())
+    return {s: top / n for sources, n in models.items() if n for s in sources}
 
 
 def sample_weights(rows: Sequence[LabelledText], scales: dict[str, float] | None = None

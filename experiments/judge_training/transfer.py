@@ -82,7 +82,8 @@ flags.DEFINE_string("figures_out", str(Path(__file__).resolve().parent / "transf
 
 def extended_folds(scenarios: Sequence[str], extra_scenarios: Sequence[str], k: int, seed: int) -> np.ndarray:
     """Scenario folds of the tested sources, unchanged by the extra readings: an extra text takes its scenario's
-    fold, and a scenario only extra texts hold gets one of its own (seeded), so extras never reshuffle the folds."""
+    fold, and the scenarios only extra texts hold are dealt round the k folds (seeded), so extras never move a
+    tested text to another fold."""
     folds = judge_cv.scenario_folds(scenarios, k, seed)
     fold_of = dict(zip(scenarios, folds.tolist()))
     new = sorted(set(extra_scenarios) - set(fold_of))
@@ -186,8 +187,7 @@ def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: s
     for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
         key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
                                          FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
-                                         FLAGS.max_steps] + (["balanced"] if FLAGS.balance_models else [])
-                                        ).encode()).hexdigest()
+                                         FLAGS.max_steps, FLAGS.balance_models]).encode()).hexdigest()
         path = resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as data:
@@ -331,21 +331,24 @@ HEADLINES = {"no_llama": ("llama_steered", "match"), "no_smollm2": ("smollm2_all
 
 
 def headline_kappa(design_figures: dict[str, Any], protocol: str) -> float | None:
+    """A design's headline kappa on a protocol; None where the run has none (--nogemma_replies, --nofluency)."""
     subset, verdict = HEADLINES[protocol]
     return design_figures[protocol].get(subset, {}).get(verdict, {}).get("kappa")
 
 
 def nested_choice(designs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """For each protocol, the design that the *other* protocols' headline kappas choose (their mean), and its
-    figures on the protocol: what choosing a design by leave-one-source-out figures gives on a model that
-    took no part in the choice (choosing by every protocol's figures, then reporting them, flatters them)."""
+    """For each protocol, the design that the *other* protocols' headline kappas choose (their mean; a tie goes
+    to the first design name in sort order), and its figures on the protocol: what choosing a design by
+    leave-one-source-out figures gives on a model that took no part in the choice (choosing by every
+    protocol's figures, then reporting them, flatters them). Protocols without a headline figure in this run
+    neither choose nor are reported."""
+    present = [p for p in HEADLINES if designs and all(headline_kappa(f, p) is not None for f in designs.values())]
     out = {}
-    for protocol in HEADLINES:
-        others = [p for p in HEADLINES if p != protocol]
-        scores = {d: [headline_kappa(f, p) for p in others] for d, f in designs.items()}
-        scores = {d: float(np.mean(k)) for d, k in scores.items() if None not in k}
-        if not scores or headline_kappa(next(iter(designs.values())), protocol) is None:
+    for protocol in present:
+        others = [p for p in present if p != protocol]
+        if not others:
             continue
+        scores = {d: float(np.mean([headline_kappa(f, p) for p in others])) for d, f in designs.items()}
         chosen = max(sorted(scores), key=lambda d: scores[d])
         subset, verdict = HEADLINES[protocol]
         out[protocol] = {"chosen_by": others, "design": chosen, "score": round(scores[chosen], 4),
@@ -362,10 +365,11 @@ def held_out_fluent(rated: Sequence[LabelledText], rated_folds: np.ndarray, labe
 
 def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model: Any, figures: dict[str, Any],
          hashes: dict[str, str]) -> None:
-    kind, layers = parse_design(design)
+    candidates = candidate_layers(model.config.n_layers)
+    kind, layers = parse_design(design, candidates)
     if kind == "ngram":
         raise ValueError("--ship: the n-gram design is the offline judge; train it with experiments.judge_training.train")
-    x = reader_x[:, layer_columns(layers, model.config.d_model)].astype(np.float64)
+    x = reader_x[:, layer_columns(layers, model.config.d_model, candidates)].astype(np.float64)
     centre = x.mean(axis=0)
     scales = source_scales(rows)
     labels, weight = offline_fit.sample_weights(rows, scales)
@@ -380,16 +384,16 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
             "training_command": " ".join(["python -m experiments.judge_training.transfer", *sys.argv[1:]]),
             "hyperparameters": {"head": "LDA", "shrinkage": FLAGS.shrinkage, "offset": 0.0, "none_weight": FLAGS.none_weight,
                                 "neutral_weight": FLAGS.neutral_weight,
-                                "source_weights": {s: round(v, 4) for s, v in scales.items()}},
+                                **{f"{s}_weight": round(v, 4) for s, v in scales.items()}},
             "data": {"files": hashes, "texts": len(rows)}, "held_out": figures}
     path = Path(FLAGS.out) / DEFAULT_READER_ARTIFACT.name
     write_npz(path, {**head, "target_offset": np.zeros(len(EMOTIONS), np.float32)}, meta)
     write_manifest(path.parent, [path])
     judge = ReaderJudge(path, model=model)
     bundled = [t for s in BUNDLED_SPLITS for t, _ in sev_sentences(BUNDLED_DIR / f"{s}.jsonl")]
-    spec = ReaderSpec(model.name, CANDIDATE_LAYERS, MAX_TOKENS)
+    spec = ReaderSpec(model.name, candidates, MAX_TOKENS)
     wide = cached_features(model, bundled, spec, batch_size=READER_BATCH_SIZE)
-    logp = judge.log_probs_from(wide[:, layer_columns(layers, model.config.d_model)], bundled)
+    logp = judge.log_probs_from(wide[:, layer_columns(layers, model.config.d_model, candidates)], bundled)
     meta["unseen_neutral_sentences"] = {
         "texts": f"{len(bundled)} scenario and event sentences of emojax's bundled SEV splits",
         "false_match_rate": offline_fit.false_match_rates(logp, np.zeros(len(bundled), np.float32))}
@@ -404,7 +408,8 @@ def shipped_on_gemma(gemma: Sequence[LabelledText], run_fluent: np.ndarray, read
     """The shipped judges (never fitted on Gemma's replies) against careful reading of them, per condition."""
     texts, targets = [r.text for r in gemma], [r.target for r in gemma]
     reader = ReaderJudge(DEFAULT_READER_ARTIFACT, model=model)
-    reader_logp = reader.log_probs_from(reader_x[:, layer_columns(reader.reader.layers, model.config.d_model)], texts)
+    columns = layer_columns(reader.reader.layers, model.config.d_model, candidate_layers(model.config.n_layers))
+    reader_logp = reader.log_probs_from(reader_x[:, columns], texts)
     judged = {"offline": OfflineJudge(DEFAULT_ARTIFACT)(texts, targets).match,
               "reader": verdicts(reader_logp, texts, targets, reader.target_offset).match}
     truth, truth_fluent = np.array([r.match for r in gemma]), np.array([r.fluent for r in gemma])
@@ -424,17 +429,18 @@ def main(argv: Sequence[str]) -> None:
     del argv
     from emojax.loading import load_model
 
+    if FLAGS.ship and FLAGS.reader:
+        raise ValueError("--ship refits the shipped reader judge, which reads with --model; drop --reader")
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
     rated, rated_hashes = load_rated(Path(FLAGS.labels_dir))
     gemma, gemma_run_fluent, gemma_hashes = load_gemma() if FLAGS.gemma_replies else ([], np.zeros(0, int), {})
-    extra, extra_hashes = load_extra_readings() if FLAGS.extra_readings else ([], {})
-    rows = official + rated + gemma + extra
+    tested = official + rated + gemma
+    extra, extra_hashes = (load_extra_readings({(r.text, r.target) for r in tested}) if FLAGS.extra_readings
+                           else ([], {}))
+    rows = tested + extra
     all_hashes = {**hashes, **rated_hashes, **gemma_hashes, **extra_hashes}
-    data_hash = hashlib.sha256(json.dumps(all_hashes, sort_keys=True).encode()).hexdigest()
-    folds = extended_folds([r.scenario for r in rows[:len(rows) - len(extra)]], [r.scenario for r in extra],
-                           FLAGS.folds, FLAGS.seed)
-    if FLAGS.ship and FLAGS.reader:
-        raise ValueError("--ship refits the shipped reader judge, which reads with --model; drop --reader")
+    data_hash = hashlib.sha256(json.dumps([all_hashes, len(tested), len(extra)], sort_keys=True).encode()).hexdigest()
+    folds = extended_folds([r.scenario for r in tested], [r.scenario for r in extra], FLAGS.folds, FLAGS.seed)
     model = load_model(FLAGS.model)
     reader = load_model(FLAGS.reader) if FLAGS.reader else model
     candidates = candidate_layers(reader.config.n_layers)
