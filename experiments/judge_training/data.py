@@ -76,6 +76,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def labels_file_hash(path: Path) -> dict[str, str]:
+    """{repository path: sha256} of a file in this folder's labels/, as the figures record their inputs."""
+    return {f"experiments/judge_training/labels/{path.name}": sha256(path)}
+
+
 def load_official(data_dir: Path, neutral_sentences: bool) -> tuple[list[LabelledText], dict[str, str], int]:
     """(Llama texts and, optionally, SEV sentences; sha256 of each file; judge-error rows dropped)."""
     base = data_dir / "llama32_3b"
@@ -146,7 +151,7 @@ def load_pipeline_rated(path: Path, source: str) -> tuple[list[LabelledText], np
     records = _jsonl(path)
     rows = _careful_reading(records, path, source)
     run_fluent = np.array([int(record["run_verdict"]["fluent"]) for record in records])
-    return rows, run_fluent, {f"experiments/judge_training/labels/{path.name}": sha256(path)}
+    return rows, run_fluent, labels_file_hash(path)
 
 
 def _careful_reading(records: list[dict[str, Any]], path: Path, source: str) -> list[LabelledText]:
@@ -192,7 +197,7 @@ def load_extra_readings(known: set[tuple[str, str]]) -> tuple[list[LabelledText]
                 scenario = record.get("skeleton_id") or record["key"].split("__")[0]
                 rows.append(LabelledText(record["text"], record["emotion"], match, learnt, scenario, source,
                                          record["condition"], fluent))
-            hashes[f"experiments/judge_training/labels/{path.name}"] = sha256(path)
+            hashes.update(labels_file_hash(path))
     return rows, hashes
 
 
@@ -250,4 +255,4 @@ def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple
                         np.array([int(r["label"]["match"]) for r, _, _ in rows]),
                         np.array([int(r["second_label"]["match"]) for r, _, _ in rows]),
                         np.array([population[(r["emotion"], v)] / sampled[(r["emotion"], v)] for r, _, v in rows]))
-    return sample, {f"experiments/judge_training/labels/{path.name}": sha256(path)}
+    return sample, labels_file_hash(path)

@@ -91,11 +91,10 @@ def rated_weight(rows: Sequence[LabelledText]) -> float:
 def balanced_scales(rows: Sequence[LabelledText]) -> dict[str, float]:
     """{source: weight of each of its replies} such that every model's replies weigh as much in total as
     the most numerous model's: rated_weight's rule for any number of models (Llama's two sources together)."""
-    models = {("prompted", "unprompted"): 0, ("rated",): 0, ("gemma",): 0}
-    for sources in models:
-        models[sources] = sum(r.source in sources for r in rows)
-    top = max(models.values())
-    return {s: top / n for sources, n in models.items() if n for s in sources}
+    models = (("prompted", "unprompted"), ("rated",), ("gemma",))
+    counts = {sources: sum(r.source in sources for r in rows) for sources in models}
+    top = max(counts.values())
+    return {s: top / n for sources, n in counts.items() if n for s in sources}
 
 
 def sample_weights(rows: Sequence[LabelledText], scales: dict[str, float] | None = None

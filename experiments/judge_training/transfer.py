@@ -51,7 +51,7 @@ from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training import offline_fit
 from experiments.judge_training.data import (LabelledText, ReadSample, load_extra_readings, load_gemma,
                                              load_llama_reading, load_official, load_rated, sev_sentences)
-from experiments.judge_training.reader_cache import CANDIDATE_LAYERS, MAX_TOKENS, cached_features, candidate_layers
+from experiments.judge_training.reader_cache import MAX_TOKENS, cached_features, candidate_layers
 
 FLAGS = flags.FLAGS
 MODEL_VERSION = "1.0"
@@ -92,7 +92,7 @@ def extended_folds(scenarios: Sequence[str], extra_scenarios: Sequence[str], k: 
     return np.concatenate([folds, np.array([fold_of[s] for s in extra_scenarios], np.int64)])
 
 
-def parse_design(design: str, candidates: Sequence[int] = CANDIDATE_LAYERS) -> tuple[str, tuple[int, ...]]:
+def parse_design(design: str, candidates: Sequence[int]) -> tuple[str, tuple[int, ...]]:
     kind, _, layers = design.partition(":")
     if kind == "ngram" and not layers:
         return kind, ()
@@ -103,7 +103,7 @@ def parse_design(design: str, candidates: Sequence[int] = CANDIDATE_LAYERS) -> t
     return kind, chosen
 
 
-def layer_columns(layers: Sequence[int], d_model: int, candidates: Sequence[int] = CANDIDATE_LAYERS) -> np.ndarray:
+def layer_columns(layers: Sequence[int], d_model: int, candidates: Sequence[int]) -> np.ndarray:
     """Columns of `layers` in cached features that hold the `candidates` layers' pooled states side by side."""
     return np.concatenate([np.arange(d_model) + list(candidates).index(l) * d_model for l in layers])
 
@@ -154,7 +154,7 @@ def combine(reader_logp: np.ndarray, ngram_logp: np.ndarray, weight: float) -> n
 
 def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndarray, reader_x: np.ndarray,
                        ngram_logp: dict[str, np.ndarray], d_model: int,
-                       candidates: Sequence[int] = CANDIDATE_LAYERS) -> dict[str, np.ndarray]:
+                       candidates: Sequence[int]) -> dict[str, np.ndarray]:
     """{protocol: [n, 7] log-probs of the rows that protocol tests (NaN elsewhere)}."""
     kind, layers = parse_design(design, candidates)
     if kind == "ngram":
