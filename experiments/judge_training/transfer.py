@@ -19,8 +19,11 @@ rule on Gemma's own perplexities). `nested_choice` gives, for each protocol, the
 choose and its figures there: a choice of design that the reported model took no part in.
 --reader reads with another model (its every third layer); --extra_readings adds, for training only, every other
 careful reading of the small models in labels/, each taking its scenario's fold.
-SEV sentences are held out by fold in every protocol (false matches). `coverage_ceiling` bounds every design of a
-protocol: a target emotion that no training label of its fold carries is never judged a match. The figures go to
+--drop_training_sources leaves sources out of every protocol's training (they are still tested where they were).
+SEV sentences are held out by fold in every protocol (false matches). Two bounds sit beside the designs
+(transfer_bounds): `coverage_ceiling`, what no design of a protocol can reach (a target emotion that no training
+label of its fold carries is never judged a match), and each design's `offset_ceiling`, the best its verdicts on
+the left-out model get under any one match offset chosen with that model's own labels. The figures go to
 --figures_out; with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
 """
 from __future__ import annotations
@@ -52,10 +55,10 @@ from experiments.judge_training import offline_fit
 from experiments.judge_training.data import (LabelledText, ReadSample, load_extra_readings, load_gemma,
                                              load_llama_reading, load_official, load_rated, sev_sentences)
 from experiments.judge_training.reader_cache import MAX_TOKENS, cached_features, candidate_layers
+from experiments.judge_training.transfer_bounds import GOAL_FIGURES, coverage_figures, offset_ceiling, reply_subsets
 
 FLAGS = flags.FLAGS
 MODEL_VERSION = "1.0"
-RATED_SOURCES = {"rated": "smollm2", "gemma": "gemma"}  # careful-reading sources: their figure prefixes
 PROBE_TEXTS = offline_fit.PROBE_TEXTS
 
 offline_fit.define_flags()
@@ -75,6 +78,8 @@ flags.DEFINE_string("reader", None, "The model whose pooled states the reader de
                     "(layers: every third from the third); default --model, the embedded SmolLM2. Not with --ship.")
 flags.DEFINE_bool("extra_readings", False, "Train (never test) on every other careful reading of the small models' "
                   "replies in labels/ (data.load_extra_readings), each weighing 1, wherever their model is trained on.")
+flags.DEFINE_list("drop_training_sources", [], "Sources no protocol trains on (e.g. unprompted: Llama's steered "
+                  "replies); they are still tested where their protocol tests them. Not with --ship.")
 flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
 flags.DEFINE_string("figures_out", str(Path(__file__).resolve().parent / "transfer_figures.json"),
                     "Where the cross-validated figures go.")
@@ -90,6 +95,15 @@ def extended_folds(scenarios: Sequence[str], extra_scenarios: Sequence[str], k: 
     np.random.default_rng(seed).shuffle(new)
     fold_of.update({s: i % k for i, s in enumerate(new)})
     return np.concatenate([folds, np.array([fold_of[s] for s in extra_scenarios], np.int64)])
+
+
+def protocols(dropped: Sequence[str] = ()) -> dict[str, tuple[set[str], set[str]]]:
+    """judge_cv.PROTOCOLS with the `dropped` sources (--drop_training_sources) out of every protocol's training."""
+    unknown = sorted(set(dropped) - judge_cv.EVERY_SOURCE)
+    if unknown:
+        raise ValueError(f"--drop_training_sources: {unknown[0]!r}; expected sources among "
+                         f"{sorted(judge_cv.EVERY_SOURCE)}")
+    return {p: (train - set(dropped), test) for p, (train, test) in judge_cv.PROTOCOLS.items()}
 
 
 def parse_design(design: str, candidates: Sequence[int]) -> tuple[str, tuple[int, ...]]:
@@ -164,7 +178,7 @@ def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndar
     moments = group_moments(x, rows, folds)
     source = np.array([r.source for r in rows])
     out = {}
-    for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
+    for protocol, (train_sources, test_sources) in protocols(FLAGS.drop_training_sources).items():
         logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
         for k in range(FLAGS.folds):
             fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
@@ -184,10 +198,13 @@ def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: s
     features = None
     source = np.array([r.source for r in rows])
     out = {}
-    for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
+    for protocol, (train_sources, test_sources) in protocols(FLAGS.drop_training_sources).items():
+        # the training sources join the key only when some are dropped, so the default run keeps its cached fits
+        dropped = sorted(judge_cv.PROTOCOLS[protocol][0] - train_sources)
         key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
                                          FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
-                                         FLAGS.max_steps, FLAGS.balance_models]).encode()).hexdigest()
+                                         FLAGS.max_steps, FLAGS.balance_models, *([dropped] if dropped else [])]
+                                        ).encode()).hexdigest()
         path = resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as data:
@@ -214,51 +231,6 @@ def rate_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
         figures.update(judged_rate=round(float(pred.mean()), 4), reference_rate=round(float(truth.mean()), 4),
                        reference_interval=[round(low, 4), round(high, 4)])
     return figures
-
-
-def reply_subsets(rows: Sequence[LabelledText]) -> dict[str, np.ndarray]:
-    """{figure name: row mask} of the replies each figure is computed on (every source, every rated condition)."""
-    source = np.array([r.source for r in rows])
-    condition = np.array([r.condition for r in rows])
-    subsets = {"llama_prompted": source == "prompted", "llama_steered": source == "unprompted"}
-    for kind, prefix in RATED_SOURCES.items():
-        subsets[f"{prefix}_all"] = source == kind
-        subsets.update({f"{prefix}_{c}": (source == kind) & (condition == c) for c in ("prompting", "steering", "circuit")})
-    return subsets
-
-
-def coverage_ceiling(rows: Sequence[LabelledText], folds: np.ndarray, train_sources: set[str],
-                     tested: np.ndarray) -> dict[str, Any]:
-    """The best match figures any head fitted on `train_sources` alone can reach on the `tested` rows.
-
-    A head never predicts a class absent from its training labels: LDA gives it no mean and a bias of -1e9,
-    exactly; a softmax regression only ever learns to push it down, so in practice (docs/judge.md measures
-    it). A reply whose target emotion no training label of its fold carries is therefore not a match. The ceiling judges every other reply as
-    its reference does: agreement and kappa no design of this protocol can beat.
-    """
-    source = np.array([r.source for r in rows])
-    labels = np.array([r.label for r in rows])
-    truth = np.array([r.match for r in rows])
-    seen = np.zeros(len(rows), bool)
-    for k in np.unique(folds[tested]):
-        present = set(labels[(folds != k) & np.isin(source, list(train_sources))].tolist())
-        members = np.flatnonzero(tested & (folds == k))
-        seen[members] = [rows[i].target in present for i in members]
-    best = np.where(seen, truth, 0)
-    lost = tested & ~seen & (truth == 1)
-    return {"unseen_targets": sorted({rows[i].target for i in np.flatnonzero(tested & ~seen)}),
-            "reference_matches_lost": int(lost.sum()), **judge_cv.binary_figures(truth[tested], best[tested])}
-
-
-def coverage_figures(rows: Sequence[LabelledText], folds: np.ndarray) -> dict[str, dict[str, Any]]:
-    """{protocol: {subset: coverage_ceiling}} for every subset a protocol tests (neutral sentences aside)."""
-    source = np.array([r.source for r in rows])
-    out: dict[str, dict[str, Any]] = {}
-    for protocol, (train_sources, test_sources) in judge_cv.PROTOCOLS.items():
-        tested = np.isin(source, list(test_sources - {"neutral"}))
-        out[protocol] = {name: coverage_ceiling(rows, folds, train_sources, mask & tested)
-                         for name, mask in reply_subsets(rows).items() if (mask & tested).any()}
-    return out
 
 
 def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None) -> dict[str, Any]:
@@ -325,9 +297,8 @@ def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.
             "vs_gpt": weighted_figures(sample.gpt_match, match, sample.weight)}
 
 
-# The figure each leave-one-source-out protocol is judged by: (reply subset, verdict) of the source it leaves out.
-HEADLINES = {"no_llama": ("llama_steered", "match"), "no_smollm2": ("smollm2_all", "fluent_match"),
-             "no_gemma": ("gemma_all", "fluent_match")}
+# The figure each leave-one-source-out protocol is judged by: the first goal on the source it leaves out.
+HEADLINES = {protocol: goals[0] for protocol, goals in GOAL_FIGURES.items()}
 
 
 def headline_kappa(design_figures: dict[str, Any], protocol: str) -> float | None:
@@ -431,6 +402,9 @@ def main(argv: Sequence[str]) -> None:
 
     if FLAGS.ship and FLAGS.reader:
         raise ValueError("--ship refits the shipped reader judge, which reads with --model; drop --reader")
+    if FLAGS.ship and FLAGS.drop_training_sources:
+        raise ValueError("--ship refits on every source; drop --drop_training_sources")
+    protocols(FLAGS.drop_training_sources)  # checks --drop_training_sources before the data loads
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
     rated, rated_hashes = load_rated(Path(FLAGS.labels_dir))
     gemma, gemma_run_fluent, gemma_hashes = load_gemma() if FLAGS.gemma_replies else ([], np.zeros(0, int), {})
@@ -456,7 +430,11 @@ def main(argv: Sequence[str]) -> None:
         fluent[is_gemma] = gemma_run_fluent
     figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
                                "reader": reader.name,
-                               "coverage_ceiling": coverage_figures(rows, folds), "designs": {}}
+                               "coverage_ceiling": coverage_figures(rows, folds, protocols(FLAGS.drop_training_sources)),
+                               "designs": {}}
+    if FLAGS.drop_training_sources:
+        figures["training_sources_dropped"] = sorted(FLAGS.drop_training_sources)
+    subsets = reply_subsets(rows)
     reading, reading_hash = load_llama_reading(Path(FLAGS.data_dir))
     read_index = sample_rows(rows, reading)
     figures["llama_reading"] = {**reading_figures(reading), "files": reading_hash}
@@ -467,6 +445,9 @@ def main(argv: Sequence[str]) -> None:
             read = judged_on_reading(logp[p], rows, read_index, reading)
             if read is not None:
                 figures["designs"][design][p]["llama_steered_read"] = read
+            if p in GOAL_FIGURES:
+                figures["designs"][design][p]["offset_ceiling"] = offset_ceiling(logp[p], rows, fluent, subsets,
+                                                                                 GOAL_FIGURES[p])
     figures["nested_choice"] = nested_choice(figures["designs"])
     if gemma and reader is model:  # the shipped reader judge reads with the default reader
         figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
