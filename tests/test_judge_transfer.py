@@ -13,8 +13,8 @@ from experiments.judge_training.data import (EXTRA_READINGS, LLAMA_READING_FILE,
                                              load_llama_reading)
 from experiments.judge_training.offline_fit import balanced_scales
 from experiments.judge_training.reader_cache import candidate_layers
-from experiments.judge_training.transfer import (extended_folds, layer_columns, nested_choice, parse_design,
-                                                 reading_figures, weighted_figures)
+from experiments.judge_training.llama_reading import reading_figures, weighted_figures
+from experiments.judge_training.transfer import extended_folds, layer_columns, nested_choice, parse_design
 from experiments.judge_training.transfer_bounds import coverage_ceiling, coverage_figures, reply_subsets
 
 

@@ -105,3 +105,18 @@ def test_dropped_training_sources_leave_every_protocol_but_are_still_tested() ->
     assert protocols() == PROTOCOLS
     with pytest.raises(ValueError, match="--drop_training_sources: 'llama'"):
         protocols(["llama"])
+
+
+def test_the_documented_offset_ceilings_are_the_figures_file() -> None:
+    designs = json.loads(TRANSFER_FIGURES.read_text(encoding="utf-8"))["designs"]
+    docs = (TRANSFER_FIGURES.parents[2] / "docs" / "judge.md").read_text(encoding="utf-8")
+    for design, figures in designs.items():
+        llama = figures["no_llama"]["offset_ceiling"]["llama_steered/match"]
+        smollm2 = figures["no_smollm2"]["offset_ceiling"]["smollm2_all/fluent_match"]
+        circuit = figures["no_smollm2"]["offset_ceiling"]["smollm2_circuit/match"]
+        gemma = figures["no_gemma"]["offset_ceiling"]["gemma_all/fluent_match"]
+        row = (f"| {design} | {llama['kappa']:.2f} ({100 * llama['agreement_at_kappa']:.1f}%); "
+               f"{100 * llama['agreement']:.1f}% | {smollm2['kappa']:.2f}; "
+               f"{100 * smollm2['agreement_per_target_offsets']:.1f}% | {100 * circuit['agreement']:.1f}%; "
+               f"{100 * circuit['agreement_per_target_offsets']:.1f}% | {gemma['kappa']:.2f} |")
+        assert row in docs, f"{row} is not in docs/judge.md"

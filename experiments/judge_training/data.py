@@ -12,8 +12,9 @@ labels/smollm2_train_replies.jsonl   replies of the default model (prompting, st
   rated by careful reading: match, fluent and the dominant emotion (its README says how).
 
 And in this folder (labels/README.md): gemma3_270m_quick_test_replies.jsonl, the second real model's pipeline
-replies rated the same way, source "gemma"; llama32_3b_steered_sample.jsonl, careful readings of a stratified
-sample of the official Llama steered replies (keys and labels only: the texts stay in ../shared).
+replies rated the same way, source "gemma"; llama32_3b_steered_sample.jsonl and llama32_3b_steered_read.jsonl,
+careful readings of a stratified sample of the official Llama steered replies and of all the others (keys and
+labels only: the texts stay in ../shared).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import hashlib
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,6 +36,8 @@ RATED_FILE = "smollm2_train_replies.jsonl"
 GEMMA_FILE = Path(__file__).resolve().parent / "labels" / "gemma3_270m_quick_test_replies.jsonl"
 SMOLLM2_QUICK_FILE = GEMMA_FILE.with_name("smollm2_quick_test_replies.jsonl")
 LLAMA_READING_FILE = Path(__file__).resolve().parent / "labels" / "llama32_3b_steered_sample.jsonl"
+# Careful readings of the official steered replies the sample above does not hold: with it, all 1,440.
+LLAMA_READ_FILE = LLAMA_READING_FILE.with_name("llama32_3b_steered_read.jsonl")
 # The readings load_extra_readings adds for training only: every careful reading of a small model's replies
 # in labels/ that is not already a source of its own.
 EXTRA_READINGS = {"smollm2_extra": tuple(GEMMA_FILE.with_name(f"smollm2_{name}.jsonl") for name in (
@@ -65,6 +68,7 @@ class LabelledText:
     condition: str = ""  # rated replies: prompting, steering or circuit
     fluent: int = -1  # rated replies: 0/1; -1 where nobody rated fluency
     prompt: Messages | None = None  # rated replies: the prompt they were written to
+    key: str = ""  # Llama's steered replies: skeleton_id/valence/emotion of the official reply
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -109,12 +113,17 @@ def load_official(data_dir: Path, neutral_sentences: bool) -> tuple[list[Labelle
             for emotion, verdict in verdicts.items():
                 match = int(verdict["match"])
                 rows.append(LabelledText(record["event_valences"][valence][emotion], emotion, match,
-                                         emotion if match else NONE, record["skeleton_id"], "unprompted"))
+                                         emotion if match else NONE, record["skeleton_id"], "unprompted",
+                                         key=steered_key(record["skeleton_id"], valence, emotion)))
     if neutral_sentences:
         rows += [LabelledText(text, "", 0, NONE, scenario, "neutral")
                  for text, scenario in sev_sentences(files["neutral"])]
     hashes = {str(path.relative_to(data_dir)): sha256(path) for path in files.values()}
     return rows, hashes, dropped
+
+
+def steered_key(skeleton_id: str, valence: str, emotion: str) -> str:
+    return f"{skeleton_id}/{valence}/{emotion}"
 
 
 def sev_sentences(path: Path) -> list[tuple[str, str]]:
@@ -256,3 +265,42 @@ def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple
                         np.array([int(r["second_label"]["match"]) for r, _, _ in rows]),
                         np.array([population[(r["emotion"], v)] / sampled[(r["emotion"], v)] for r, _, v in rows]))
     return sample, labels_file_hash(path)
+
+
+def load_llama_careful(data_dir: Path, paths: Sequence[Path] = (LLAMA_READING_FILE, LLAMA_READ_FILE)
+                       ) -> tuple[dict[str, tuple[int, str, int]], dict[str, str]]:
+    """Careful reading (each file's first reading, `label`) of every official steered reply, by steered_key:
+    {key: (match, the class a judge learns, fluent)}, and {file: sha256}. Refuses a row whose key is not an
+    official reply, whose gpt_match is not the official verdict or that another row already read, and files
+    that leave some official reply unread."""
+    official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
+    verdicts = {steered_key(record["skeleton_id"], valence, emotion): int(verdict["match"])
+                for record in _jsonl(official) for valence, by_emotion in record["valence_labels"].items()
+                for emotion, verdict in by_emotion.items()}
+    out, hashes = {}, {}
+    for path in paths:
+        for i, record in enumerate(_jsonl(path)):
+            where = f"{path} line {i + 1}"
+            missing = [f for f in ("skeleton_id", "valence", "emotion", "gpt_match", "label") if f not in record]
+            if missing:
+                raise ValueError(f"{where}: field {missing[0]!r} is missing")
+            key = steered_key(record["skeleton_id"], record["valence"], record["emotion"])
+            if key not in verdicts:
+                raise ValueError(f"{where}: no official steered reply {key} in {official}")
+            if int(record["gpt_match"]) != verdicts[key]:
+                raise ValueError(f"{where}: gpt_match {record['gpt_match']}, the official verdict is {verdicts[key]}")
+            if key in out:
+                raise ValueError(f"{where}: reply {key} is read twice")
+            out[key] = _reading(record, where)
+        hashes.update(labels_file_hash(path))
+    unread = sorted(set(verdicts) - set(out))
+    if unread:
+        raise ValueError(f"{len(unread)} official steered replies are read in none of "
+                         f"{[str(p) for p in paths]}, e.g. {unread[0]}")
+    return out, hashes
+
+
+def double_readings(path: Path = LLAMA_READ_FILE) -> np.ndarray:
+    """[n, 2] first and second match of the rows of `path` that were read twice (`second_label`)."""
+    return np.array([[int(r["label"]["match"]), int(r["second_label"]["match"])]
+                     for r in _jsonl(path) if "second_label" in r], np.int64).reshape(-1, 2)

@@ -38,7 +38,6 @@ import numpy as np
 from absl import flags, logging
 
 from emojax.data.sev import BUNDLED_DIR, BUNDLED_SPLITS, EMOTIONS
-from emojax.evaluation.reading import weighted_agreement
 from emojax.evaluation.stats import wilson_interval
 from emojax.judge.artifact import write_manifest
 from emojax.judge.features import FeatureSpec, featurize
@@ -52,8 +51,11 @@ from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training import offline_fit
-from experiments.judge_training.data import (LabelledText, ReadSample, load_extra_readings, load_gemma,
-                                             load_llama_reading, load_official, load_rated, sev_sentences)
+from experiments.judge_training.data import (LabelledText, double_readings, load_extra_readings, load_gemma,
+                                             load_llama_careful, load_llama_reading, load_official, load_rated,
+                                             sev_sentences)
+from experiments.judge_training.llama_reading import (against_careful, careful_labels, careful_matches,
+                                                      census_figures, judged_on_reading, reading_figures, sample_rows)
 from experiments.judge_training.reader_cache import MAX_TOKENS, cached_features, candidate_layers
 from experiments.judge_training.transfer_bounds import GOAL_FIGURES, coverage_figures, offset_ceiling, reply_subsets
 
@@ -78,6 +80,9 @@ flags.DEFINE_string("reader", None, "The model whose pooled states the reader de
                     "(layers: every third from the third); default --model, the embedded SmolLM2. Not with --ship.")
 flags.DEFINE_bool("extra_readings", False, "Train (never test) on every other careful reading of the small models' "
                   "replies in labels/ (data.load_extra_readings), each weighing 1, wherever their model is trained on.")
+flags.DEFINE_enum("llama_steered_labels", "gpt-4o-mini", ["gpt-4o-mini", "careful"], "What Llama's steered "
+                  "replies are trained on: gpt-4o-mini's verdicts (the paper's) or careful reading of every one "
+                  "(labels/llama32_3b_steered_*.jsonl); their figures are given against both either way.")
 flags.DEFINE_list("drop_training_sources", [], "Sources no protocol trains on (e.g. unprompted: Llama's steered "
                   "replies); they are still tested where their protocol tests them. Not with --ship.")
 flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
@@ -233,7 +238,10 @@ def rate_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     return figures
 
 
-def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None) -> dict[str, Any]:
+def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None,
+                     careful: np.ndarray) -> dict[str, Any]:
+    """A protocol's figures on every reply subset it tests at offset 0, with Llama's steered replies also against
+    careful reading (`careful`: llama_reading.careful_matches), and its neutral false matches."""
     tested = ~np.isnan(logp[:, 0])
     source = np.array([r.source for r in rows])
     truth = np.array([r.match for r in rows])
@@ -247,54 +255,14 @@ def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.
             if not name.startswith("llama") and fluent is not None:
                 truth_fluent = np.array([r.fluent for r in rows])
                 out[name]["fluent_match"] = rate_figures((truth & truth_fluent)[mask], (match & fluent)[mask])
+    steered = (source == "unprompted") & tested
+    if steered.any():
+        out["llama_steered_careful"] = {"match": rate_figures(careful[steered], match[steered])}
     neutral = (source == "neutral") & tested
     rates = offline_fit.false_match_rates(logp[neutral], np.zeros(neutral.sum(), np.float32))
     out["neutral_false_match"] = {"n": int(neutral.sum()), "per_target": rates, "max": max(rates.values()),
                                   "mean": round(float(np.mean(list(rates.values()))), 4)}
     return out
-
-
-def weighted_figures(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> dict[str, Any]:
-    """Agreement, kappa (None where undefined) and both rates of a stratified sample, rows weighted by stratum."""
-    agreement, kappa = weighted_agreement(truth, pred, weight)
-    w = weight / weight.sum()
-    return {"n": int(len(truth)), "agreement": round(agreement, 4), "kappa": None if kappa is None else round(kappa, 4),
-            "reference_rate": round(float(np.sum(w * truth)), 4), "judged_rate": round(float(np.sum(w * pred)), 4)}
-
-
-def sample_rows(rows: Sequence[LabelledText], sample: ReadSample) -> np.ndarray:
-    """Index in `rows` of each read reply: the official steered reply of the same scenario, text and target
-    (a few replies recur word for word across scenarios, which sit in different folds)."""
-    where = {(r.scenario, r.text, r.target): i for i, r in enumerate(rows) if r.source == "unprompted"}
-    keys = list(zip(sample.scenarios, sample.texts, sample.targets))
-    missing = [k for k in keys if k not in where]
-    if missing:
-        raise ValueError(f"{len(missing)} read replies are not among the official steered replies: {missing[0][:2]!r}")
-    return np.array([where[k] for k in keys])
-
-
-def reading_figures(sample: ReadSample) -> dict[str, Any]:
-    """How the two careful readings agree with each other and with gpt-4o-mini, weighted to all 1,440 replies."""
-    return {"n": len(sample.texts), "strata": "target emotion x gpt-4o-mini verdict",
-            "second_vs_first": weighted_figures(sample.match, sample.second_match, sample.weight),
-            "gpt_vs_first": weighted_figures(sample.match, sample.gpt_match, sample.weight),
-            "gpt_vs_second": weighted_figures(sample.second_match, sample.gpt_match, sample.weight),
-            "first_on_gpt_matches": _weighted_mean(sample.match, sample.weight, sample.gpt_match == 1),
-            "first_on_gpt_non_matches": _weighted_mean(sample.match, sample.weight, sample.gpt_match == 0)}
-
-
-def _weighted_mean(values: np.ndarray, weight: np.ndarray, mask: np.ndarray) -> float:
-    return round(float(np.sum(values[mask] * weight[mask]) / np.sum(weight[mask])), 4)
-
-
-def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.ndarray,
-                      sample: ReadSample) -> dict[str, Any] | None:
-    """A design's held-out verdicts on the read replies against careful reading and against gpt-4o-mini."""
-    if np.isnan(logp[index, 0]).any():
-        return None
-    match = judge_cv.matches(logp[index], [rows[i] for i in index], 0.0)
-    return {"vs_reading": weighted_figures(sample.match, match, sample.weight),
-            "vs_gpt": weighted_figures(sample.gpt_match, match, sample.weight)}
 
 
 # The figure each leave-one-source-out protocol is judged by: the first goal on the source it leaves out.
@@ -406,6 +374,10 @@ def main(argv: Sequence[str]) -> None:
         raise ValueError("--ship refits on every source; drop --drop_training_sources")
     protocols(FLAGS.drop_training_sources)  # checks --drop_training_sources before the data loads
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
+    careful, careful_hashes = load_llama_careful(Path(FLAGS.data_dir))
+    if FLAGS.llama_steered_labels == "careful":
+        official = careful_labels(official, careful)
+        hashes = {**hashes, **careful_hashes}
     rated, rated_hashes = load_rated(Path(FLAGS.labels_dir))
     gemma, gemma_run_fluent, gemma_hashes = load_gemma() if FLAGS.gemma_replies else ([], np.zeros(0, int), {})
     tested = official + rated + gemma
@@ -429,7 +401,7 @@ def main(argv: Sequence[str]) -> None:
         fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
         fluent[is_gemma] = gemma_run_fluent
     figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
-                               "reader": reader.name,
+                               "reader": reader.name, "llama_steered_labels": FLAGS.llama_steered_labels,
                                "coverage_ceiling": coverage_figures(rows, folds, protocols(FLAGS.drop_training_sources)),
                                "designs": {}}
     if FLAGS.drop_training_sources:
@@ -438,9 +410,13 @@ def main(argv: Sequence[str]) -> None:
     reading, reading_hash = load_llama_reading(Path(FLAGS.data_dir))
     read_index = sample_rows(rows, reading)
     figures["llama_reading"] = {**reading_figures(reading), "files": reading_hash}
+    figures["llama_careful"] = {**census_figures(official, careful, double_readings()), "files": careful_hashes}
+    careful_match = careful_matches(rows, careful)
+    careful_rows = against_careful(rows, careful)
     for design in FLAGS.designs:
         logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, reader.config.d_model, candidates)
-        figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent) for p in judge_cv.PROTOCOLS}
+        figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent, careful_match)
+                                      for p in judge_cv.PROTOCOLS}
         for p in judge_cv.PROTOCOLS:
             read = judged_on_reading(logp[p], rows, read_index, reading)
             if read is not None:
@@ -448,6 +424,9 @@ def main(argv: Sequence[str]) -> None:
             if p in GOAL_FIGURES:
                 figures["designs"][design][p]["offset_ceiling"] = offset_ceiling(logp[p], rows, fluent, subsets,
                                                                                  GOAL_FIGURES[p])
+            if p == "no_llama":
+                figures["designs"][design][p]["offset_ceiling_careful"] = offset_ceiling(
+                    logp[p], careful_rows, None, subsets, GOAL_FIGURES[p])
     figures["nested_choice"] = nested_choice(figures["designs"])
     if gemma and reader is model:  # the shipped reader judge reads with the default reader
         figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
