@@ -91,3 +91,23 @@ def test_the_documented_careful_figures_are_the_figures_file() -> None:
                    f"{100 * c['judged_rate']:.1f}% vs {100 * c['reference_rate']:.1f}% | "
                    f"{100 * g['agreement']:.1f}% ({g['kappa']:.2f}) |")
             assert row in docs, f"{row} is not in docs/judge.md"
+
+
+def test_the_documented_careful_protocol_is_its_figures_file() -> None:
+    careful = json.loads(TRANSFER_FIGURES.with_name("transfer_figures_careful.json").read_text(encoding="utf-8"))
+    docs = (TRANSFER_FIGURES.parents[2] / "docs" / "judge.md").read_text(encoding="utf-8")
+    assert careful["llama_steered_labels"] == "careful"
+    for design, v in careful["designs"].items():
+        llama, read = v["no_llama"]["llama_steered"]["match"], v["no_llama"]["llama_steered_careful"]["match"]
+        smollm2, circuit = v["no_smollm2"]["smollm2_all"]["fluent_match"], v["no_smollm2"]["smollm2_circuit"]["match"]
+        gemma = v["no_gemma"]["gemma_all"]["fluent_match"]
+        neutral = max(v[p]["neutral_false_match"]["max"] for p in ("no_llama", "no_smollm2", "no_gemma"))
+        row = (f"| {design} | {100 * llama['agreement']:.1f}% ({llama['kappa']:.2f}); "
+               f"{100 * read['agreement']:.1f}% ({read['kappa']:.2f}) | "
+               f"{100 * smollm2['agreement']:.1f}% ({smollm2['kappa']:.2f}) | {100 * circuit['agreement']:.1f}% | "
+               f"{100 * gemma['agreement']:.1f}% ({gemma['kappa']:.2f}) | {100 * neutral:.1f}% |")
+        assert row in docs, f"{row} is not in docs/judge.md"
+    sidecar = json.loads((TRANSFER_FIGURES.parents[2] / "emojax" / "judge" / "artifacts" / "reader_judge.json")
+                         .read_text(encoding="utf-8"))
+    assert sidecar["llama_steered_labels"] == "careful" and sidecar["design"] == "combined:14"
+    assert sidecar["held_out"] == careful["designs"]["combined:14"]

@@ -217,3 +217,34 @@ def test_the_documented_nested_choice_is_the_figures_file() -> None:
         row = (f"| `{protocol}` | {shown} | {chosen['design']} | {names[protocol]} "
                f"{100 * f['agreement']:.1f}% ({f['kappa']:.2f}) |")
         assert row in docs, f"{row} is not in docs/judge.md"
+
+
+def test_no_shipped_judge_was_fitted_on_the_unseen_readings() -> None:
+    from emojax.judge.offline import DEFAULT_ARTIFACT
+    from emojax.judge.reader_judge import DEFAULT_READER_ARTIFACT
+    from experiments.judge_training.data import UNSEEN_READINGS, load_pipeline_rated
+
+    for artefact in (DEFAULT_ARTIFACT, DEFAULT_READER_ARTIFACT):
+        fitted = json.loads(artefact.with_suffix(".json").read_text(encoding="utf-8"))["data"]["files"]
+        for path, _ in UNSEEN_READINGS.values():
+            assert not any(f.endswith(path.name) for f in fitted), (artefact.name, path.name)
+    path, conditions = UNSEEN_READINGS["gemma_standard_test"]
+    rows, run_fluent, _ = load_pipeline_rated(path, "gemma_standard_test", conditions)
+    assert len(rows) == len(run_fluent) == 576 and {r.condition for r in rows} == set(conditions)
+    with pytest.raises(ValueError, match="line 1: condition 'baseline' unknown|condition 'baseline' unknown"):
+        load_pipeline_rated(path, "gemma_standard_test")  # the pipeline's three conditions only, by default
+
+
+def test_the_documented_unseen_figures_are_the_figures_file() -> None:
+    figures = json.loads(TRANSFER_FIGURES.read_text(encoding="utf-8"))["shipped_on_unseen"]
+    docs = (TRANSFER_FIGURES.parents[2] / "docs" / "judge.md").read_text(encoding="utf-8")
+    careful = TRANSFER_FIGURES.with_name("transfer_figures_careful.json")
+    assert json.loads(careful.read_text(encoding="utf-8"))["shipped_on_unseen"] == figures
+    for name, by_judge in figures.items():
+        for judge in ("offline", "reader"):
+            for condition, f in by_judge[judge].items():
+                m, fm = f["match"], f["fluent_match"]
+                cells = (f"| {judge} | {condition} | {100 * m['agreement']:.1f}% ({m['kappa']:.2f}) | "
+                         f"{100 * m['judged_rate']:.1f}% vs {100 * m['reference_rate']:.1f}% | "
+                         f"{100 * fm['agreement']:.1f}% ({fm['kappa']:.2f}) |")
+                assert cells in docs, f"{name}: {cells} is not in docs/judge.md"

@@ -46,6 +46,12 @@ EXTRA_READINGS = {"smollm2_extra": tuple(GEMMA_FILE.with_name(f"smollm2_{name}.j
                   "gemma_extra": tuple(GEMMA_FILE.with_name(f"gemma3_270m_{name}.jsonl") for name in (
                       "quick_test_controls", "standard_test_sample"))}
 CONDITIONS = ("prompting", "steering", "circuit")
+# Careful readings no shipped judge is fitted on, with the run's own fluency verdicts: the pipeline's test-split
+# replies of the default model (quick preset) and a sample of the second model's (standard preset, with the
+# unmodified neutral reply read against each target as `baseline`). {name: (file, conditions)}
+UNSEEN_READINGS = {"smollm2_quick_test": (SMOLLM2_QUICK_FILE, CONDITIONS),
+                   "gemma_standard_test": (GEMMA_FILE.with_name("gemma3_270m_standard_test_sample.jsonl"),
+                                           (*CONDITIONS, "baseline"))}
 NONE = "none"
 
 
@@ -154,21 +160,23 @@ def load_gemma(path: Path = GEMMA_FILE) -> tuple[list[LabelledText], np.ndarray,
     return load_pipeline_rated(path, "gemma")
 
 
-def load_pipeline_rated(path: Path, source: str) -> tuple[list[LabelledText], np.ndarray, dict[str, str]]:
-    """A pipeline run's replies rated by careful reading (labels/README.md); (rows, the run's own fluency
-    verdict of each, {file: sha256})."""
+def load_pipeline_rated(path: Path, source: str, conditions: Sequence[str] = CONDITIONS
+                        ) -> tuple[list[LabelledText], np.ndarray, dict[str, str]]:
+    """A pipeline run's replies rated by careful reading (labels/README.md), each of one of `conditions`; (rows,
+    the run's own fluency verdict of each, {file: sha256})."""
     records = _jsonl(path)
-    rows = _careful_reading(records, path, source)
+    rows = _careful_reading(records, path, source, conditions)
     run_fluent = np.array([int(record["run_verdict"]["fluent"]) for record in records])
     return rows, run_fluent, labels_file_hash(path)
 
 
-def _careful_reading(records: list[dict[str, Any]], path: Path, source: str) -> list[LabelledText]:
+def _careful_reading(records: list[dict[str, Any]], path: Path, source: str,
+                     conditions: Sequence[str] = CONDITIONS) -> list[LabelledText]:
     """Replies rated by careful reading (rubric.md, the records of `path`), with the prompts they answered."""
     rows = []
     for i, record in enumerate(records):
         where = f"{path} line {i + 1}"
-        if record["condition"] not in CONDITIONS:
+        if record["condition"] not in conditions:
             raise ValueError(f"{where}: condition {record['condition']!r} unknown")
         match, learnt, fluent = _reading(record, where)
         rows.append(LabelledText(record["text"], record["emotion"], match, learnt, record["skeleton_id"], source,

@@ -1,6 +1,6 @@
 """Cross-model validation of match-judge designs, and the reader judge's artefact.
 
-    python -m experiments.judge_training.transfer [--designs=ngram,reader:8-17-26,...] [--ship=combined:8-17-26]
+    python -m experiments.judge_training.transfer [--designs=ngram,reader:8-17-26,...] [--ship=combined:14]
 
 Designs: `ngram` (today's offline judge, refitted), `reader:<layers>` (layers joined by '-'; a linear head on the reader's
 mean-pooled resid_post at those layers) and `combined:<layers>` (the mean of both heads' log-probabilities,
@@ -25,6 +25,11 @@ SEV sentences are held out by fold in every protocol (false matches). Two bounds
 label of its fold carries is never judged a match), and each design's `offset_ceiling`, the best its verdicts on
 the left-out model get under any one match offset chosen with that model's own labels. The figures go to
 --figures_out; with --ship, the named design is refitted on all texts and written as emojax/judge/artifacts/reader_judge.npz.
+--llama_steered_labels=careful teaches Llama's steered replies by careful reading (labels/README.md) instead of
+gpt-4o-mini's verdicts; their figures are given against both. `shipped_on_unseen`: the shipped judges against careful
+reading of replies neither was fitted on. The shipped reader judge:
+    python -m experiments.judge_training.transfer --llama_steered_labels=careful --ship=combined:14 \
+        --figures_out=experiments/judge_training/transfer_figures_careful.json
 """
 from __future__ import annotations
 
@@ -51,9 +56,9 @@ from emojax.runs.atomic import write_json, write_npz
 from emojax.weights.cache import resolve_cache_dir
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training import offline_fit
-from experiments.judge_training.data import (LabelledText, double_readings, load_extra_readings, load_gemma,
-                                             load_llama_careful, load_llama_reading, load_official, load_rated,
-                                             sev_sentences)
+from experiments.judge_training.data import (UNSEEN_READINGS, LabelledText, double_readings, load_extra_readings,
+                                             load_gemma, load_llama_careful, load_llama_reading, load_official,
+                                             load_pipeline_rated, load_rated, sev_sentences)
 from experiments.judge_training.llama_reading import (against_careful, careful_labels, careful_matches,
                                                       census_figures, judged_on_reading, reading_figures, sample_rows)
 from experiments.judge_training.reader_cache import MAX_TOKENS, cached_features, candidate_layers
@@ -74,8 +79,7 @@ flags.DEFINE_bool("balance_models", False, "Weigh every model's replies as much 
 flags.DEFINE_float("combined_ngram_weight", 0.5, "Weight of the n-gram log-probabilities in a combined design.")
 flags.DEFINE_bool("fluency", True, "Cross-validate the fluency rule too (the rated replies' perplexities, cached) "
                   "for fluent_match figures.")
-flags.DEFINE_bool("gemma_replies", True, "Add Gemma-3-270M's rated replies (labels/) as a third source; the shipped "
-                  "reader_judge.npz was fitted without them (--nogemma_replies reproduces it).")
+flags.DEFINE_bool("gemma_replies", True, "Add Gemma-3-270M's rated replies (labels/) as a third source.")
 flags.DEFINE_string("reader", None, "The model whose pooled states the reader designs read, e.g. gemma-3-270m "
                     "(layers: every third from the third); default --model, the embedded SmolLM2. Not with --ship.")
 flags.DEFINE_bool("extra_readings", False, "Train (never test) on every other careful reading of the small models' "
@@ -324,6 +328,7 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
             "hyperparameters": {"head": "LDA", "shrinkage": FLAGS.shrinkage, "offset": 0.0, "none_weight": FLAGS.none_weight,
                                 "neutral_weight": FLAGS.neutral_weight,
                                 **{f"{s}_weight": round(v, 4) for s, v in scales.items()}},
+            "llama_steered_labels": FLAGS.llama_steered_labels,
             "data": {"files": hashes, "texts": len(rows)}, "held_out": figures}
     path = Path(FLAGS.out) / DEFAULT_READER_ARTIFACT.name
     write_npz(path, {**head, "target_offset": np.zeros(len(EMOTIONS), np.float32)}, meta)
@@ -342,25 +347,32 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
     logging.info("wrote %s and its sidecar", path)
 
 
-def shipped_on_gemma(gemma: Sequence[LabelledText], run_fluent: np.ndarray, reader_x: np.ndarray,
-                     model: Any) -> dict[str, Any]:
-    """The shipped judges (never fitted on Gemma's replies) against careful reading of them, per condition."""
-    texts, targets = [r.text for r in gemma], [r.target for r in gemma]
+def shipped_on_unseen(model: Any) -> dict[str, Any]:
+    """The shipped judges against careful reading of replies neither was fitted on (data.UNSEEN_READINGS: refused
+    where a shipped sidecar names the file), per condition: match, and fluent_match with the fluency verdict each
+    reply's run recorded."""
     reader = ReaderJudge(DEFAULT_READER_ARTIFACT, model=model)
-    columns = layer_columns(reader.reader.layers, model.config.d_model, candidate_layers(model.config.n_layers))
-    reader_logp = reader.log_probs_from(reader_x[:, columns], texts)
-    judged = {"offline": OfflineJudge(DEFAULT_ARTIFACT)(texts, targets).match,
-              "reader": verdicts(reader_logp, texts, targets, reader.target_offset).match}
-    truth, truth_fluent = np.array([r.match for r in gemma]), np.array([r.fluent for r in gemma])
-    condition = np.array([r.condition for r in gemma])
+    fitted = set().union(*(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["data"]["files"]
+                           for path in (DEFAULT_READER_ARTIFACT, DEFAULT_ARTIFACT)))
+    candidates = candidate_layers(model.config.n_layers)
+    columns = layer_columns(reader.reader.layers, model.config.d_model, candidates)
     out: dict[str, Any] = {}
-    for name, match in judged.items():
-        match = np.asarray(match)
-        out[name] = {c: {"match": rate_figures(truth[mask], match[mask]),
-                         "fluent_match": rate_figures((truth & truth_fluent)[mask], (match & run_fluent)[mask])}
-                     for c, mask in (("all", np.ones(len(gemma), bool)),
-                                     *((c, condition == c) for c in ("prompting", "steering", "circuit")))}
-    out["fluent"] = rate_figures(truth_fluent, run_fluent)
+    for name, (path, conditions) in UNSEEN_READINGS.items():
+        if any(f.endswith(path.name) for f in fitted):
+            raise ValueError(f"a shipped judge was fitted on {path.name}: not unseen")
+        rows, run_fluent, _ = load_pipeline_rated(path, name, conditions)
+        texts, targets = [r.text for r in rows], [r.target for r in rows]
+        x = cached_features(model, texts, ReaderSpec(model.name, candidates, MAX_TOKENS), batch_size=READER_BATCH_SIZE)
+        judged = {"offline": np.asarray(OfflineJudge(DEFAULT_ARTIFACT)(texts, targets).match),
+                  "reader": verdicts(reader.log_probs_from(x[:, columns], texts), texts, targets,
+                                     reader.target_offset).match}
+        truth, truth_fluent = np.array([r.match for r in rows]), np.array([r.fluent for r in rows])
+        condition = np.array([r.condition for r in rows])
+        masks = (("all", np.ones(len(rows), bool)), *((c, condition == c) for c in conditions))
+        out[name] = {judge: {c: {"match": rate_figures(truth[mask], match[mask]),
+                                 "fluent_match": rate_figures((truth & truth_fluent)[mask], (match & run_fluent)[mask])}
+                             for c, mask in masks} for judge, match in judged.items()}
+        out[name]["fluent"] = rate_figures(truth_fluent, run_fluent)
     return out
 
 
@@ -370,8 +382,9 @@ def main(argv: Sequence[str]) -> None:
 
     if FLAGS.ship and FLAGS.reader:
         raise ValueError("--ship refits the shipped reader judge, which reads with --model; drop --reader")
-    if FLAGS.ship and FLAGS.drop_training_sources:
-        raise ValueError("--ship refits on every source; drop --drop_training_sources")
+    if FLAGS.ship and (FLAGS.drop_training_sources or FLAGS.extra_readings):
+        raise ValueError("--ship refits on the sources every protocol tests, so that the readings of "
+                         "data.UNSEEN_READINGS stay unseen; drop --drop_training_sources and --extra_readings")
     protocols(FLAGS.drop_training_sources)  # checks --drop_training_sources before the data loads
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
     careful, careful_hashes = load_llama_careful(Path(FLAGS.data_dir))
@@ -428,13 +441,12 @@ def main(argv: Sequence[str]) -> None:
                 figures["designs"][design][p]["offset_ceiling_careful"] = offset_ceiling(
                     logp[p], careful_rows, None, subsets, GOAL_FIGURES[p])
     figures["nested_choice"] = nested_choice(figures["designs"])
-    if gemma and reader is model:  # the shipped reader judge reads with the default reader
-        figures["shipped_on_gemma"] = shipped_on_gemma(gemma, gemma_run_fluent, reader_x[is_gemma], model)
+    if FLAGS.ship:
+        ship(FLAGS.ship, rows, reader_x, model, figures["designs"][FLAGS.ship], all_hashes)
+    if reader is model:  # the shipped reader judge reads with the default reader
+        figures["shipped_on_unseen"] = shipped_on_unseen(model)
     write_json(Path(FLAGS.figures_out), figures)
     logging.info("figures: %s", Path(FLAGS.figures_out))
-    if FLAGS.ship:
-        ship(FLAGS.ship, rows, reader_x, model, figures["designs"][FLAGS.ship],
-             all_hashes)
 
 
 if __name__ == "__main__":
