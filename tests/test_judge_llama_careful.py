@@ -44,6 +44,8 @@ def test_every_steered_reply_is_read_once(shared_dir: Path) -> None:
     (lambda r: r.update(skeleton_id="nowhere_99"), "line 4: no official steered reply nowhere_99"),
     (lambda r: r.pop("label"), "line 4: field 'label' is missing"),
     (lambda r: r["label"].update(match=2), "line 4: bad label"),
+    (lambda r: r["label"].pop("dominant"), "line 4: bad label"),
+    (lambda r: r.update(text_sha256="0" * 16), "line 4: text_sha256 0+ is not that of the official reply"),
 ])
 def test_a_bad_reading_names_its_line(shared_dir: Path, tmp_path: Path, change, message: str) -> None:
     bad = _rewritten(tmp_path, 3, change)

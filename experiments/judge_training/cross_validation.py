@@ -109,3 +109,19 @@ def fluency_figures(rows: Sequence[LabelledText], match: np.ndarray, fluent: np.
                      "match": binary_figures(truth_match[mask], match[mask]),
                      "fluent_match": binary_figures((truth_match & truth_fluent)[mask], (match & fluent)[mask])}
     return out
+
+
+def taught_offset(logp: np.ndarray, rows: Sequence[LabelledText], sources: Sequence[str]) -> float:
+    """The grid offset with the best mean kappa, over those of `sources` the rows hold, of the match verdict against
+    the verdict each row was taught (its class is its target); ties: the offset closest to 0. `best_offset`'s rule
+    for texts of several models, whatever reference taught them."""
+    taught = np.array([int(r.label == r.target) for r in rows])
+    source = np.array([r.source for r in rows])
+    masks = [source == s for s in sources if (source == s).any()]
+
+    def score(offset: float) -> float:
+        pred = matches(logp, rows, offset)
+        return float(np.mean([cohen_kappa(taught[m], pred[m]) for m in masks])) if masks else 0.0
+
+    scores = [(round(score(o), 6), -abs(o)) for o in OFFSET_GRID]
+    return OFFSET_GRID[max(range(len(OFFSET_GRID)), key=lambda i: scores[i])]

@@ -132,6 +132,11 @@ def steered_key(skeleton_id: str, valence: str, emotion: str) -> str:
     return f"{skeleton_id}/{valence}/{emotion}"
 
 
+def text_digest(text: str) -> str:
+    """The first 16 hex digits of a text's SHA-256: how a labels file names a text it does not hold."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def sev_sentences(path: Path) -> list[tuple[str, str]]:
     """(sentence, skeleton_id) for every scenario and event of an SEV file."""
     out = []
@@ -192,6 +197,8 @@ def _reading(record: dict[str, Any], where: str) -> tuple[int, str, int]:
     label = record["label"]
     if record["emotion"] not in EMOTIONS:
         raise ValueError(f"{where}: emotion {record['emotion']!r} unknown")
+    if not isinstance(label, dict) or not {"match", "fluent", "dominant"} <= set(label):
+        raise ValueError(f"{where}: bad label {label}: expected match, fluent and dominant")
     if label["match"] not in (0, 1) or label["fluent"] not in (0, 1) or label["dominant"] not in (*EMOTIONS, NONE):
         raise ValueError(f"{where}: bad label {label}")
     match, dominant = int(label["match"]), label["dominant"]
@@ -235,7 +242,8 @@ class ReadSample:
     weight: np.ndarray
 
 
-READING_FIELDS = ("skeleton_id", "valence", "emotion", "gpt_match", "stratum_population", "label", "second_label")
+READING_FIELDS = ("skeleton_id", "valence", "emotion", "text_sha256", "gpt_match", "stratum_population", "label",
+                  "second_label")
 
 
 def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple[ReadSample, dict[str, str]]:
@@ -254,6 +262,9 @@ def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple
         reply = replies.get(record["skeleton_id"], {})
         if record["emotion"] not in reply.get("event_valences", {}).get(record["valence"], {}):
             raise ValueError(f"{where}: no official steered reply {'/'.join(key)} in {official}")
+        if record.get("text_sha256") != text_digest(reply["event_valences"][record["valence"]][record["emotion"]]):
+            raise ValueError(f"{where}: text_sha256 {record.get('text_sha256')} is not that of the official reply "
+                             f"{'/'.join(key)}: the reading is of another text")
         if key in seen:
             raise ValueError(f"{where}: reply {'/'.join(key)} is read twice")
         seen.add(key)
@@ -282,19 +293,27 @@ def load_llama_careful(data_dir: Path, paths: Sequence[Path] = (LLAMA_READING_FI
     official reply, whose gpt_match is not the official verdict or that another row already read, and files
     that leave some official reply unread."""
     official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
-    verdicts = {steered_key(record["skeleton_id"], valence, emotion): int(verdict["match"])
-                for record in _jsonl(official) for valence, by_emotion in record["valence_labels"].items()
-                for emotion, verdict in by_emotion.items()}
+    verdicts, texts = {}, {}
+    for record in _jsonl(official):
+        for valence, by_emotion in record["valence_labels"].items():
+            for emotion, verdict in by_emotion.items():
+                key = steered_key(record["skeleton_id"], valence, emotion)
+                verdicts[key] = int(verdict["match"])
+                texts[key] = record["event_valences"][valence][emotion]
     out, hashes = {}, {}
     for path in paths:
         for i, record in enumerate(_jsonl(path)):
             where = f"{path} line {i + 1}"
-            missing = [f for f in ("skeleton_id", "valence", "emotion", "gpt_match", "label") if f not in record]
+            missing = [f for f in ("skeleton_id", "valence", "emotion", "text_sha256", "gpt_match", "label")
+                       if f not in record]
             if missing:
                 raise ValueError(f"{where}: field {missing[0]!r} is missing")
             key = steered_key(record["skeleton_id"], record["valence"], record["emotion"])
             if key not in verdicts:
                 raise ValueError(f"{where}: no official steered reply {key} in {official}")
+            if record["text_sha256"] != text_digest(texts[key]):
+                raise ValueError(f"{where}: text_sha256 {record['text_sha256']} is not that of the official reply "
+                                 f"{key} in {official}: the reading is of another text")
             if int(record["gpt_match"]) != verdicts[key]:
                 raise ValueError(f"{where}: gpt_match {record['gpt_match']}, the official verdict is {verdicts[key]}")
             if key in out:
@@ -310,5 +329,11 @@ def load_llama_careful(data_dir: Path, paths: Sequence[Path] = (LLAMA_READING_FI
 
 def double_readings(path: Path = LLAMA_READ_FILE) -> np.ndarray:
     """[n, 2] first and second match of the rows of `path` that were read twice (`second_label`)."""
-    return np.array([[int(r["label"]["match"]), int(r["second_label"]["match"])]
-                     for r in _jsonl(path) if "second_label" in r], np.int64).reshape(-1, 2)
+    out = []
+    for i, record in enumerate(_jsonl(path)):
+        if "second_label" in record:
+            first, second = _reading(record, f"{path} line {i + 1}")[0], record["second_label"].get("match")
+            if second not in (0, 1):
+                raise ValueError(f"{path} line {i + 1}: bad second_label {record['second_label']}")
+            out.append([first, second])
+    return np.array(out, np.int64).reshape(-1, 2)

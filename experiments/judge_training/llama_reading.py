@@ -50,12 +50,14 @@ def _weighted_mean(values: np.ndarray, weight: np.ndarray, mask: np.ndarray) -> 
     return round(float(np.sum(values[mask] * weight[mask]) / np.sum(weight[mask])), 4)
 
 
-def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.ndarray,
-                      sample: ReadSample) -> dict[str, Any] | None:
-    """A design's held-out verdicts on the read replies against careful reading and against gpt-4o-mini."""
+def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.ndarray, sample: ReadSample,
+                      row_offset: np.ndarray) -> dict[str, Any] | None:
+    """A design's held-out verdicts (each row at its fold model's offset) on the read replies against careful
+    reading and against gpt-4o-mini."""
     if np.isnan(logp[index, 0]).any():
         return None
-    match = judge_cv.matches(logp[index], [rows[i] for i in index], 0.0)
+    part = [rows[i] for i in index]
+    match = np.array([judge_cv.matches(logp[i:i + 1], [r], float(row_offset[i]))[0] for i, r in zip(index, part)])
     return {"vs_reading": weighted_figures(sample.match, match, sample.weight),
             "vs_gpt": weighted_figures(sample.gpt_match, match, sample.weight)}
 

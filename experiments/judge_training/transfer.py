@@ -62,7 +62,8 @@ from experiments.judge_training.data import (UNSEEN_READINGS, LabelledText, doub
 from experiments.judge_training.llama_reading import (against_careful, careful_labels, careful_matches,
                                                       census_figures, judged_on_reading, reading_figures, sample_rows)
 from experiments.judge_training.reader_cache import MAX_TOKENS, cached_features, candidate_layers
-from experiments.judge_training.transfer_bounds import GOAL_FIGURES, coverage_figures, offset_ceiling, reply_subsets
+from experiments.judge_training.transfer_bounds import (GOAL_FIGURES, coverage_figures, match_margins, offset_ceiling,
+                                                        reply_subsets)
 
 FLAGS = flags.FLAGS
 MODEL_VERSION = "1.0"
@@ -87,6 +88,9 @@ flags.DEFINE_bool("extra_readings", False, "Train (never test) on every other ca
 flags.DEFINE_enum("llama_steered_labels", "gpt-4o-mini", ["gpt-4o-mini", "careful"], "What Llama's steered "
                   "replies are trained on: gpt-4o-mini's verdicts (the paper's) or careful reading of every one "
                   "(labels/llama32_3b_steered_*.jsonl); their figures are given against both either way.")
+flags.DEFINE_bool("tune_offset", False, "Tune each fold model's match offset on its own training text (an inner "
+                  "cross-validation over the other folds; the trainer's grid; the mean match kappa of the training "
+                  "models' un-prompted and rated replies against what they were taught) in place of offset 0.")
 flags.DEFINE_list("drop_training_sources", [], "Sources no protocol trains on (e.g. unprompted: Llama's steered "
                   "replies); they are still tested where their protocol tests them. Not with --ship.")
 flags.DEFINE_string("ship", None, "Design to refit on all texts and write as reader_judge.npz.")
@@ -176,56 +180,110 @@ def combine(reader_logp: np.ndarray, ngram_logp: np.ndarray, weight: float) -> n
 
 
 def held_out_log_probs(design: str, rows: Sequence[LabelledText], folds: np.ndarray, reader_x: np.ndarray,
-                       ngram_logp: dict[str, np.ndarray], d_model: int,
-                       candidates: Sequence[int]) -> dict[str, np.ndarray]:
-    """{protocol: [n, 7] log-probs of the rows that protocol tests (NaN elsewhere)}."""
+                       ngram_logp: dict[str, np.ndarray], d_model: int, candidates: Sequence[int],
+                       ngram_inner: dict[str, np.ndarray] | None = None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """({protocol: [n, 7] log-probs of the rows that protocol tests, NaN elsewhere}, and with `ngram_inner` (the
+    n-gram design's inner_splits log-probs) the design's own {protocol: [folds, n, 7]} of the same splits)."""
     kind, layers = parse_design(design, candidates)
     if kind == "ngram":
-        return ngram_logp
+        return ngram_logp, ngram_inner
     x = reader_x[:, layer_columns(layers, d_model, candidates)].astype(np.float64)
     x -= x.mean(axis=0)  # numerics only: LDA is unchanged by a shift of every text
     moments = group_moments(x, rows, folds)
     source = np.array([r.source for r in rows])
-    out = {}
+
+    def predict(protocol: str, train_sources: set[str], left_out: set[int], rows_out: np.ndarray,
+                ngram: np.ndarray) -> np.ndarray:
+        fit_rows = np.flatnonzero(~np.isin(folds, list(left_out)) & np.isin(source, list(train_sources)))
+        groups = [(j, s) for j in range(FLAGS.folds) for s in sorted(train_sources) if j not in left_out]
+        w, b = fit_from_groups(moments, groups, source_scales([rows[i] for i in fit_rows]))
+        logp = log_softmax(x[rows_out] @ w + b).astype(np.float32)
+        return combine(logp, ngram[rows_out], FLAGS.combined_ngram_weight) if kind == "combined" else logp
+
+    out, inner = {}, ({} if ngram_inner is not None else None)
     for protocol, (train_sources, test_sources) in protocols(FLAGS.drop_training_sources).items():
         logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
         for k in range(FLAGS.folds):
-            fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
             test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
-            groups = [(j, s) for j in range(FLAGS.folds) for s in sorted(train_sources) if j != k]
-            w, b = fit_from_groups(moments, groups, source_scales([rows[i] for i in fit_rows]))
-            logp[test] = log_softmax(x[test] @ w + b)
-            if kind == "combined":
-                logp[test] = combine(logp[test], ngram_logp[protocol][test], FLAGS.combined_ngram_weight)
-        logging.info("%s / %s: held-out predictions done", design, protocol)
+            logp[test] = predict(protocol, train_sources, {k}, test, ngram_logp[protocol])
         out[protocol] = logp
-    return out
+        if inner is not None:
+            inner[protocol] = np.full((FLAGS.folds, len(rows), len(CLASSES)), np.nan, np.float32)
+            for k, j, scored in inner_splits(folds, source, train_sources):
+                inner[protocol][k, scored] = predict(protocol, train_sources, {k, j}, scored, ngram_inner[protocol][k])
+        logging.info("%s / %s: held-out predictions done", design, protocol)
+    return out, inner
 
 
-def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: str) -> dict[str, np.ndarray]:
-    """The n-gram design's held-out log-probs per protocol, each cached (5 sparse fits take minutes)."""
+# The replies each fold model's offset is tuned on (--tune_offset): the trainer's un-prompted and rated replies,
+# and Gemma's rated replies.
+SCORED_SOURCES = ("unprompted", "rated", "gemma")
+
+
+def inner_splits(folds: np.ndarray, source: np.ndarray, train_sources: set[str]
+                 ) -> list[tuple[int, int, np.ndarray]]:
+    """(outer fold k, inner fold j, the scored training rows of fold j) for every k and j != k: the inner
+    cross-validation of fold k's model runs over the other folds, each predicted by a fit without folds k and j."""
+    scored = np.isin(source, [s for s in SCORED_SOURCES if s in train_sources])
+    k_folds = int(folds.max()) + 1
+    return [(k, j, np.flatnonzero(scored & (folds == j))) for k in range(k_folds) for j in range(k_folds) if j != k]
+
+
+def tuned_row_offsets(inner: dict[str, np.ndarray], held_out: dict[str, np.ndarray], rows: Sequence[LabelledText],
+                      folds: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+    """({protocol: the offset of each tested row's fold model}, {protocol: the offset chosen for each fold}): each
+    fold's offset is judge_cv.taught_offset on its inner cross-validation, on the scored sources it trains on."""
+    row_offsets, chosen = {}, {}
+    for protocol, (train_sources, _) in protocols(FLAGS.drop_training_sources).items():
+        row_offsets[protocol] = np.zeros(len(rows), np.float32)
+        chosen[protocol] = []
+        for k in range(FLAGS.folds):
+            scored = np.flatnonzero(~np.isnan(inner[protocol][k, :, 0]))
+            offset = judge_cv.taught_offset(inner[protocol][k, scored], [rows[i] for i in scored],
+                                            [s for s in SCORED_SOURCES if s in train_sources])
+            row_offsets[protocol][(folds == k) & ~np.isnan(held_out[protocol][:, 0])] = offset
+            chosen[protocol].append(offset)
+    return row_offsets, chosen
+
+
+def ngram_cache_path(data_hash: str, protocol: str, train_sources: set[str], inner: bool) -> Path:
+    # the training sources join the key only when some are dropped, and `inner` only when set, so the default
+    # run keeps its cached fits
+    dropped = sorted(judge_cv.PROTOCOLS[protocol][0] - train_sources)
+    key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
+                                     FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
+                                     FLAGS.max_steps, FLAGS.balance_models, *([dropped] if dropped else []),
+                                     *(["inner"] if inner else [])]).encode()).hexdigest()
+    return resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
+
+
+def ngram_held_out(rows: Sequence[LabelledText], folds: np.ndarray, data_hash: str, inner: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """The n-gram design's held-out log-probs per protocol ([n, 7]; with `inner`, those of inner_splits,
+    [folds, n, 7]), each cached (5 sparse fits take minutes, the 20 inner ones longer)."""
     features = None
     source = np.array([r.source for r in rows])
     out = {}
     for protocol, (train_sources, test_sources) in protocols(FLAGS.drop_training_sources).items():
-        # the training sources join the key only when some are dropped, so the default run keeps its cached fits
-        dropped = sorted(judge_cv.PROTOCOLS[protocol][0] - train_sources)
-        key = hashlib.sha256(json.dumps([data_hash, protocol, FLAGS.folds, FLAGS.seed, FLAGS.n_buckets, FLAGS.l2,
-                                         FLAGS.none_weight, FLAGS.neutral_weight, FLAGS.rated_weight,
-                                         FLAGS.max_steps, FLAGS.balance_models, *([dropped] if dropped else [])]
-                                        ).encode()).hexdigest()
-        path = resolve_cache_dir() / "judge" / f"ngram-transfer-{key[:16]}.npz"
+        path = ngram_cache_path(data_hash, protocol, train_sources, inner)
         if path.is_file():
             with np.load(path, allow_pickle=False) as data:
                 out[protocol] = data["log_probs"]
             continue
         if features is None:
             features = featurize([r.text for r in rows], FeatureSpec(n_buckets=FLAGS.n_buckets))
-        logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
-        for k in range(FLAGS.folds):
-            fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
-            test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
-            logp[test] = offline_fit.fit_predict(features, rows, fit_rows, test, source_scales)
+        if inner:
+            logp = np.full((FLAGS.folds, len(rows), len(CLASSES)), np.nan, np.float32)
+            for k, j, scored in inner_splits(folds, source, train_sources):
+                fit_rows = np.flatnonzero(~np.isin(folds, [k, j]) & np.isin(source, list(train_sources)))
+                logp[k, scored] = offline_fit.fit_predict(features, rows, fit_rows, scored, source_scales)
+        else:
+            logp = np.full((len(rows), len(CLASSES)), np.nan, np.float32)
+            for k in range(FLAGS.folds):
+                fit_rows = np.flatnonzero((folds != k) & np.isin(source, list(train_sources)))
+                test = np.flatnonzero((folds == k) & np.isin(source, list(test_sources)))
+                logp[test] = offline_fit.fit_predict(features, rows, fit_rows, test, source_scales)
         write_npz(path, {"log_probs": logp})
         out[protocol] = logp
     return out
@@ -243,14 +301,16 @@ def rate_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
 
 
 def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None,
-                     careful: np.ndarray) -> dict[str, Any]:
-    """A protocol's figures on every reply subset it tests at offset 0, with Llama's steered replies also against
-    careful reading (`careful`: llama_reading.careful_matches), and its neutral false matches."""
+                     careful: np.ndarray, row_offset: np.ndarray) -> dict[str, Any]:
+    """A protocol's figures on every reply subset it tests, each row at its fold model's offset (`row_offset`: 0
+    unless --tune_offset), with Llama's steered replies also against careful reading (`careful`:
+    llama_reading.careful_matches), and its neutral false matches."""
     tested = ~np.isnan(logp[:, 0])
     source = np.array([r.source for r in rows])
     truth = np.array([r.match for r in rows])
     match = np.zeros(len(rows), np.int64)
-    match[tested] = judge_cv.matches(logp[tested], [r for r, t in zip(rows, tested) if t], 0.0)
+    margins = match_margins(logp[tested], [r for r, t in zip(rows, tested) if t])
+    match[tested] = margins < row_offset[tested]  # the match rule: log p(target) + offset beats every other class
     out: dict[str, Any] = {}
     for name, mask in reply_subsets(rows).items():
         mask = mask & tested
@@ -263,7 +323,7 @@ def protocol_figures(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.
     if steered.any():
         out["llama_steered_careful"] = {"match": rate_figures(careful[steered], match[steered])}
     neutral = (source == "neutral") & tested
-    rates = offline_fit.false_match_rates(logp[neutral], np.zeros(neutral.sum(), np.float32))
+    rates = offline_fit.false_match_rates(logp[neutral], row_offset[neutral])
     out["neutral_false_match"] = {"n": int(neutral.sum()), "per_target": rates, "max": max(rates.values()),
                                   "mean": round(float(np.mean(list(rates.values()))), 4)}
     return out
@@ -347,13 +407,14 @@ def ship(design: str, rows: Sequence[LabelledText], reader_x: np.ndarray, model:
     logging.info("wrote %s and its sidecar", path)
 
 
-def shipped_on_unseen(model: Any) -> dict[str, Any]:
+def shipped_on_unseen(model: Any, reader_path: Path, fitted_pairs: set[tuple[str, str]]) -> dict[str, Any]:
     """The shipped judges against careful reading of replies neither was fitted on (data.UNSEEN_READINGS: refused
     where a shipped sidecar names the file), per condition: match, and fluent_match with the fluency verdict each
-    reply's run recorded."""
-    reader = ReaderJudge(DEFAULT_READER_ARTIFACT, model=model)
+    reply's run recorded. A reply whose (text, target) some training text repeats word for word (`fitted_pairs`:
+    short degenerate replies recur across runs) is left out and counted."""
+    reader = ReaderJudge(reader_path, model=model)
     fitted = set().union(*(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["data"]["files"]
-                           for path in (DEFAULT_READER_ARTIFACT, DEFAULT_ARTIFACT)))
+                           for path in (reader_path, DEFAULT_ARTIFACT)))
     candidates = candidate_layers(model.config.n_layers)
     columns = layer_columns(reader.reader.layers, model.config.d_model, candidates)
     out: dict[str, Any] = {}
@@ -361,6 +422,8 @@ def shipped_on_unseen(model: Any) -> dict[str, Any]:
         if any(f.endswith(path.name) for f in fitted):
             raise ValueError(f"a shipped judge was fitted on {path.name}: not unseen")
         rows, run_fluent, _ = load_pipeline_rated(path, name, conditions)
+        keep = np.array([(r.text, r.target) not in fitted_pairs for r in rows])
+        rows, run_fluent = [r for r, k in zip(rows, keep) if k], run_fluent[keep]
         texts, targets = [r.text for r in rows], [r.target for r in rows]
         x = cached_features(model, texts, ReaderSpec(model.name, candidates, MAX_TOKENS), batch_size=READER_BATCH_SIZE)
         judged = {"offline": np.asarray(OfflineJudge(DEFAULT_ARTIFACT)(texts, targets).match),
@@ -373,6 +436,7 @@ def shipped_on_unseen(model: Any) -> dict[str, Any]:
                                  "fluent_match": rate_figures((truth & truth_fluent)[mask], (match & run_fluent)[mask])}
                              for c, mask in masks} for judge, match in judged.items()}
         out[name]["fluent"] = rate_figures(truth_fluent, run_fluent)
+        out[name]["left_out_as_fitted"] = int((~keep).sum())
     return out
 
 
@@ -382,9 +446,13 @@ def main(argv: Sequence[str]) -> None:
 
     if FLAGS.ship and FLAGS.reader:
         raise ValueError("--ship refits the shipped reader judge, which reads with --model; drop --reader")
-    if FLAGS.ship and (FLAGS.drop_training_sources or FLAGS.extra_readings):
-        raise ValueError("--ship refits on the sources every protocol tests, so that the readings of "
-                         "data.UNSEEN_READINGS stay unseen; drop --drop_training_sources and --extra_readings")
+    if FLAGS.ship and FLAGS.tune_offset:
+        raise ValueError("--ship writes the match offset 0 it was chosen with; drop --tune_offset")
+    if FLAGS.ship and FLAGS.drop_training_sources:
+        raise ValueError("--ship refits on every source, whatever --drop_training_sources says; drop it")
+    if FLAGS.ship and FLAGS.extra_readings:
+        raise ValueError("--ship fits on the tested sources only, so that the readings of data.UNSEEN_READINGS "
+                         "stay unseen; drop --extra_readings")
     protocols(FLAGS.drop_training_sources)  # checks --drop_training_sources before the data loads
     official, hashes, _ = load_official(Path(FLAGS.data_dir), True)
     careful, careful_hashes = load_llama_careful(Path(FLAGS.data_dir))
@@ -413,9 +481,11 @@ def main(argv: Sequence[str]) -> None:
         fluent = np.zeros(len(rows), np.int64)
         fluent[is_rated] = held_out_fluent(rated, folds[is_rated], next(iter(rated_hashes.values())))
         fluent[is_gemma] = gemma_run_fluent
-    figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset 0",
+    offset = "tuned per fold model (--tune_offset)" if FLAGS.tune_offset else "0"
+    figures: dict[str, Any] = {"protocol": f"{FLAGS.folds} folds by scenario (seed {FLAGS.seed}); match offset {offset}",
                                "reader": reader.name, "llama_steered_labels": FLAGS.llama_steered_labels,
-                               "coverage_ceiling": coverage_figures(rows, folds, protocols(FLAGS.drop_training_sources)),
+                               "coverage_ceiling": coverage_figures(rows, folds,
+                                                                    protocols(FLAGS.drop_training_sources)),
                                "designs": {}}
     if FLAGS.drop_training_sources:
         figures["training_sources_dropped"] = sorted(FLAGS.drop_training_sources)
@@ -426,25 +496,34 @@ def main(argv: Sequence[str]) -> None:
     figures["llama_careful"] = {**census_figures(official, careful, double_readings()), "files": careful_hashes}
     careful_match = careful_matches(rows, careful)
     careful_rows = against_careful(rows, careful)
+    ngram_inner = ngram_held_out(rows, folds, data_hash, inner=True) if FLAGS.tune_offset else None
     for design in FLAGS.designs:
-        logp = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, reader.config.d_model, candidates)
-        figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent, careful_match)
+        logp, inner = held_out_log_probs(design, rows, folds, reader_x, ngram_logp, reader.config.d_model, candidates,
+                                         ngram_inner)
+        row_offset = {p: np.zeros(len(rows), np.float32) for p in judge_cv.PROTOCOLS}
+        if inner is not None:
+            row_offset, chosen = tuned_row_offsets(inner, logp, rows, folds)
+        figures["designs"][design] = {p: protocol_figures(logp[p], rows, fluent, careful_match, row_offset[p])
                                       for p in judge_cv.PROTOCOLS}
         for p in judge_cv.PROTOCOLS:
-            read = judged_on_reading(logp[p], rows, read_index, reading)
+            if inner is not None:
+                figures["designs"][design][p]["tuned_offsets"] = chosen[p]
+            read = judged_on_reading(logp[p], rows, read_index, reading, row_offset[p])
             if read is not None:
                 figures["designs"][design][p]["llama_steered_read"] = read
             if p in GOAL_FIGURES:
                 figures["designs"][design][p]["offset_ceiling"] = offset_ceiling(logp[p], rows, fluent, subsets,
-                                                                                 GOAL_FIGURES[p])
+                                                                                 GOAL_FIGURES[p], folds)
             if p == "no_llama":
                 figures["designs"][design][p]["offset_ceiling_careful"] = offset_ceiling(
-                    logp[p], careful_rows, None, subsets, GOAL_FIGURES[p])
+                    logp[p], careful_rows, None, subsets, GOAL_FIGURES[p], folds)
     figures["nested_choice"] = nested_choice(figures["designs"])
     if FLAGS.ship:
         ship(FLAGS.ship, rows, reader_x, model, figures["designs"][FLAGS.ship], all_hashes)
     if reader is model:  # the shipped reader judge reads with the default reader
-        figures["shipped_on_unseen"] = shipped_on_unseen(model)
+        fitted = official + rated + (gemma if gemma else load_gemma()[0])
+        shipped = Path(FLAGS.out) / DEFAULT_READER_ARTIFACT.name if FLAGS.ship else DEFAULT_READER_ARTIFACT
+        figures["shipped_on_unseen"] = shipped_on_unseen(model, shipped, {(r.text, r.target) for r in fitted})
     write_json(Path(FLAGS.figures_out), figures)
     logging.info("figures: %s", Path(FLAGS.figures_out))
 

@@ -4,7 +4,8 @@
 training label carries is never a match, whatever the design. `offset_ceiling`: the best a design's verdicts can
 get on the model a protocol leaves out by moving its one match offset, the offset chosen with that model's own
 labels; no offset tuned on training text can beat it, so where it falls short of a goal, recalibrating the design
-cannot reach the goal. Both are bounds, never a judge's figure.
+cannot reach the goal (with one offset per fold's model, as the trainer tunes it, the bound is on agreement,
+and on kappa through it). Both are bounds, never a judge's figure.
 """
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training.data import LabelledText
 
 RATED_SOURCES = {"rated": "smollm2", "gemma": "gemma"}  # careful-reading sources: their figure prefixes
-# The goals of each leave-one-source-out protocol: (reply subset, verdict) on the model it leaves out.
+# The offsets the ceilings scan stay within +-OFFSET_LIMIT (log-probability units; the trainer's grid spans +-3): a
+# class absent from the training labels sits near -1e9, where the float32 match rule resolves no offset.
+OFFSET_LIMIT = 100.0
+# The headline goals of each leave-one-source-out protocol: (reply subset, verdict) on the model it leaves out (the
+# prompted and neutral false-match goals are figures of their own).
 GOAL_FIGURES = {"no_llama": (("llama_steered", "match"),),
                 "no_smollm2": (("smollm2_all", "fluent_match"), ("smollm2_circuit", "match")),
                 "no_gemma": (("gemma_all", "fluent_match"),)}
@@ -29,7 +34,8 @@ def reply_subsets(rows: Sequence[LabelledText]) -> dict[str, np.ndarray]:
     subsets = {"llama_prompted": source == "prompted", "llama_steered": source == "unprompted"}
     for kind, prefix in RATED_SOURCES.items():
         subsets[f"{prefix}_all"] = source == kind
-        subsets.update({f"{prefix}_{c}": (source == kind) & (condition == c) for c in ("prompting", "steering", "circuit")})
+        subsets.update({f"{prefix}_{c}": (source == kind) & (condition == c)
+                        for c in ("prompting", "steering", "circuit")})
     return subsets
 
 
@@ -58,7 +64,8 @@ def coverage_ceiling(rows: Sequence[LabelledText], folds: np.ndarray, train_sour
 
 
 def coverage_figures(rows: Sequence[LabelledText], folds: np.ndarray,
-                     protocols: dict[str, tuple[set[str], set[str]]] = judge_cv.PROTOCOLS) -> dict[str, dict[str, Any]]:
+                     protocols: dict[str, tuple[set[str], set[str]]] = judge_cv.PROTOCOLS
+                     ) -> dict[str, dict[str, Any]]:
     """{protocol: {subset: coverage_ceiling}} for every subset a protocol tests (neutral sentences aside)."""
     source = np.array([r.source for r in rows])
     out: dict[str, dict[str, Any]] = {}
@@ -79,21 +86,39 @@ def match_margins(logp: np.ndarray, rows: Sequence[LabelledText]) -> np.ndarray:
     return others.max(axis=1) - own
 
 
-def threshold_offsets(margins: np.ndarray) -> np.ndarray:
-    """One offset for every distinct verdict vector the match rule can give these margins: below them all, between
-    each pair of neighbours, above them all."""
-    cuts = np.unique(margins)
-    return np.concatenate([[cuts[0] - 1.0], (cuts[:-1] + cuts[1:]) / 2, [cuts[-1] + 1.0]])
+def verdict_scan(margins: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """(offset, accepted [n] bool) for every distinct set of texts an offset within +-OFFSET_LIMIT accepts: the
+    limit itself below, then for each margin m in range the offsets just above it (accepting every margin <= m;
+    the offset reported is halfway to the next margin)."""
+    cuts = np.unique(margins[(margins >= -OFFSET_LIMIT) & (margins < OFFSET_LIMIT)])
+    above = np.minimum(np.append(cuts[1:], OFFSET_LIMIT), np.minimum(cuts + 1.0, OFFSET_LIMIT))
+    # halfway, or the next float where two margins are neighbouring floats
+    offsets = np.maximum((cuts + above) / 2, np.nextafter(cuts, np.inf))
+    return [(-OFFSET_LIMIT, margins < -OFFSET_LIMIT), *((float(o), margins <= c) for o, c in zip(offsets, cuts))]
+
+
+def kappa_bound(agreement: float, rate: float) -> float:
+    """The highest Cohen's kappa any verdicts with at most this agreement can have against a reference of this
+    positive rate p: kappa = 1 - d / (1 - pe) for disagreement d, and 1 - pe is largest when the judged rate sits d
+    from p on the side away from 1/2, where it is 2p(1-p) + d|1-2p|."""
+    d = 1.0 - agreement
+    spread = 2 * rate * (1 - rate) + d * abs(1 - 2 * rate)
+    return 1.0 if d == 0 else (1.0 - d / spread if spread > 0 else 0.0)
 
 
 def offset_ceiling(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.ndarray | None,
-                   subsets: dict[str, np.ndarray], goals: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """{"<subset>/<verdict>": the best kappa (with its offset and the agreement there) and the best agreement
-    (with its offset) that any one match offset, every target alike, gives the subset's held-out verdicts}.
+                   subsets: dict[str, np.ndarray], goals: Sequence[tuple[str, str]], folds: np.ndarray
+                   ) -> dict[str, Any]:
+    """{"<subset>/<verdict>": what any match offsets, chosen with the subset's own labels, give its held-out verdicts}.
 
-    Every offset is scanned, not a grid: the verdicts change only where the offset crosses a text's margin.
-    `logp` holds a protocol's held-out log-probs (NaN on rows it does not test); `fluent` the fluency verdicts a
-    fluent_match figure takes (None: no fluent_match bound). Ties go to the offset nearest 0.
+    With one offset for every fold's model and every target: the best kappa (its offset, the agreement there) and the
+    best agreement (its offset). Agreement is a sum over texts, and a text's verdict depends only on the offset of its
+    own fold and target, so per-fold (and per-fold-and-target) bests add up exactly: `agreement_per_fold_offsets`
+    (one offset per fold's model, as the trainer tunes it) and `agreement_per_fold_target_offsets`;
+    `kappa_bound_per_fold_offsets` bounds kappa through that agreement (kappa_bound). Every offset within
+    +-OFFSET_LIMIT is scanned, not a grid. `logp` holds a protocol's held-out log-probs (NaN on rows it does not
+    test); `fluent` the fluency verdicts a fluent_match figure takes (None: no fluent_match bound). Ties among the
+    scanned offsets go to the one nearest 0.
     """
     out: dict[str, Any] = {}
     for subset, verdict in goals:
@@ -107,24 +132,30 @@ def offset_ceiling(logp: np.ndarray, rows: Sequence[LabelledText], fluent: np.nd
             truth = truth & np.array([r.fluent for r in part])
         margins = match_margins(logp[index].astype(np.float64), part)
         scans = []
-        for offset in threshold_offsets(margins):
-            pred = ((margins < offset) & gate).astype(np.int64)
-            scans.append((judge_cv.cohen_kappa(truth, pred), float(np.mean(truth == pred)), float(offset)))
+        for offset, accepted in verdict_scan(margins):
+            pred = (accepted & gate).astype(np.int64)
+            scans.append((judge_cv.cohen_kappa(truth, pred), float(np.mean(truth == pred)), offset))
         by_kappa = max(scans, key=lambda s: (s[0], -abs(s[2])))
         by_agreement = max(scans, key=lambda s: (s[1], -abs(s[2])))
-        target = np.array([r.target for r in part])
+        target, fold = np.array([r.target for r in part]), folds[index]
+        per_fold = sum(best_agreeing(margins[g], gate[g], truth[g]) for g in _groups(fold)) / len(index)
+        per_fold_target = sum(best_agreeing(margins[g], gate[g], truth[g])
+                              for g in _groups(fold, target)) / len(index)
         out[f"{subset}/{verdict}"] = {
             "n": int(len(index)), "kappa": round(by_kappa[0], 4), "kappa_offset": by_kappa[2],
             "agreement_at_kappa": round(by_kappa[1], 4), "agreement": round(by_agreement[1], 4),
-            "agreement_offset": by_agreement[2],
-            "agreement_per_target_offsets": round(sum(
-                best_agreeing(margins[target == e], gate[target == e], truth[target == e])
-                for e in np.unique(target)) / len(index), 4)}
+            "agreement_offset": by_agreement[2], "agreement_per_fold_offsets": round(per_fold, 4),
+            "kappa_bound_per_fold_offsets": round(kappa_bound(per_fold, float(truth.mean())), 4),
+            "agreement_per_fold_target_offsets": round(per_fold_target, 4)}
     return out
 
 
+def _groups(*keys: np.ndarray) -> list[np.ndarray]:
+    """Index arrays of the texts that share every key."""
+    combined = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+    return [np.flatnonzero(combined == g) for g in np.unique(combined)]
+
+
 def best_agreeing(margins: np.ndarray, gate: np.ndarray, truth: np.ndarray) -> int:
-    """The most verdicts of one target's texts that any offset of that target gets right. Agreement is a sum over
-    texts and a text's verdict depends on its own target's offset alone, so per-target bests add up to the best
-    agreement of the rule's six offsets."""
-    return max(int(np.sum(((margins < offset) & gate) == truth)) for offset in threshold_offsets(margins))
+    """The most of these texts' verdicts that one offset within +-OFFSET_LIMIT gets right."""
+    return max(int(np.sum((accepted & gate) == truth)) for _, accepted in verdict_scan(margins))
