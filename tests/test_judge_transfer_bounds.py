@@ -195,3 +195,28 @@ def test_an_inner_split_predicts_one_other_fold_of_the_scored_training_sources()
     for k, j, scored in splits:
         assert (folds[scored] == j).all() and set(source[scored]) <= {"unprompted", "rated"}
     assert dict(((k, j), s.tolist()) for k, j, s in splits)[(0, 1)] == [1, 7]
+
+
+def test_the_documented_tuned_offsets_are_their_figures_files() -> None:
+    docs = (TRANSFER_FIGURES.parents[2] / "docs" / "judge.md").read_text(encoding="utf-8")
+    for labels, name in (("gpt-4o-mini", "transfer_figures_tuned.json"),
+                         ("careful", "transfer_figures_careful_tuned.json")):
+        figures = json.loads(TRANSFER_FIGURES.with_name(name).read_text(encoding="utf-8"))
+        assert figures["protocol"].endswith("match offset tuned per fold model (--tune_offset)")
+        assert figures["llama_steered_labels"] == labels
+        for design, v in figures["designs"].items():
+            llama = v["no_llama"]["llama_steered"]["match"]
+            smollm2 = v["no_smollm2"]["smollm2_all"]["fluent_match"]
+            circuit = v["no_smollm2"]["smollm2_circuit"]["match"]
+            gemma = v["no_gemma"]["gemma_all"]["fluent_match"]
+            neutral = max(v[p]["neutral_false_match"]["max"] for p in ("no_llama", "no_smollm2", "no_gemma"))
+            offsets = v["no_smollm2"]["tuned_offsets"]
+            assert len(offsets) == 5 and all(-3.0 <= o <= 3.0 for o in offsets)
+            row = (f"| {design} | {labels} | {100 * llama['agreement']:.1f}% ({llama['kappa']:.2f}) | "
+                   f"{100 * smollm2['agreement']:.1f}% ({smollm2['kappa']:.2f}) | {100 * circuit['agreement']:.1f}% | "
+                   f"{100 * gemma['agreement']:.1f}% ({gemma['kappa']:.2f}) | {100 * neutral:.1f}% | "
+                   f"{min(offsets):+.1f} to {max(offsets):+.1f} |")
+            assert row in docs, f"{row} is not in docs/judge.md"
+            # a tuned figure never beats the bound of an offset chosen with the test labels
+            bound = v["no_smollm2"]["offset_ceiling"]["smollm2_circuit/match"]["agreement_per_fold_offsets"]
+            assert circuit["agreement"] <= bound + 1e-9

@@ -194,9 +194,9 @@ def _careful_reading(records: list[dict[str, Any]], path: Path, source: str,
 def _reading(record: dict[str, Any], where: str) -> tuple[int, str, int]:
     """(match, the class a judge learns, fluent) of one careful reading: the target when it matches, else the
     emotion the text mainly expresses, else none."""
-    label = record["label"]
-    if record["emotion"] not in EMOTIONS:
-        raise ValueError(f"{where}: emotion {record['emotion']!r} unknown")
+    label = record.get("label")
+    if record.get("emotion") not in EMOTIONS:
+        raise ValueError(f"{where}: emotion {record.get('emotion')!r} unknown")
     if not isinstance(label, dict) or not {"match", "fluent", "dominant"} <= set(label):
         raise ValueError(f"{where}: bad label {label}: expected match, fluent and dominant")
     if label["match"] not in (0, 1) or label["fluent"] not in (0, 1) or label["dominant"] not in (*EMOTIONS, NONE):
@@ -332,7 +332,9 @@ def double_readings(path: Path = LLAMA_READ_FILE) -> np.ndarray:
     out = []
     for i, record in enumerate(_jsonl(path)):
         if "second_label" in record:
-            first, second = _reading(record, f"{path} line {i + 1}")[0], record["second_label"].get("match")
+            second_label = record["second_label"]
+            first = _reading(record, f"{path} line {i + 1}")[0]
+            second = second_label.get("match") if isinstance(second_label, dict) else None
             if second not in (0, 1):
                 raise ValueError(f"{path} line {i + 1}: bad second_label {record['second_label']}")
             out.append([first, second])

@@ -15,6 +15,7 @@ import numpy as np
 from emojax.evaluation.reading import weighted_agreement
 from experiments.judge_training import cross_validation as judge_cv
 from experiments.judge_training.data import LabelledText, ReadSample
+from experiments.judge_training.transfer_bounds import match_margins
 
 
 def weighted_figures(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray) -> dict[str, Any]:
@@ -56,8 +57,7 @@ def judged_on_reading(logp: np.ndarray, rows: Sequence[LabelledText], index: np.
     reading and against gpt-4o-mini."""
     if np.isnan(logp[index, 0]).any():
         return None
-    part = [rows[i] for i in index]
-    match = np.array([judge_cv.matches(logp[i:i + 1], [r], float(row_offset[i]))[0] for i, r in zip(index, part)])
+    match = (match_margins(logp[index], [rows[i] for i in index]) < row_offset[index]).astype(np.int64)
     return {"vs_reading": weighted_figures(sample.match, match, sample.weight),
             "vs_gpt": weighted_figures(sample.gpt_match, match, sample.weight)}
 

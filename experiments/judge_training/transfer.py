@@ -5,7 +5,8 @@
 Designs: `ngram` (today's offline judge, refitted), `reader:<layers>` (layers joined by '-'; a linear head on the reader's
 mean-pooled resid_post at those layers) and `combined:<layers>` (the mean of both heads' log-probabilities,
 weight --combined_ngram_weight). Every design is fitted with the trainer's labels and sample weights
-(experiments.judge_training.offline_fit) and the match offset fixed at 0: nothing is tuned on held-out text.
+(experiments.judge_training.offline_fit) and the match offset fixed at 0 (--tune_offset: each fold model's offset
+tuned on its own training text): nothing is tuned on held-out text.
 
 Protocols, each over the same 5 scenario folds (all texts of a scenario in one fold), fold k predicted by
 a fit on the other folds restricted to the training sources (leave one model's replies out):
@@ -240,6 +241,10 @@ def tuned_row_offsets(inner: dict[str, np.ndarray], held_out: dict[str, np.ndarr
         chosen[protocol] = []
         for k in range(FLAGS.folds):
             scored = np.flatnonzero(~np.isnan(inner[protocol][k, :, 0]))
+            expected = sum(len(rows_j) for k_, _, rows_j in inner_splits(folds, np.array([r.source for r in rows]),
+                                                                         train_sources) if k_ == k)
+            if len(scored) != expected:  # a cached inner fit of other scored sources would leave rows unpredicted
+                raise ValueError(f"{protocol} fold {k}: {len(scored)} inner predictions for {expected} scored rows")
             offset = judge_cv.taught_offset(inner[protocol][k, scored], [rows[i] for i in scored],
                                             [s for s in SCORED_SOURCES if s in train_sources])
             row_offsets[protocol][(folds == k) & ~np.isnan(held_out[protocol][:, 0])] = offset

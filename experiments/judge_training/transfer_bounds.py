@@ -18,7 +18,8 @@ from experiments.judge_training.data import LabelledText
 
 RATED_SOURCES = {"rated": "smollm2", "gemma": "gemma"}  # careful-reading sources: their figure prefixes
 # The offsets the ceilings scan stay within +-OFFSET_LIMIT (log-probability units; the trainer's grid spans +-3): a
-# class absent from the training labels sits near -1e9, where the float32 match rule resolves no offset.
+# class absent from the training labels sits near -1e9, and only an offset of that size accepts such a reply, and
+# then every one of them at once; no tuning on the grid comes near it.
 OFFSET_LIMIT = 100.0
 # The headline goals of each leave-one-source-out protocol: (reply subset, verdict) on the model it leaves out (the
 # prompted and neutral false-match goals are figures of their own).
@@ -100,7 +101,7 @@ def verdict_scan(margins: np.ndarray) -> list[tuple[float, np.ndarray]]:
 def kappa_bound(agreement: float, rate: float) -> float:
     """The highest Cohen's kappa any verdicts with at most this agreement can have against a reference of this
     positive rate p: kappa = 1 - d / (1 - pe) for disagreement d, and 1 - pe is largest when the judged rate sits d
-    from p on the side away from 1/2, where it is 2p(1-p) + d|1-2p|."""
+    from p towards 1/2, where it is 2p(1-p) + d|1-2p| (the bound is reached where p +- d stays within [0, 1])."""
     d = 1.0 - agreement
     spread = 2 * rate * (1 - rate) + d * abs(1 - 2 * rate)
     return 1.0 if d == 0 else (1.0 - d / spread if spread > 0 else 0.0)
