@@ -67,19 +67,25 @@ def matches(logp: np.ndarray, rows: Sequence[LabelledText], offset: float) -> np
     return match_rule(logp, target_indices(rows), np.full(len(EMOTIONS), offset, np.float32))
 
 
-def selection_score(logp: np.ndarray, rows: Sequence[LabelledText], offset: float) -> float:
-    """What the offset is chosen for: the mean kappa against both references on texts written without an
-    emotion instruction or by the default model (Llama's un-prompted replies, the rated replies)."""
+SELECTION_SOURCES = ("unprompted", "rated")
+
+
+def selection_score(logp: np.ndarray, rows: Sequence[LabelledText], offset: float,
+                    sources: Sequence[str] = SELECTION_SOURCES, truth: np.ndarray | None = None) -> float:
+    """What the offset is chosen for: the mean kappa, over those of `sources` the rows hold, against `truth`
+    (default: each row's reference, `match`); by default on texts written without an emotion instruction or by
+    the default model (Llama's un-prompted replies, the rated replies)."""
     pred = matches(logp, rows, offset)
-    truth = np.array([r.match for r in rows])
+    truth = np.array([r.match for r in rows]) if truth is None else truth
     scores = [cohen_kappa(truth[mask], pred[mask])
-              for mask in (np.array([r.source == s for r in rows]) for s in ("unprompted", "rated")) if mask.any()]
+              for mask in (np.array([r.source == s for r in rows]) for s in sources) if mask.any()]
     return float(np.mean(scores)) if scores else 0.0
 
 
-def best_offset(logp: np.ndarray, rows: Sequence[LabelledText]) -> float:
+def best_offset(logp: np.ndarray, rows: Sequence[LabelledText], sources: Sequence[str] = SELECTION_SOURCES,
+                truth: np.ndarray | None = None) -> float:
     """The grid offset with the best selection score (ties: the one closest to 0)."""
-    scores = [(round(selection_score(logp, rows, o), 6), -abs(o)) for o in OFFSET_GRID]
+    scores = [(round(selection_score(logp, rows, o, sources, truth), 6), -abs(o)) for o in OFFSET_GRID]
     return OFFSET_GRID[max(range(len(OFFSET_GRID)), key=lambda i: scores[i])]
 
 
@@ -112,16 +118,6 @@ def fluency_figures(rows: Sequence[LabelledText], match: np.ndarray, fluent: np.
 
 
 def taught_offset(logp: np.ndarray, rows: Sequence[LabelledText], sources: Sequence[str]) -> float:
-    """The grid offset with the best mean kappa, over those of `sources` the rows hold, of the match verdict against
-    the verdict each row was taught (its class is its target); ties: the offset closest to 0. `best_offset`'s rule
-    for texts of several models, whatever reference taught them."""
-    taught = np.array([int(r.label == r.target) for r in rows])
-    source = np.array([r.source for r in rows])
-    masks = [source == s for s in sources if (source == s).any()]
-
-    def score(offset: float) -> float:
-        pred = matches(logp, rows, offset)
-        return float(np.mean([cohen_kappa(taught[m], pred[m]) for m in masks])) if masks else 0.0
-
-    scores = [(round(score(o), 6), -abs(o)) for o in OFFSET_GRID]
-    return OFFSET_GRID[max(range(len(OFFSET_GRID)), key=lambda i: scores[i])]
+    """best_offset on `sources`, against the verdict each row was taught (its class is its target) rather than its
+    reference: the rule for texts of several models, whatever reference taught them."""
+    return best_offset(logp, rows, sources, np.array([int(r.label == r.target) for r in rows]))

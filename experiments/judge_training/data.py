@@ -246,37 +246,51 @@ READING_FIELDS = ("skeleton_id", "valence", "emotion", "text_sha256", "gpt_match
                   "second_label")
 
 
+def official_steered(data_dir: Path) -> tuple[Path, dict[str, tuple[str, int]]]:
+    """(the official steered-replies file, {steered_key: (reply text, gpt-4o-mini's match)})."""
+    official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
+    return official, {steered_key(record["skeleton_id"], valence, emotion):
+                      (record["event_valences"][valence][emotion], int(verdict["match"]))
+                      for record in _jsonl(official) for valence, by_emotion in record["valence_labels"].items()
+                      for emotion, verdict in by_emotion.items()}
+
+
+def checked_steered_reading(record: dict[str, Any], where: str, official: Path,
+                            replies: dict[str, tuple[str, int]]) -> tuple[str, str, int]:
+    """(steered_key, text, gpt-4o-mini's match) of the official reply a careful-reading row reads, refusing a row
+    whose key, text hash or gpt_match is not the official file's."""
+    key = steered_key(record["skeleton_id"], record["valence"], record["emotion"])
+    if key not in replies:
+        raise ValueError(f"{where}: no official steered reply {key} in {official}")
+    text, verdict = replies[key]
+    if record["text_sha256"] != text_digest(text):
+        raise ValueError(f"{where}: text_sha256 {record['text_sha256']} is not that of the official reply "
+                         f"{key} in {official}: the reading is of another text")
+    if int(record["gpt_match"]) != verdict:
+        raise ValueError(f"{where}: gpt_match {record['gpt_match']}, the official verdict is {verdict}")
+    return key, text, verdict
+
+
 def load_llama_reading(data_dir: Path, path: Path = LLAMA_READING_FILE) -> tuple[ReadSample, dict[str, str]]:
     """The careful readings of `path`, joined by key with the official steered replies they read."""
-    official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
-    replies = {record["skeleton_id"]: record for record in _jsonl(official)}
-    population = Counter((emotion, int(verdict["match"])) for record in replies.values()
-                         for verdicts in record["valence_labels"].values() for emotion, verdict in verdicts.items())
+    official, replies = official_steered(data_dir)
+    population = Counter((key.rsplit("/", 1)[1], verdict) for key, (_, verdict) in replies.items())
     rows, seen = [], set()
     for i, record in enumerate(_jsonl(path)):
         where = f"{path} line {i + 1}"
         missing = [f for f in READING_FIELDS if f not in record]
         if missing:
             raise ValueError(f"{where}: field {missing[0]!r} is missing")
-        key = (record["skeleton_id"], record["valence"], record["emotion"])
-        reply = replies.get(record["skeleton_id"], {})
-        if record["emotion"] not in reply.get("event_valences", {}).get(record["valence"], {}):
-            raise ValueError(f"{where}: no official steered reply {'/'.join(key)} in {official}")
-        if record.get("text_sha256") != text_digest(reply["event_valences"][record["valence"]][record["emotion"]]):
-            raise ValueError(f"{where}: text_sha256 {record.get('text_sha256')} is not that of the official reply "
-                             f"{'/'.join(key)}: the reading is of another text")
+        key, text, verdict = checked_steered_reading(record, where, official, replies)
         if key in seen:
-            raise ValueError(f"{where}: reply {'/'.join(key)} is read twice")
+            raise ValueError(f"{where}: reply {key} is read twice")
         seen.add(key)
-        verdict = int(reply["valence_labels"][record["valence"]][record["emotion"]]["match"])
-        if verdict != int(record["gpt_match"]):
-            raise ValueError(f"{where}: gpt_match {record['gpt_match']}, the official verdict is {verdict}")
         if record["stratum_population"] != population[(record["emotion"], verdict)]:
             raise ValueError(f"{where}: stratum_population {record['stratum_population']}, the official file holds "
                              f"{population[(record['emotion'], verdict)]} such replies")
         if record["label"].get("match") not in (0, 1) or record["second_label"].get("match") not in (0, 1):
             raise ValueError(f"{where}: bad label {record['label']} / {record['second_label']}")
-        rows.append((record, reply["event_valences"][record["valence"]][record["emotion"]], verdict))
+        rows.append((record, text, verdict))
     sampled = Counter((record["emotion"], verdict) for record, _, verdict in rows)
     sample = ReadSample([r["skeleton_id"] for r, _, _ in rows], [text for _, text, _ in rows],
                         [r["emotion"] for r, _, _ in rows], np.array([v for _, _, v in rows]),
@@ -292,14 +306,7 @@ def load_llama_careful(data_dir: Path, paths: Sequence[Path] = (LLAMA_READING_FI
     {key: (match, the class a judge learns, fluent)}, and {file: sha256}. Refuses a row whose key is not an
     official reply, whose gpt_match is not the official verdict or that another row already read, and files
     that leave some official reply unread."""
-    official = data_dir / "llama32_3b" / "steering_half" / "labeled_results.jsonl"
-    verdicts, texts = {}, {}
-    for record in _jsonl(official):
-        for valence, by_emotion in record["valence_labels"].items():
-            for emotion, verdict in by_emotion.items():
-                key = steered_key(record["skeleton_id"], valence, emotion)
-                verdicts[key] = int(verdict["match"])
-                texts[key] = record["event_valences"][valence][emotion]
+    official, replies = official_steered(data_dir)
     out, hashes = {}, {}
     for path in paths:
         for i, record in enumerate(_jsonl(path)):
@@ -308,19 +315,12 @@ def load_llama_careful(data_dir: Path, paths: Sequence[Path] = (LLAMA_READING_FI
                        if f not in record]
             if missing:
                 raise ValueError(f"{where}: field {missing[0]!r} is missing")
-            key = steered_key(record["skeleton_id"], record["valence"], record["emotion"])
-            if key not in verdicts:
-                raise ValueError(f"{where}: no official steered reply {key} in {official}")
-            if record["text_sha256"] != text_digest(texts[key]):
-                raise ValueError(f"{where}: text_sha256 {record['text_sha256']} is not that of the official reply "
-                                 f"{key} in {official}: the reading is of another text")
-            if int(record["gpt_match"]) != verdicts[key]:
-                raise ValueError(f"{where}: gpt_match {record['gpt_match']}, the official verdict is {verdicts[key]}")
+            key, _, _ = checked_steered_reading(record, where, official, replies)
             if key in out:
                 raise ValueError(f"{where}: reply {key} is read twice")
             out[key] = _reading(record, where)
         hashes.update(labels_file_hash(path))
-    unread = sorted(set(verdicts) - set(out))
+    unread = sorted(set(replies) - set(out))
     if unread:
         raise ValueError(f"{len(unread)} official steered replies are read in none of "
                          f"{[str(p) for p in paths]}, e.g. {unread[0]}")

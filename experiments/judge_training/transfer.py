@@ -235,14 +235,15 @@ def tuned_row_offsets(inner: dict[str, np.ndarray], held_out: dict[str, np.ndarr
                       folds: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
     """({protocol: the offset of each tested row's fold model}, {protocol: the offset chosen for each fold}): each
     fold's offset is judge_cv.taught_offset on its inner cross-validation, on the scored sources it trains on."""
+    source = np.array([r.source for r in rows])
     row_offsets, chosen = {}, {}
     for protocol, (train_sources, _) in protocols(FLAGS.drop_training_sources).items():
         row_offsets[protocol] = np.zeros(len(rows), np.float32)
         chosen[protocol] = []
+        splits = inner_splits(folds, source, train_sources)
         for k in range(FLAGS.folds):
             scored = np.flatnonzero(~np.isnan(inner[protocol][k, :, 0]))
-            expected = sum(len(rows_j) for k_, _, rows_j in inner_splits(folds, np.array([r.source for r in rows]),
-                                                                         train_sources) if k_ == k)
+            expected = sum(len(rows_j) for k_, _, rows_j in splits if k_ == k)
             if len(scored) != expected:  # a cached inner fit of other scored sources would leave rows unpredicted
                 raise ValueError(f"{protocol} fold {k}: {len(scored)} inner predictions for {expected} scored rows")
             offset = judge_cv.taught_offset(inner[protocol][k, scored], [rows[i] for i in scored],
@@ -420,6 +421,7 @@ def shipped_on_unseen(model: Any, reader_path: Path, fitted_pairs: set[tuple[str
     reader = ReaderJudge(reader_path, model=model)
     fitted = set().union(*(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["data"]["files"]
                            for path in (reader_path, DEFAULT_ARTIFACT)))
+    offline = OfflineJudge(DEFAULT_ARTIFACT)
     candidates = candidate_layers(model.config.n_layers)
     columns = layer_columns(reader.reader.layers, model.config.d_model, candidates)
     out: dict[str, Any] = {}
@@ -431,7 +433,7 @@ def shipped_on_unseen(model: Any, reader_path: Path, fitted_pairs: set[tuple[str
         rows, run_fluent = [r for r, k in zip(rows, keep) if k], run_fluent[keep]
         texts, targets = [r.text for r in rows], [r.target for r in rows]
         x = cached_features(model, texts, ReaderSpec(model.name, candidates, MAX_TOKENS), batch_size=READER_BATCH_SIZE)
-        judged = {"offline": np.asarray(OfflineJudge(DEFAULT_ARTIFACT)(texts, targets).match),
+        judged = {"offline": np.asarray(offline(texts, targets).match),
                   "reader": verdicts(reader.log_probs_from(x[:, columns], texts), texts, targets,
                                      reader.target_offset).match}
         truth, truth_fluent = np.array([r.match for r in rows]), np.array([r.fluent for r in rows])
